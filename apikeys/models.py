@@ -1,0 +1,39 @@
+"""API keys: a public prefix to find the row, a secret stored only as a keyed hash."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class ToolPolicy(models.TextChoices):
+    """What the CLI may do in a job started with this key (see jobs.runner)."""
+
+    READ_ONLY = "read_only", "Read only: read the job's own folder, write nothing"
+    SAFE = "safe", "Safe: read the job's folder, write only its output folder"
+    TRUSTED = "trusted", "Trusted: every tool, no permission checks (shell included)"
+
+
+class ApiKey(models.Model):
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="api_keys",
+        help_text="Who this key is for; informational.",
+    )
+    tool_policy = models.CharField(max_length=20, choices=ToolPolicy.choices, default=ToolPolicy.SAFE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} (csk_live_{self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

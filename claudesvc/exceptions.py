@@ -1,0 +1,74 @@
+"""What went wrong, in one neutral form that each family's handler renders in
+its own seed's error shape."""
+
+from __future__ import annotations
+
+import logging
+import dataclasses
+from dataclasses import dataclass
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions as drf
+
+from claudesvc.errors import ServiceError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Problem:
+    status: int
+    code: str  # invalid_request, invalid_json, unauthorized, forbidden, not_found, ...
+    message: str
+    field: str | None = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _first_validation_error(detail, prefix: str = "") -> tuple[str | None, str]:
+    if isinstance(detail, dict):
+        for name, inner in detail.items():
+            path = f"{prefix}.{name}" if prefix else str(name)
+            if name == "non_field_errors":
+                path = prefix or None
+            return _first_validation_error(inner, path or "")
+    if isinstance(detail, list) and detail:
+        for index, inner in enumerate(detail):
+            if isinstance(inner, (dict, list)):
+                return _first_validation_error(inner, f"{prefix}[{index}]")
+            return prefix or None, str(inner)
+    return prefix or None, str(detail)
+
+
+def classify(exc: Exception) -> Problem | None:
+    """A Problem for exceptions callers should see; None for unexpected ones (500)."""
+    if isinstance(exc, ServiceError):
+        return Problem(exc.status, exc.code, exc.message, exc.field)
+    if isinstance(exc, drf.ValidationError):
+        name, message = _first_validation_error(exc.detail)
+        text = f"{name}: {message}" if name else message
+        return Problem(400, "invalid_request", text, name)
+    if isinstance(exc, drf.ParseError):
+        return Problem(400, "invalid_json", f"The request body could not be parsed: {exc.detail}")
+    if isinstance(exc, (drf.NotAuthenticated, drf.AuthenticationFailed)):
+        message = "API key missing" if isinstance(exc, drf.NotAuthenticated) else str(exc.detail)
+        return Problem(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="claudesvc"'})
+    if isinstance(exc, (drf.PermissionDenied, PermissionDenied)):
+        return Problem(403, "forbidden", "Not allowed")
+    if isinstance(exc, (drf.NotFound, Http404)):
+        return Problem(404, "not_found", "Not found")
+    if isinstance(exc, drf.MethodNotAllowed):
+        return Problem(405, "method_not_allowed", str(exc.detail))
+    if isinstance(exc, drf.UnsupportedMediaType):
+        return Problem(415, "unsupported_media_type", str(exc.detail))
+    if isinstance(exc, drf.Throttled):
+        headers = {"Retry-After": str(exc.wait)} if exc.wait else {}
+        return Problem(429, "rate_limited", str(exc.detail), headers=headers)
+    if isinstance(exc, drf.APIException):
+        return Problem(exc.status_code, "error", str(exc.detail))
+    return None
+
+
+def unexpected(exc: Exception) -> Problem:
+    logger.exception("unhandled error", exc_info=exc)
+    return Problem(500, "internal_error", "An internal server error occurred")

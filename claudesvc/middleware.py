@@ -1,0 +1,60 @@
+"""Request ids: taken from the caller's ``X-Request-ID`` or made up, echoed back
+as ``X-Request-ID`` and ``request-id`` (what the OpenAI and Anthropic SDKs log),
+and put on every log line written while the request is handled."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from contextvars import ContextVar
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex[:24]}"
+
+
+class RequestIdMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def _begin(self, request) -> str:
+        incoming = request.headers.get("X-Request-ID", "")
+        # A caller's id is reused only if it is safe to echo into headers and logs.
+        rid = incoming if _SAFE_ID.match(incoming) else new_request_id()
+        request.request_id = rid
+        request_id_var.set(rid)
+        return rid
+
+    @staticmethod
+    def _finish(response, rid: str):
+        response.headers.setdefault("X-Request-ID", rid)
+        response.headers.setdefault("request-id", rid)
+        return response
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        rid = self._begin(request)
+        return self._finish(self.get_response(request), rid)
+
+    async def __acall__(self, request):
+        rid = self._begin(request)
+        return self._finish(await self.get_response(request), rid)
+
+
+class RequestIdLogFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return True

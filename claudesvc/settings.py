@@ -1,0 +1,264 @@
+"""Settings for claudesvc, read from the environment.
+
+Defaults run the embedded deployment on a laptop (SQLite under ``var/``,
+django-q2's ORM broker, local files). ``DATABASE_URL`` and ``REDIS_URL`` switch
+to the scale-out deployment. Every variable is listed in the README's
+configuration table.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from claudesvc.env import env_bool, env_choice, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("CLAUDESVC_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+
+def _secret_key() -> str:
+    """DJANGO_SECRET_KEY, or one generated once and kept in var/ for a laptop."""
+    configured = env_str("DJANGO_SECRET_KEY")
+    if configured:
+        return configured
+    key_file = VAR_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "channels",
+    "apikeys",
+    "jobs",
+    "transcription",
+]
+
+MIDDLEWARE = [
+    "claudesvc.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "claudesvc.urls"
+ASGI_APPLICATION = "claudesvc.asgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# -- database -----------------------------------------------------------------
+
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web server and the workers write at the same time: WAL lets readers
+    # go on during a write, IMMEDIATE takes the write lock up front instead of
+    # failing half-way, and the timeout waits for it rather than erroring.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# -- cache, channel layer, broker ---------------------------------------------
+
+REDIS_URL = env_str("REDIS_URL")
+Q_CLUSTER_NAME = env_str("Q_CLUSTER_NAME", "claudesvc")
+JOB_WORKERS = env_int("JOB_WORKERS", 2, minimum=1, maximum=64)
+JOB_TIMEOUT_SECONDS = env_int("JOB_TIMEOUT_SECONDS", 1800, minimum=10)
+
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": Q_CLUSTER_NAME,
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{Q_CLUSTER_NAME}:asgi"},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # Workers run in other processes, so in-memory pushes never reach a web
+    # process: streaming readers fall back to polling the event table.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+Q_CLUSTER = {
+    "name": Q_CLUSTER_NAME,
+    "workers": JOB_WORKERS,
+    "recycle": 50,
+    # A job may run for JOB_TIMEOUT_SECONDS; the runner enforces that itself.
+    # django-q2 must never kill or redeliver a task that is still legitimately
+    # running, so its timeout sits above the job's and retry above that (its
+    # docs require timeout < retry). max_attempts=1: a job is never re-run by
+    # the broker; the stale-job reaper fails jobs whose worker died.
+    "timeout": JOB_TIMEOUT_SECONDS + 120,
+    "retry": JOB_TIMEOUT_SECONDS + 300,
+    "max_attempts": 1,
+    "ack_failures": True,
+    "catch_up": False,
+    "save_limit": 1000,
+    "poll": 0.2,
+    "label": "Task queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# -- files ---------------------------------------------------------------------
+
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
+MEDIA_URL = "/media/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
+STATIC_URL = "/static/"
+STORAGES = {
+    "default": {"BACKEND": env_str("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage")},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# -- the CLI and jobs --------------------------------------------------------------
+
+# Empty: the binary bundled with claude-agent-sdk.
+CLAUDE_CLI_PATH = env_str("CLAUDE_CLI_PATH")
+# HOME of the CLI: where it keeps its config, login and session transcripts.
+CLAUDE_HOME = Path(env_str("CLAUDE_HOME", str(VAR_DIR / "claude-home")))
+# Environment variables (shell-style patterns) the CLI may see; nothing else
+# of the service's environment reaches it.
+CLAUDE_ENV_ALLOW = env_list(
+    "CLAUDE_ENV_ALLOW",
+    [
+        "PATH", "LANG", "LC_*", "TZ", "TERM",
+        "ANTHROPIC_*", "CLAUDE_CODE_*", "CLAUDE_AGENT_SDK_*",
+        "DISABLE_TELEMETRY", "DISABLE_AUTOUPDATER", "DISABLE_ERROR_REPORTING",
+        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+        "AWS_REGION", "AWS_PROFILE", "CLOUD_ML_REGION", "ANTHROPIC_VERTEX_PROJECT_ID",
+    ],
+)
+CLAUDE_DEFAULT_MODEL = env_str("CLAUDE_DEFAULT_MODEL", "sonnet")
+JOBS_ROOT = Path(env_str("JOBS_ROOT", str(VAR_DIR / "jobs")))
+JOB_TOOL_POLICY_DEFAULT = env_choice("JOB_TOOL_POLICY_DEFAULT", "safe", {"read_only", "safe", "trusted"})
+# How often a running job's worker proves it is alive, and after how long
+# without that the reaper declares the job lost.
+JOB_HEARTBEAT_SECONDS = env_int("JOB_HEARTBEAT_SECONDS", 5, minimum=1)
+JOB_STALE_SECONDS = env_int("JOB_STALE_SECONDS", 90, minimum=10)
+# Seconds between SIGTERM and SIGKILL when a job's CLI is stopped.
+JOB_KILL_GRACE_SECONDS = env_int("JOB_KILL_GRACE_SECONDS", 3, minimum=0)
+MAX_PROMPT_CHARS = env_int("MAX_PROMPT_CHARS", 100_000, minimum=1)
+# Streaming readers re-check the event table this often (ms) when no live push arrives.
+STREAM_POLL_MS = env_int("STREAM_POLL_MS", 250, minimum=20)
+STREAM_KEEPALIVE_SECONDS = env_int("STREAM_KEEPALIVE_SECONDS", 15, minimum=1)
+
+if JOB_STALE_SECONDS <= 2 * JOB_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("JOB_STALE_SECONDS must be more than twice JOB_HEARTBEAT_SECONDS")
+
+# -- API keys --------------------------------------------------------------------
+
+# Keyed hash of API key secrets; keep it stable, or every key stops working.
+API_KEY_PEPPER = env_str("API_KEY_PEPPER") or SECRET_KEY
+
+# -- REST framework and schema ------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["claudesvc.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "claudesvc",
+    "DESCRIPTION": (
+        "Claude Code CLI behind HTTP. Authenticate with `X-API-Key: csk_…` or "
+        "`Authorization: Bearer csk_…`."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# -- auth, i18n, logging ----------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "claudesvc.middleware.RequestIdLogFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "claude_agent_sdk": {"level": "WARNING"},
+    },
+}
+
+SERVICE_VERSION = "1.0.0"

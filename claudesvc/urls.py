@@ -1,0 +1,17 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from claudesvc import views
+
+urlpatterns = [
+    path("", views.landing, name="landing"),
+    path("health", views.HealthView.as_view(), name="health"),
+    path("openapi.yaml", SpectacularAPIView.as_view(), name="openapi"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
+    path("admin/", admin.site.urls),
+    path("", include("jobs.jobs_api.urls")),
+]
+
+handler404 = "claudesvc.views.not_found"
+handler500 = "claudesvc.views.server_error"

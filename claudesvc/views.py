@@ -1,0 +1,50 @@
+"""What every family shares at the root: health, landing page, JSON 404s."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.shortcuts import render
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jobs.models import Job, JobStatus
+from jobs.runner import cli_info
+
+
+class HealthOutput(serializers.Serializer):
+    status = serializers.CharField()
+    version = serializers.CharField()
+    claude_cli = serializers.CharField(allow_null=True)
+
+
+class HealthView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(operation_id="health", summary="Health check (no API key)", responses={200: HealthOutput})
+    def get(self, request):
+        cli = cli_info()
+        return Response({"status": "ok", "version": settings.SERVICE_VERSION, "claude_cli": cli.version})
+
+
+def landing(request):
+    cli = cli_info()
+    counts = {
+        "running": Job.objects.filter(status=JobStatus.RUNNING).count(),
+        "pending": Job.objects.filter(status=JobStatus.PENDING).count(),
+    }
+    return render(request, "landing.html", {"cli": cli, "counts": counts, "version": settings.SERVICE_VERSION})
+
+
+def not_found(request, exception=None):
+    return JsonResponse({"success": False, "error": {"code": "not_found", "message": f"No route for {request.path}"}},
+                        status=404)
+
+
+def server_error(request):
+    return JsonResponse({"success": False, "error": {"code": "internal_error",
+                                                     "message": "An internal server error occurred"}}, status=500)

@@ -1,0 +1,162 @@
+"""Request and response shapes of the Jobs API (seed 000)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.urls import reverse
+from rest_framework import serializers
+
+from claudesvc.errors import ServiceError
+from claudesvc.fields import StrictCharField, UtcDateTimeField
+from jobs.models import Job, JobStatus
+from jobs.services import resolve_model
+
+# Seed 000 knows four states; the core's others read as "failed" with a reason.
+PUBLIC_STATUS = {
+    JobStatus.PENDING: "pending",
+    JobStatus.RUNNING: "running",
+    JobStatus.COMPLETED: "completed",
+    JobStatus.FAILED: "failed",
+    JobStatus.TIMEOUT: "failed",
+    JobStatus.CANCELLED: "failed",
+}
+
+
+class JobCreateInput(serializers.Serializer):
+    prompt = StrictCharField(max_length=settings.MAX_PROMPT_CHARS, trim_whitespace=False,
+                             help_text="The prompt for Claude")
+    model = StrictCharField(required=False, default="", allow_blank=True,
+                            help_text="haiku | sonnet | opus (default: sonnet) or a full Claude model id")
+
+    def validate_prompt(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("This field may not be blank.")
+        return value
+
+    def validate_model(self, value: str) -> str:
+        try:
+            return resolve_model(value)
+        except ServiceError as exc:
+            raise serializers.ValidationError(exc.message) from exc
+
+
+class JobCreatedOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    type = serializers.CharField(required=False)
+    status = serializers.CharField()
+    stream_url = serializers.CharField()
+    events_url = serializers.CharField()
+
+
+class UsageOutput(serializers.Serializer):
+    input_tokens = serializers.IntegerField(allow_null=True)
+    output_tokens = serializers.IntegerField(allow_null=True)
+    cache_creation_input_tokens = serializers.IntegerField(allow_null=True)
+    cache_read_input_tokens = serializers.IntegerField(allow_null=True)
+    cost_usd = serializers.FloatField(allow_null=True)
+
+
+class JobOutput(serializers.ModelSerializer):
+    type = serializers.CharField(source="kind")
+    status = serializers.SerializerMethodField()
+    result = serializers.SerializerMethodField()
+    error_message = serializers.SerializerMethodField()
+    usage = serializers.SerializerMethodField()
+    created_at = UtcDateTimeField()
+    started_at = UtcDateTimeField()
+    finished_at = UtcDateTimeField()
+    stream_url = serializers.SerializerMethodField()
+    events_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = ["id", "type", "status", "model", "result", "error_message", "created_at", "started_at",
+                  "finished_at", "duration_ms", "num_turns", "usage", "stream_url", "events_url"]
+
+    def get_status(self, job: Job) -> str:
+        return PUBLIC_STATUS[job.status]
+
+    def get_result(self, job: Job) -> str | None:
+        return job.result if job.status == JobStatus.COMPLETED else None
+
+    def get_error_message(self, job: Job) -> str | None:
+        return job.error_message or None
+
+    def get_usage(self, job: Job) -> UsageOutput | None:
+        if job.usage is None and job.cost_usd is None:
+            return None
+        usage = job.usage or {}
+        return {
+            "input_tokens": usage.get("input_tokens"),
+            "output_tokens": usage.get("output_tokens"),
+            "cache_creation_input_tokens": usage.get("cache_creation_input_tokens"),
+            "cache_read_input_tokens": usage.get("cache_read_input_tokens"),
+            "cost_usd": job.cost_usd,
+        }
+
+    def get_stream_url(self, job: Job) -> str:
+        return reverse("jobs:stream", args=[job.pk])
+
+    def get_events_url(self, job: Job) -> str:
+        return reverse("jobs:events", args=[job.pk])
+
+
+def created_output(job: Job) -> dict:
+    data = {"id": str(job.pk), "status": PUBLIC_STATUS[job.status],
+            "stream_url": reverse("jobs:stream", args=[job.pk]), "events_url": reverse("jobs:events", args=[job.pk])}
+    if job.kind != "claude":
+        data = {"id": data["id"], "type": job.kind, **{k: v for k, v in data.items() if k != "id"}}
+    return data
+
+
+class OffsetQuery(serializers.Serializer):
+    offset = serializers.IntegerField(required=False, default=0, min_value=0, help_text="First event to return")
+    limit = serializers.IntegerField(required=False, default=1000, min_value=1, max_value=1000)
+
+
+class JobListQuery(serializers.Serializer):
+    status = serializers.ChoiceField(choices=sorted(set(PUBLIC_STATUS.values())), required=False)
+    limit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=1000)
+
+
+class StreamOutput(serializers.Serializer):
+    status = serializers.CharField()
+    events = serializers.ListField(child=serializers.DictField())
+    next_offset = serializers.IntegerField()
+
+
+class EventsQuery(serializers.Serializer):
+    last_event_id = serializers.IntegerField(required=False, min_value=-1,
+                                             help_text="Resume after this event (for EventSource, which cannot set "
+                                                       "the Last-Event-ID header)")
+    offset = serializers.IntegerField(required=False, min_value=0, help_text="First event to send")
+
+
+# Envelopes, for the schema.
+class ErrorBody(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    field = serializers.CharField(required=False)
+
+
+class ErrorEnvelope(serializers.Serializer):
+    success = serializers.BooleanField(default=False)
+    error = ErrorBody()
+
+
+def envelope(name: str, data_serializer, *, many: bool = False) -> type[serializers.Serializer]:
+    return type(name, (serializers.Serializer,), {
+        "success": serializers.BooleanField(default=True),
+        "data": data_serializer(many=many) if isinstance(data_serializer, type) else data_serializer,
+    })
+
+
+JobCreatedEnvelope = envelope("JobCreatedEnvelope", JobCreatedOutput)
+JobEnvelope = envelope("JobEnvelope", JobOutput)
+JobListEnvelope = envelope("JobListEnvelope", JobOutput, many=True)
+StreamEnvelope = envelope("StreamEnvelope", StreamOutput)
+
+
+class DeletedEnvelope(serializers.Serializer):
+    success = serializers.BooleanField(default=True)
+    message = serializers.CharField()

@@ -1,0 +1,135 @@
+"""Jobs API views (seed 000). Thin: parse, call a service or selector, shape."""
+
+from __future__ import annotations
+
+import json
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.response import Response
+
+from claudesvc.errors import ServiceError
+from jobs.jobs_api import serializers as s
+from jobs.jobs_api.envelope import JobsAPIView, ok
+from jobs.models import JobEvent
+from jobs.selectors import job_events, job_get, job_list
+from jobs.services import job_create, job_delete
+from jobs.streaming import Ended, Idle, follow_job
+
+ERRORS = {
+    400: OpenApiResponse(s.ErrorEnvelope, description="Invalid parameters"),
+    401: OpenApiResponse(s.ErrorEnvelope, description="API key missing or invalid"),
+}
+NOT_FOUND = {404: OpenApiResponse(s.ErrorEnvelope, description="No such job for this key")}
+
+
+class JobListCreateView(JobsAPIView):
+    @extend_schema(
+        operation_id="jobs_create",
+        summary="Create a Claude job",
+        request={"application/json": s.JobCreateInput, "multipart/form-data": s.JobCreateInput},
+        responses={202: s.JobCreatedEnvelope, **ERRORS},
+    )
+    def post(self, request):
+        data = s.JobCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = job_create(caller=request.user, prompt=data.validated_data["prompt"],
+                         model=data.validated_data["model"])
+        return ok(s.created_output(job), status=202)
+
+    @extend_schema(
+        operation_id="jobs_list",
+        summary="List this key's jobs, newest first",
+        parameters=[s.JobListQuery],
+        responses={200: s.JobListEnvelope, **ERRORS},
+    )
+    def get(self, request):
+        query = s.JobListQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        jobs = job_list(caller=request.user)
+        wanted = query.validated_data.get("status")
+        if wanted:
+            core = [k for k, v in s.PUBLIC_STATUS.items() if v == wanted]
+            jobs = jobs.filter(status__in=core)
+        return ok(s.JobOutput(jobs[: query.validated_data["limit"]], many=True).data)
+
+
+class JobDetailView(JobsAPIView):
+    @extend_schema(operation_id="jobs_retrieve", summary="Status and result of a job",
+                   responses={200: s.JobEnvelope, **ERRORS, **NOT_FOUND})
+    def get(self, request, job_id):
+        return ok(s.JobOutput(job_get(caller=request.user, id=job_id)).data)
+
+    @extend_schema(operation_id="jobs_delete", summary="Delete a job, stopping it if it runs",
+                   responses={200: s.DeletedEnvelope, **ERRORS, **NOT_FOUND})
+    def delete(self, request, job_id):
+        job_delete(job=job_get(caller=request.user, id=job_id))
+        return Response({"success": True, "message": "Job deleted"})
+
+
+class JobStreamView(JobsAPIView):
+    @extend_schema(
+        operation_id="jobs_stream",
+        summary="Events of a job from an offset (polling)",
+        parameters=[s.OffsetQuery],
+        responses={200: s.StreamEnvelope, **ERRORS, **NOT_FOUND},
+    )
+    def get(self, request, job_id):
+        job = job_get(caller=request.user, id=job_id)
+        query = s.OffsetQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        offset = query.validated_data["offset"]
+        # Status first: events written before a final status are then all visible.
+        status = s.PUBLIC_STATUS[job.status]
+        events = job_events(job_id=job.pk, offset=offset, limit=query.validated_data["limit"])
+        next_offset = events[-1].seq + 1 if events else offset
+        return ok({"status": status, "events": [e.data for e in events], "next_offset": next_offset})
+
+
+def _sse(event: JobEvent) -> str:
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {json.dumps(event.data, separators=(',', ':'))}\n\n"
+
+
+async def _sse_stream(job_id, offset: int):
+    yield "retry: 2000\n\n"
+    async for item in follow_job(job_id, offset=offset):
+        if isinstance(item, JobEvent):
+            yield _sse(item)
+        elif isinstance(item, Idle):
+            yield ": keep-alive\n\n"
+        elif isinstance(item, Ended):
+            status = s.PUBLIC_STATUS.get(item.status, "deleted") if item.status else "deleted"
+            yield f"event: done\ndata: {json.dumps({'status': status})}\n\n"
+
+
+class JobEventsView(JobsAPIView):
+    @extend_schema(
+        operation_id="jobs_events",
+        summary="Events of a job as Server-Sent Events, live until it ends",
+        description=(
+            "Each event: `id:` its sequence number, `event:` its type, `data:` the CLI's stream-json message. "
+            "Reconnect with `Last-Event-ID` (or `?last_event_id=`) to resume after an event. The stream ends "
+            "with `event: done` once the job has finished and every event was sent."
+        ),
+        parameters=[
+            s.EventsQuery,
+            OpenApiParameter("Last-Event-ID", OpenApiTypes.INT, OpenApiParameter.HEADER, required=False),
+        ],
+        responses={(200, "text/event-stream"): OpenApiTypes.STR, **ERRORS, **NOT_FOUND},
+    )
+    def get(self, request, job_id):
+        job = job_get(caller=request.user, id=job_id)
+        query = s.EventsQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        offset = query.validated_data.get("offset", 0)
+        last_id = request.headers.get("Last-Event-ID", query.validated_data.get("last_event_id"))
+        if last_id is not None:
+            try:
+                offset = int(last_id) + 1
+            except ValueError:
+                raise ServiceError("Last-Event-ID must be an event id (an integer)", field="Last-Event-ID") from None
+        response = StreamingHttpResponse(_sse_stream(job.pk, max(offset, 0)), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response

@@ -1,0 +1,105 @@
+"""The job core: one ``Job`` row behind every API family, and its ordered events."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class JobStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING)
+FINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.CANCELLED)
+# The only moves a job makes; services change status by compare-and-set along these.
+TRANSITIONS = {
+    JobStatus.PENDING: {JobStatus.RUNNING, JobStatus.CANCELLED},
+    JobStatus.RUNNING: {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.CANCELLED},
+}
+
+
+class JobKind(models.TextChoices):
+    CLAUDE = "claude"
+    TRANSCRIPTION = "transcription"
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    api_key = models.ForeignKey("apikeys.ApiKey", null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="jobs")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                             related_name="jobs")
+    kind = models.CharField(max_length=20, choices=JobKind.choices, default=JobKind.CLAUDE)
+    # Which API family created it: "jobs", "compat", "process".
+    source = models.CharField(max_length=20, default="jobs")
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.PENDING)
+
+    prompt = models.TextField()
+    system_prompt = models.TextField(blank=True)
+    model = models.CharField(max_length=100)
+    priority = models.PositiveSmallIntegerField(default=0)
+    timeout_seconds = models.PositiveIntegerField()
+    tool_policy = models.CharField(max_length=20)
+    # Family-specific request options (max tokens, partial messages, session …): plain JSON.
+    options = models.JSONField(default=dict, blank=True)
+
+    result = models.TextField(blank=True)
+    error_message = models.TextField(blank=True)
+    usage = models.JSONField(null=True, blank=True)
+    cost_usd = models.FloatField(null=True, blank=True)
+    num_turns = models.PositiveIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    stderr = models.TextField(blank=True)
+    claude_session_id = models.CharField(max_length=64, blank=True)
+    peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    cpu_time_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    worker = models.CharField(max_length=200, blank=True)
+    cli_pid = models.IntegerField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The queue: highest priority first, then first come.
+            models.Index(fields=["status", "-priority", "created_at"], name="job_queue_idx"),
+            models.Index(fields=["api_key", "-created_at"], name="job_key_recent_idx"),
+            models.Index(fields=["status", "finished_at"], name="job_status_finished_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} job {self.id} ({self.status})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class JobEvent(models.Model):
+    """One message of a job, in order. ``seq`` counts from 0 per job."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=40)
+    data = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="jobevent_unique_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}#{self.seq} {self.type}"

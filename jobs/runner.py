@@ -1,0 +1,426 @@
+"""Runs one job's Claude Code CLI through claude-agent-sdk.
+
+The only module that touches the CLI. It turns a job and its tool policy into
+SDK options, starts the CLI through ``cli_launcher`` (own process group,
+allow-listed environment), appends every message as an event the moment it
+arrives, and watches the job: heartbeat, cancel requests and deletion from
+other processes, the timeout, and the memory/CPU of the CLI's process tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import claude_agent_sdk
+import psutil
+from asgiref.sync import sync_to_async
+from claude_agent_sdk import (
+    AssistantMessage,
+    ClaudeAgentOptions,
+    ProcessError,
+    ResultMessage,
+    StreamEvent,
+    SystemMessage,
+    UserMessage,
+)
+from django.conf import settings
+from django.utils import timezone
+
+from jobs.models import Job, JobStatus
+from jobs.progress import JobGone, JobProgress
+from jobs.services import job_transition
+from jobs.workspace import OUTPUT_DIR_NAME, JobPaths, workspace_prepare, workspace_remove
+
+logger = logging.getLogger(__name__)
+
+LAUNCHER = Path(__file__).resolve().parent / "cli_launcher.py"
+_WATCH_INTERVAL = 0.25
+_CONTROL_INTERVAL = 0.5
+
+# What each tool policy lets the CLI do. The safe ones take Bash away entirely
+# (the CLI runs "read-only" shell commands even in dontAsk mode) and use
+# dontAsk so anything not pre-approved is denied instead of waiting for a
+# prompt nobody will answer. Reads without a rule are allowed only inside the
+# working directory.
+TOOL_POLICIES: dict[str, dict[str, Any]] = {
+    "read_only": {"tools": ["Read", "Glob", "Grep"], "permission_mode": "dontAsk", "allowed_tools": []},
+    "safe": {
+        "tools": ["Read", "Glob", "Grep", "Write", "Edit"],
+        "permission_mode": "dontAsk",
+        "allowed_tools": [f"Edit(./{OUTPUT_DIR_NAME}/**)"],
+    },
+    "trusted": {"tools": {"type": "preset", "preset": "claude_code"}, "permission_mode": "bypassPermissions"},
+}
+
+
+# -- the CLI binary ----------------------------------------------------------------
+
+
+def real_cli_path() -> str | None:
+    """CLAUDE_CLI_PATH, else the binary bundled with claude-agent-sdk, else ``claude`` on PATH."""
+    if settings.CLAUDE_CLI_PATH:
+        return settings.CLAUDE_CLI_PATH
+    bundled = Path(claude_agent_sdk.__file__).resolve().parent / "_bundled" / "claude"
+    if bundled.exists():
+        return str(bundled)
+    return shutil.which("claude")
+
+
+@dataclass(frozen=True)
+class CliInfo:
+    installed: bool
+    path: str
+    version: str | None = None
+    error: str | None = None
+
+
+@lru_cache(maxsize=4)
+def _cli_info(path: str) -> CliInfo:
+    if not path or not os.access(path, os.X_OK):
+        return CliInfo(installed=False, path=path or "claude", error=f"Claude CLI not found at {path or 'PATH'}")
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=15, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return CliInfo(installed=False, path=path, error=f"Claude CLI at {path} cannot run: {exc}")
+    if out.returncode != 0:
+        return CliInfo(installed=False, path=path, error=f"Claude CLI at {path} failed: {out.stderr.strip()[:300]}")
+    match = re.search(r"\d+\.\d+\.\d+", out.stdout)
+    return CliInfo(installed=True, path=path, version=match.group(0) if match else out.stdout.strip())
+
+
+def cli_info() -> CliInfo:
+    """Whether the CLI can run and its version; probed once per process and path."""
+    return _cli_info(real_cli_path() or "")
+
+
+# -- SDK messages as events ----------------------------------------------------------------
+
+_BLOCK_TYPES = {
+    "TextBlock": "text",
+    "ThinkingBlock": "thinking",
+    "ToolUseBlock": "tool_use",
+    "ToolResultBlock": "tool_result",
+    "ServerToolUseBlock": "server_tool_use",
+    "ServerToolResultBlock": "server_tool_result",
+}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy of SDK dataclasses, tagging content blocks with their ``type``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        data = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        block_type = _BLOCK_TYPES.get(type(value).__name__)
+        return {"type": block_type, **data} if block_type else data
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def message_event(message: Any) -> dict[str, Any]:
+    """An SDK message in the shape of the CLI's stream-json output."""
+    if isinstance(message, SystemMessage):
+        return _plain(message.data)
+    data = _plain(message)
+    if isinstance(message, AssistantMessage):
+        return {
+            "type": "assistant",
+            "message": {"id": data.pop("message_id", None), "role": "assistant", "model": data.pop("model", None),
+                        "content": data.pop("content"), "stop_reason": data.pop("stop_reason", None),
+                        "usage": data.pop("usage", None)},
+            **data,
+        }
+    if isinstance(message, UserMessage):
+        return {"type": "user", "message": {"role": "user", "content": data.pop("content")}, **data}
+    if isinstance(message, ResultMessage):
+        return {"type": "result", **data}
+    if isinstance(message, StreamEvent):
+        return {"type": "stream_event", **data}
+    name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(message).__name__).lower().removesuffix("_message")
+    return {"type": name, **(data if isinstance(data, dict) else {"value": data})}
+
+
+# -- running a job ------------------------------------------------------------------------
+
+
+def job_prompt(job: Job) -> str:
+    return job.prompt
+
+
+def service_instructions(job: Job, paths: JobPaths) -> str:
+    lines = [f"Your working directory is {paths.work}."]
+    if job.tool_policy != "read_only":
+        lines.append(
+            f"Write every file you produce for the user into {paths.output} (./{OUTPUT_DIR_NAME}/); "
+            "files there are returned to the user."
+        )
+    return "\n".join(lines)
+
+
+def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptions:
+    cli = real_cli_path()
+    home = Path(settings.CLAUDE_HOME)
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "HOME": str(home),
+        "CLAUDESVC_REAL_CLI": cli or "claude",
+        "CLAUDESVC_PIDFILE": str(paths.pidfile),
+        "CLAUDESVC_ENV_ALLOW": json.dumps([*settings.CLAUDE_ENV_ALLOW, "HOME"]),
+    }
+    opts = job.options or {}
+    if opts.get("max_tokens"):
+        env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(int(opts["max_tokens"]))
+    appended = service_instructions(job, paths)
+    if job.system_prompt:
+        appended = f"{job.system_prompt}\n\n{appended}"
+    policy = TOOL_POLICIES.get(job.tool_policy, TOOL_POLICIES["safe"])
+    return ClaudeAgentOptions(
+        cli_path=str(LAUNCHER),
+        cwd=str(opts.get("cwd") or paths.work),
+        model=job.model,
+        env=env,
+        system_prompt={"type": "preset", "preset": "claude_code", "append": appended},
+        setting_sources=[],
+        include_partial_messages=bool(opts.get("partial_messages")),
+        resume=opts.get("resume") or None,
+        stderr=stderr_sink,
+        **policy,
+    )
+
+
+@dataclass
+class _Measure:
+    """Peak memory and CPU time of the CLI's process tree, sampled while it runs."""
+
+    peak_rss: int = 0
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
+
+    def sample(self, root_pid: int) -> None:
+        try:
+            root = psutil.Process(root_pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        rss = 0
+        for proc in procs:
+            try:
+                with proc.oneshot():
+                    rss += proc.memory_info().rss
+                    times = proc.cpu_times()
+                    self.cpu_by_pid[proc.pid] = times.user + times.system
+            except psutil.Error:
+                continue
+        self.peak_rss = max(self.peak_rss, rss)
+
+    @property
+    def cpu_ms(self) -> int:
+        return int(sum(self.cpu_by_pid.values()) * 1000)
+
+
+class JobRun:
+    """One execution of one claimed (running) job."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.paths = workspace_prepare(job.pk)
+        self.progress = JobProgress(job.pk, start_seq=job.events.count())
+        self.stderr_lines: collections.deque[str] = collections.deque(maxlen=200)
+        self.measure = _Measure()
+        self.pid: int | None = None
+        self.stop_reason: str | None = None  # "timeout" | "cancelled" | "deleted"
+        self.result: ResultMessage | None = None
+        self.session_id: str = ""
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self._consumer: asyncio.Task | None = None
+
+    # The main loop --------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.paths.pidfile.unlink(missing_ok=True)
+        self._consumer = asyncio.create_task(self._consume())
+        watcher = asyncio.create_task(self._watch())
+        try:
+            await self._consumer
+        except asyncio.CancelledError:
+            if self.stop_reason is None:
+                raise
+        except JobGone:
+            self.stop_reason = "deleted"
+        except Exception as exc:
+            self.error = exc
+        finally:
+            watcher.cancel()
+            # Whatever the CLI left running in its group (a background shell …) goes too.
+            self._signal_group(signal.SIGKILL)
+        await self._finish()
+
+    async def _consume(self) -> None:
+        options = build_options(self.job, self.paths, stderr_sink=self.stderr_lines.append)
+        async for message in claude_agent_sdk.query(prompt=job_prompt(self.job), options=options):
+            if isinstance(message, SystemMessage) and message.subtype == "init":
+                self.session_id = message.data.get("session_id", "")
+            if isinstance(message, ResultMessage):
+                self.result = message
+            event = message_event(message)
+            await self.progress.aemit(event.get("type", "message"), event)
+
+    # Watching ---------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        next_control = 0.0
+        last_beat = time.monotonic()
+        while True:
+            await asyncio.sleep(_WATCH_INTERVAL)
+            if self.pid is None:
+                self._read_pid()
+            if self.pid is not None:
+                self.measure.sample(self.pid)
+            now = time.monotonic()
+            if now - self.started > self.job.timeout_seconds:
+                await self._stop("timeout")
+                return
+            if now >= next_control:
+                next_control = now + _CONTROL_INTERVAL
+                beat = now - last_beat >= settings.JOB_HEARTBEAT_SECONDS
+                if beat:
+                    last_beat = now
+                reason = await sync_to_async(self._control)(beat)
+                if reason:
+                    await self._stop(reason)
+                    return
+
+    def _read_pid(self) -> None:
+        try:
+            self.pid = int(self.paths.pidfile.read_text())
+        except (OSError, ValueError):
+            return
+        logger.info("job %s: CLI started with pid %s", self.job.pk, self.pid)
+
+    def _control(self, beat: bool) -> str | None:
+        row = Job.objects.filter(pk=self.job.pk).values("cancel_requested_at", "cli_pid").first()
+        if row is None:
+            return "deleted"
+        if self.pid is not None and row["cli_pid"] != self.pid:
+            Job.objects.filter(pk=self.job.pk).update(cli_pid=self.pid)
+        if row["cancel_requested_at"]:
+            return "cancelled"
+        if beat:
+            Job.objects.filter(pk=self.job.pk, status=JobStatus.RUNNING).update(heartbeat_at=timezone.now())
+        return None
+
+    async def _stop(self, reason: str) -> None:
+        self.stop_reason = reason
+        logger.info("job %s: stopping the CLI (%s)", self.job.pk, reason)
+        self._signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + settings.JOB_KILL_GRACE_SECONDS
+        while time.monotonic() < deadline and self._group_alive():
+            await asyncio.sleep(0.1)
+        self._signal_group(signal.SIGKILL)
+        await asyncio.sleep(2)
+        if self._consumer and not self._consumer.done():
+            self._consumer.cancel()
+
+    def _group_alive(self) -> bool:
+        if self.pid is None:
+            return False
+        try:
+            os.killpg(self.pid, 0)
+        except OSError:
+            return False
+        return True
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self.pid is None:
+            self._read_pid()
+        if self.pid is None:
+            return
+        try:
+            # The launcher made the CLI a session leader: its pid is its group id.
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            logger.warning("job %s: not allowed to signal process group %s", self.job.pk, self.pid)
+
+    # Finishing --------------------------------------------------------------------
+
+    def _outcome(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "stderr": "".join(line if line.endswith("\n") else line + "\n" for line in self.stderr_lines)[-20000:],
+            "duration_ms": int((time.monotonic() - self.started) * 1000),
+            "claude_session_id": self.session_id,
+            "peak_memory_bytes": self.measure.peak_rss or None,
+            "cpu_time_ms": self.measure.cpu_ms if self.measure.cpu_by_pid else None,
+        }
+        res = self.result
+        if res is not None:
+            fields.update(
+                usage=res.usage, cost_usd=res.total_cost_usd, num_turns=res.num_turns,
+                claude_session_id=res.session_id or self.session_id, result=res.result or "",
+            )
+        if self.stop_reason == "timeout":
+            return {**fields, "status": JobStatus.TIMEOUT, "exit_code": -signal.SIGTERM,
+                    "error_message": f"The job exceeded its timeout of {self.job.timeout_seconds} s and was stopped."}
+        if self.stop_reason == "cancelled":
+            return {**fields, "status": JobStatus.CANCELLED, "exit_code": -signal.SIGTERM,
+                    "error_message": "Cancelled by the caller"}
+        if res is not None and not res.is_error:
+            return {**fields, "status": JobStatus.COMPLETED, "exit_code": 0}
+        return {**fields, "status": JobStatus.FAILED, "exit_code": self._exit_code(), "error_message": self._error_text()}
+
+    def _exit_code(self) -> int:
+        if isinstance(self.error, ProcessError) and self.error.exit_code is not None:
+            return self.error.exit_code
+        return 1
+
+    def _error_text(self) -> str:
+        res = self.result
+        if res is not None:
+            parts = [res.result or "", *(res.errors or [])]
+            detail = "; ".join(p for p in parts if p) or res.subtype
+            status = f" (upstream HTTP {res.api_error_status})" if res.api_error_status else ""
+            return f"Claude Code reported an error{status}: {detail}"
+        stderr_tail = "".join(self.stderr_lines).strip()[-2000:]
+        base = f"The Claude CLI failed: {self.error}" if self.error else "The Claude CLI ended without a result."
+        return f"{base}\n{stderr_tail}".strip() if stderr_tail and stderr_tail not in base else base
+
+    async def _finish(self) -> None:
+        if self.stop_reason == "deleted":
+            logger.info("job %s was deleted while running; CLI stopped", self.job.pk)
+            await sync_to_async(workspace_remove)(self.job.pk)
+            return
+        outcome = self._outcome()
+        status = outcome.pop("status")
+        if status != JobStatus.COMPLETED and self.result is None:
+            try:
+                await self.progress.aemit("error", {"type": "error", "error": status,
+                                                     "message": outcome["error_message"]})
+            except JobGone:
+                return
+        moved = await sync_to_async(job_transition)(job_id=self.job.pk, frm=JobStatus.RUNNING, to=status, **outcome)
+        logger.info("job %s finished: %s in %s ms%s", self.job.pk, status, outcome["duration_ms"],
+                    "" if moved else " (status was changed elsewhere; result not recorded)")
+
+
+def run_job(job_id) -> None:
+    """Run a job that ``services.job_claim_next`` moved to running. Blocks until it ends."""
+    job = Job.objects.get(pk=job_id)
+    asyncio.run(JobRun(job).run())

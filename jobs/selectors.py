@@ -1,0 +1,40 @@
+"""Reads of the job core, always scoped to the caller: another caller's job is
+simply not found."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import QuerySet
+
+from claudesvc.auth import Caller
+from claudesvc.errors import NotFound
+from jobs.models import Job, JobEvent
+
+
+def _parse_id(job_id: str | uuid.UUID) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(job_id))
+    except ValueError:
+        return None
+
+
+def job_get(*, caller: Caller, id: str | uuid.UUID) -> Job:  # noqa: A002 - the styleguide's selector shape
+    job_uuid = _parse_id(id)
+    job = Job.objects.filter(caller.owns(), pk=job_uuid).first() if job_uuid else None
+    if job is None:
+        raise NotFound("Job not found")
+    return job
+
+
+def job_list(*, caller: Caller, status: str | None = None, source: str | None = None) -> QuerySet[Job]:
+    jobs = Job.objects.filter(caller.owns())
+    if status:
+        jobs = jobs.filter(status=status)
+    if source:
+        jobs = jobs.filter(source=source)
+    return jobs.order_by("-created_at")
+
+
+def job_events(*, job_id: uuid.UUID, offset: int = 0, limit: int = 1000) -> list[JobEvent]:
+    return list(JobEvent.objects.filter(job_id=job_id, seq__gte=offset).order_by("seq")[:limit])

@@ -1,0 +1,78 @@
+"""Following a job's events as they are written, for every streaming face
+(Server-Sent Events, the compat streams, WebSocket).
+
+Rows are read from the database by sequence number, so a reader that starts
+late or reconnects misses nothing; a push on the channel layer (Redis in the
+scale-out deployment) wakes it up at once, and where no push can arrive it
+re-checks every ``STREAM_POLL_MS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from jobs.models import FINAL_STATUSES, Job, JobEvent
+from jobs.progress import job_group
+from jobs.selectors import job_events
+
+
+@dataclass(frozen=True)
+class Idle:
+    """Nothing new for a while: a chance to send a keep-alive."""
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The job reached ``status`` (None: it was deleted) and every event was delivered."""
+
+    status: str | None
+
+
+async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[JobEvent | Idle | Ended]:
+    layer = get_channel_layer()
+    channel = await layer.new_channel() if layer else None
+    if channel:
+        await layer.group_add(job_group(job_id), channel)
+    poll = settings.STREAM_POLL_MS / 1000
+    keepalive = settings.STREAM_KEEPALIVE_SECONDS
+    last_sent = time.monotonic()
+    next_seq = offset
+    try:
+        while True:
+            events = await sync_to_async(job_events)(job_id=job_id, offset=next_seq, limit=500)
+            for event in events:
+                next_seq = event.seq + 1
+                yield event
+            if events:
+                last_sent = time.monotonic()
+                continue
+            status = await Job.objects.filter(pk=job_id).values_list("status", flat=True).afirst()
+            if status is None or status in FINAL_STATUSES:
+                # The final events are written before the status changes; one
+                # more read catches any that landed since the last one.
+                tail = await sync_to_async(job_events)(job_id=job_id, offset=next_seq, limit=500)
+                if tail:
+                    continue
+                yield Ended(status)
+                return
+            try:
+                if channel:
+                    await asyncio.wait_for(layer.receive(channel), timeout=poll)
+                else:
+                    await asyncio.sleep(poll)
+            except TimeoutError:
+                pass
+            if time.monotonic() - last_sent >= keepalive:
+                last_sent = time.monotonic()
+                yield Idle()
+    finally:
+        if channel:
+            await layer.group_discard(job_group(job_id), channel)

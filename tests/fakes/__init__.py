@@ -1,0 +1,1 @@
+"""Fakes of services outside this machine: the Anthropic Messages API and Voxtral."""

@@ -1,0 +1,197 @@
+"""A fake Anthropic Messages API on 127.0.0.1 for the real ``claude`` CLI.
+
+The CLI posts ``/v1/messages?beta=true`` with ``stream: true`` and expects
+Anthropic's SSE event sequence. Replies are driven by directives in the last
+user turn so a test states what it wants in its own prompt:
+
+- ``[[tool:NAME {json input}]]`` answers with a ``tool_use`` block (once; the
+  follow-up turn that carries the ``tool_result`` gets a plain text answer);
+- ``[[error:STATUS]]`` answers with an HTTP error of that status;
+- ``[[slow:SECONDS]]`` streams the answer with that pause between chunks;
+- ``[[reply:TEXT]]`` answers exactly TEXT;
+- anything else is answered ``Echo: <prompt>``.
+
+Every request body is recorded in ``requests`` so a test can see what the CLI
+sent (files it read, tool results, system prompt, model).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+DIRECTIVE = re.compile(r"\[\[(tool|error|slow|reply):(.*?)\]\]", re.DOTALL)
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content or []:
+        if block.get("type") == "text":
+            parts.append(block.get("text", ""))
+        elif block.get("type") == "tool_result":
+            inner = block.get("content")
+            parts.append(_text_of(inner) if not isinstance(inner, str) else inner)
+    return "\n".join(parts)
+
+
+class FakeAnthropic:
+    """Serves the fake API in a background thread; use as a context manager."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with fake._lock:
+                    fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                if self.path.startswith("/v1/messages/count_tokens"):
+                    self._json(200, {"input_tokens": 10})
+                elif self.path.startswith("/v1/messages"):
+                    fake._answer(self, body)
+                else:
+                    self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def _json(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FakeAnthropic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def start(self) -> FakeAnthropic:
+        return self.__enter__()
+
+    def stop(self) -> None:
+        self.__exit__()
+
+    # -- answering ---------------------------------------------------------
+
+    def main_requests(self) -> list[dict[str, Any]]:
+        """Requests of the conversation itself (those that offer tools)."""
+        return [r for r in self.requests if r["body"].get("tools")]
+
+    def _answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        # The CLI may append a system-role message after the user turn.
+        messages = [m for m in body.get("messages") or [] if m.get("role") in ("user", "assistant")]
+        users = [m for m in messages if m.get("role") == "user"]
+        last = users[-1] if users else {"content": ""}
+        last_text = _text_of(last.get("content"))
+        # After a tool result, the directives that asked for the tool are in the
+        # latest user turn that is not itself a tool result.
+        first_user = next((_text_of(m.get("content")) for m in reversed(users)
+                           if not (isinstance(m.get("content"), list)
+                                   and any(b.get("type") == "tool_result" for b in m["content"]))), "")
+        is_tool_result = isinstance(last.get("content"), list) and any(
+            b.get("type") == "tool_result" for b in last["content"]
+        )
+        directives = DIRECTIVE.findall(first_user if is_tool_result else last_text)
+        pause = 0.0
+        blocks: list[dict[str, Any]] = []
+        for kind, arg in directives:
+            if kind == "error":
+                status = int(arg)
+                kind_name = {429: "rate_limit_error", 529: "overloaded_error", 400: "invalid_request_error"}.get(
+                    status, "api_error"
+                )
+                handler._json(status, {"type": "error", "error": {"type": kind_name, "message": f"fake upstream {status}"}})
+                return
+            if kind == "slow":
+                pause = float(arg)
+            if kind == "reply" and not is_tool_result:
+                blocks.append({"type": "text", "text": arg})
+            if kind == "tool" and not is_tool_result:
+                name, _, raw = arg.partition(" ")
+                blocks.append({"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:20]}", "name": name,
+                               "input": json.loads(raw or "{}")})
+        if is_tool_result:
+            blocks = [{"type": "text", "text": "Tool finished: " + last_text[:200]}]
+        if not blocks:
+            prompt = DIRECTIVE.sub("", last_text.split("</system-reminder>")[-1]).strip()
+            blocks = [{"type": "text", "text": "Echo: " + prompt[:2000]}]
+        self._stream(handler, body, blocks, pause)
+
+    def _stream(self, handler: BaseHTTPRequestHandler, body: dict[str, Any], blocks: list[dict[str, Any]],
+                pause: float) -> None:
+        handler.send_response(200)
+        handler.send_header("content-type", "text/event-stream")
+        handler.send_header("cache-control", "no-cache")
+        handler.send_header("connection", "close")
+        handler.end_headers()
+
+        def send(event: str, data: dict[str, Any]) -> None:
+            handler.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+            handler.wfile.flush()
+
+        input_tokens = 12 + sum(len(json.dumps(m)) // 40 for m in body.get("messages", []))
+        output_tokens = 0
+        send("message_start", {"type": "message_start", "message": {
+            "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
+            "model": body.get("model", "claude-sonnet"), "content": [], "stop_reason": None,
+            "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}})
+        stop_reason = "end_turn"
+        for index, block in enumerate(blocks):
+            if block["type"] == "text":
+                send("content_block_start", {"type": "content_block_start", "index": index,
+                                             "content_block": {"type": "text", "text": ""}})
+                words = re.findall(r"\S+\s*", block["text"]) or [block["text"]]
+                for word in words:
+                    if pause:
+                        time.sleep(pause)
+                    output_tokens += 1
+                    send("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                 "delta": {"type": "text_delta", "text": word}})
+            else:
+                stop_reason = "tool_use"
+                send("content_block_start", {"type": "content_block_start", "index": index,
+                                             "content_block": {"type": "tool_use", "id": block["id"],
+                                                               "name": block["name"], "input": {}}})
+                send("content_block_delta", {"type": "content_block_delta", "index": index,
+                                             "delta": {"type": "input_json_delta",
+                                                       "partial_json": json.dumps(block["input"])}})
+                output_tokens += 5
+            send("content_block_stop", {"type": "content_block_stop", "index": index})
+        send("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                               "usage": {"output_tokens": output_tokens}})
+        send("message_stop", {"type": "message_stop"})
+        handler.close_connection = True

@@ -1,0 +1,1 @@
+"""Audio transcription jobs (issue 4): probe, normalise, split, transcribe, outputs."""
