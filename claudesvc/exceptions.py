@@ -3,8 +3,8 @@ its own seed's error shape."""
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 from django.core.exceptions import PermissionDenied

@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_q",
     "channels",
+    "claudesvc",
     "apikeys",
     "jobs",
     "transcription",
@@ -60,6 +61,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "claudesvc.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -161,7 +163,8 @@ STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
 STATIC_URL = "/static/"
 STORAGES = {
     "default": {"BACKEND": env_str("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage")},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # Admin and /docs assets, served by the app itself (WhiteNoise): no extra web server needed.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
 # -- the CLI and jobs --------------------------------------------------------------
@@ -175,11 +178,27 @@ CLAUDE_HOME = Path(env_str("CLAUDE_HOME", str(VAR_DIR / "claude-home")))
 CLAUDE_ENV_ALLOW = env_list(
     "CLAUDE_ENV_ALLOW",
     [
-        "PATH", "LANG", "LC_*", "TZ", "TERM",
-        "ANTHROPIC_*", "CLAUDE_CODE_*", "CLAUDE_AGENT_SDK_*",
-        "DISABLE_TELEMETRY", "DISABLE_AUTOUPDATER", "DISABLE_ERROR_REPORTING",
-        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
-        "AWS_REGION", "AWS_PROFILE", "CLOUD_ML_REGION", "ANTHROPIC_VERTEX_PROJECT_ID",
+        "PATH",
+        "LANG",
+        "LC_*",
+        "TZ",
+        "TERM",
+        "ANTHROPIC_*",
+        "CLAUDE_CODE_*",
+        "CLAUDE_AGENT_SDK_*",
+        "DISABLE_TELEMETRY",
+        "DISABLE_AUTOUPDATER",
+        "DISABLE_ERROR_REPORTING",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "AWS_REGION",
+        "AWS_PROFILE",
+        "CLOUD_ML_REGION",
+        "ANTHROPIC_VERTEX_PROJECT_ID",
     ],
 )
 CLAUDE_DEFAULT_MODEL = env_str("CLAUDE_DEFAULT_MODEL", "sonnet")
@@ -222,8 +241,7 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "claudesvc",
     "DESCRIPTION": (
-        "Claude Code CLI behind HTTP. Authenticate with `X-API-Key: csk_…` or "
-        "`Authorization: Bearer csk_…`."
+        "Claude Code CLI behind HTTP. Authenticate with `X-API-Key: csk_…` or `Authorization: Bearer csk_…`."
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,

@@ -37,14 +37,23 @@ def landing(request):
         "running": Job.objects.filter(status=JobStatus.RUNNING).count(),
         "pending": Job.objects.filter(status=JobStatus.PENDING).count(),
     }
-    return render(request, "landing.html", {"cli": cli, "counts": counts, "version": settings.SERVICE_VERSION})
+    return render(
+        request, "landing.html", {"cli": cli, "counts": counts, "version": settings.SERVICE_VERSION}
+    )
 
 
 def not_found(request, exception=None):
-    return JsonResponse({"success": False, "error": {"code": "not_found", "message": f"No route for {request.path}"}},
-                        status=404)
+    return JsonResponse(
+        {"success": False, "error": {"code": "not_found", "message": f"No route for {request.path}"}},
+        status=404,
+    )
 
 
 def server_error(request):
-    return JsonResponse({"success": False, "error": {"code": "internal_error",
-                                                     "message": "An internal server error occurred"}}, status=500)
+    return JsonResponse(
+        {
+            "success": False,
+            "error": {"code": "internal_error", "message": "An internal server error occurred"},
+        },
+        status=500,
+    )

@@ -22,7 +22,17 @@ class JobEventInline(admin.TabularInline):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ["id", "kind", "source", "status", "model", "api_key", "created_at", "duration_ms", "cost_usd"]
+    list_display = [
+        "id",
+        "kind",
+        "source",
+        "status",
+        "model",
+        "api_key",
+        "created_at",
+        "duration_ms",
+        "cost_usd",
+    ]
     list_filter = ["status", "kind", "source", "model"]
     search_fields = ["id", "prompt"]
     list_select_related = ["api_key"]

@@ -38,6 +38,7 @@ from claude_agent_sdk import (
     UserMessage,
 )
 from django.conf import settings
+from django.db import connections
 from django.utils import timezone
 
 from jobs.models import Job, JobStatus
@@ -91,13 +92,17 @@ class CliInfo:
 @lru_cache(maxsize=4)
 def _cli_info(path: str) -> CliInfo:
     if not path or not os.access(path, os.X_OK):
-        return CliInfo(installed=False, path=path or "claude", error=f"Claude CLI not found at {path or 'PATH'}")
+        return CliInfo(
+            installed=False, path=path or "claude", error=f"Claude CLI not found at {path or 'PATH'}"
+        )
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=15, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return CliInfo(installed=False, path=path, error=f"Claude CLI at {path} cannot run: {exc}")
     if out.returncode != 0:
-        return CliInfo(installed=False, path=path, error=f"Claude CLI at {path} failed: {out.stderr.strip()[:300]}")
+        return CliInfo(
+            installed=False, path=path, error=f"Claude CLI at {path} failed: {out.stderr.strip()[:300]}"
+        )
     match = re.search(r"\d+\.\d+\.\d+", out.stdout)
     return CliInfo(installed=True, path=path, version=match.group(0) if match else out.stdout.strip())
 
@@ -142,9 +147,14 @@ def message_event(message: Any) -> dict[str, Any]:
     if isinstance(message, AssistantMessage):
         return {
             "type": "assistant",
-            "message": {"id": data.pop("message_id", None), "role": "assistant", "model": data.pop("model", None),
-                        "content": data.pop("content"), "stop_reason": data.pop("stop_reason", None),
-                        "usage": data.pop("usage", None)},
+            "message": {
+                "id": data.pop("message_id", None),
+                "role": "assistant",
+                "model": data.pop("model", None),
+                "content": data.pop("content"),
+                "stop_reason": data.pop("stop_reason", None),
+                "usage": data.pop("usage", None),
+            },
             **data,
         }
     if isinstance(message, UserMessage):
@@ -364,7 +374,9 @@ class JobRun:
 
     def _outcome(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
-            "stderr": "".join(line if line.endswith("\n") else line + "\n" for line in self.stderr_lines)[-20000:],
+            "stderr": "".join(line if line.endswith("\n") else line + "\n" for line in self.stderr_lines)[
+                -20000:
+            ],
             "duration_ms": int((time.monotonic() - self.started) * 1000),
             "claude_session_id": self.session_id,
             "peak_memory_bytes": self.measure.peak_rss or None,
@@ -373,18 +385,34 @@ class JobRun:
         res = self.result
         if res is not None:
             fields.update(
-                usage=res.usage, cost_usd=res.total_cost_usd, num_turns=res.num_turns,
-                claude_session_id=res.session_id or self.session_id, result=res.result or "",
+                usage=res.usage,
+                cost_usd=res.total_cost_usd,
+                num_turns=res.num_turns,
+                claude_session_id=res.session_id or self.session_id,
+                result=res.result or "",
             )
         if self.stop_reason == "timeout":
-            return {**fields, "status": JobStatus.TIMEOUT, "exit_code": -signal.SIGTERM,
-                    "error_message": f"The job exceeded its timeout of {self.job.timeout_seconds} s and was stopped."}
+            return {
+                **fields,
+                "status": JobStatus.TIMEOUT,
+                "exit_code": -signal.SIGTERM,
+                "error_message": f"The job exceeded its timeout of {self.job.timeout_seconds} s and was stopped.",
+            }
         if self.stop_reason == "cancelled":
-            return {**fields, "status": JobStatus.CANCELLED, "exit_code": -signal.SIGTERM,
-                    "error_message": "Cancelled by the caller"}
+            return {
+                **fields,
+                "status": JobStatus.CANCELLED,
+                "exit_code": -signal.SIGTERM,
+                "error_message": "Cancelled by the caller",
+            }
         if res is not None and not res.is_error:
             return {**fields, "status": JobStatus.COMPLETED, "exit_code": 0}
-        return {**fields, "status": JobStatus.FAILED, "exit_code": self._exit_code(), "error_message": self._error_text()}
+        return {
+            **fields,
+            "status": JobStatus.FAILED,
+            "exit_code": self._exit_code(),
+            "error_message": self._error_text(),
+        }
 
     def _exit_code(self) -> int:
         if isinstance(self.error, ProcessError) and self.error.exit_code is not None:
@@ -399,7 +427,9 @@ class JobRun:
             status = f" (upstream HTTP {res.api_error_status})" if res.api_error_status else ""
             return f"Claude Code reported an error{status}: {detail}"
         stderr_tail = "".join(self.stderr_lines).strip()[-2000:]
-        base = f"The Claude CLI failed: {self.error}" if self.error else "The Claude CLI ended without a result."
+        base = (
+            f"The Claude CLI failed: {self.error}" if self.error else "The Claude CLI ended without a result."
+        )
         return f"{base}\n{stderr_tail}".strip() if stderr_tail and stderr_tail not in base else base
 
     async def _finish(self) -> None:
@@ -411,16 +441,33 @@ class JobRun:
         status = outcome.pop("status")
         if status != JobStatus.COMPLETED and self.result is None:
             try:
-                await self.progress.aemit("error", {"type": "error", "error": status,
-                                                     "message": outcome["error_message"]})
+                await self.progress.aemit(
+                    "error", {"type": "error", "error": status, "message": outcome["error_message"]}
+                )
             except JobGone:
                 return
-        moved = await sync_to_async(job_transition)(job_id=self.job.pk, frm=JobStatus.RUNNING, to=status, **outcome)
-        logger.info("job %s finished: %s in %s ms%s", self.job.pk, status, outcome["duration_ms"],
-                    "" if moved else " (status was changed elsewhere; result not recorded)")
+        moved = await sync_to_async(job_transition)(
+            job_id=self.job.pk, frm=JobStatus.RUNNING, to=status, **outcome
+        )
+        logger.info(
+            "job %s finished: %s in %s ms%s",
+            self.job.pk,
+            status,
+            outcome["duration_ms"],
+            "" if moved else " (status was changed elsewhere; result not recorded)",
+        )
 
 
 def run_job(job_id) -> None:
     """Run a job that ``services.job_claim_next`` moved to running. Blocks until it ends."""
-    job = Job.objects.get(pk=job_id)
-    asyncio.run(JobRun(job).run())
+    job_run = JobRun(Job.objects.get(pk=job_id))
+
+    async def main() -> None:
+        try:
+            await job_run.run()
+        finally:
+            # ORM calls ran on sync_to_async's executor thread; do not keep its
+            # connection open between jobs.
+            await sync_to_async(connections.close_all)()
+
+    asyncio.run(main())

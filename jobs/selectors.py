@@ -19,7 +19,7 @@ def _parse_id(job_id: str | uuid.UUID) -> uuid.UUID | None:
         return None
 
 
-def job_get(*, caller: Caller, id: str | uuid.UUID) -> Job:  # noqa: A002 - the styleguide's selector shape
+def job_get(*, caller: Caller, id: str | uuid.UUID) -> Job:
     job_uuid = _parse_id(id)
     job = Job.objects.filter(caller.owns(), pk=job_uuid).first() if job_uuid else None
     if job is None:

@@ -136,8 +136,13 @@ def job_cancel(*, job: Job) -> Job:
         raise Conflict(f"Job already {job.status}", code="already_finished")
     now = timezone.now()
     message = "Cancelled by the caller"
-    if job_transition(job_id=job.pk, frm=JobStatus.PENDING, to=JobStatus.CANCELLED,
-                      error_message=message, cancel_requested_at=now):
+    if job_transition(
+        job_id=job.pk,
+        frm=JobStatus.PENDING,
+        to=JobStatus.CANCELLED,
+        error_message=message,
+        cancel_requested_at=now,
+    ):
         JobProgress(job.pk, start_seq=_next_seq(job)).emit(
             "error", {"type": "error", "error": "cancelled", "message": message}
         )
@@ -165,11 +170,17 @@ def job_delete(*, job: Job) -> None:
 def job_reap_stale() -> int:
     """Fail running jobs whose worker stopped proving it is alive (it died)."""
     cutoff = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
-    stale = list(Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff).values_list("pk", flat=True))
+    stale = list(
+        Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff).values_list("pk", flat=True)
+    )
     reaped = 0
     for job_id in stale:
-        if job_transition(job_id=job_id, frm=JobStatus.RUNNING, to=JobStatus.FAILED,
-                          error_message="The worker running this job stopped responding; the job was abandoned."):
+        if job_transition(
+            job_id=job_id,
+            frm=JobStatus.RUNNING,
+            to=JobStatus.FAILED,
+            error_message="The worker running this job stopped responding; the job was abandoned.",
+        ):
             reaped += 1
             logger.warning("job %s reaped: worker lost", job_id)
     return reaped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from claudesvc.errors import ServiceError
@@ -23,10 +24,15 @@ PUBLIC_STATUS = {
 
 
 class JobCreateInput(serializers.Serializer):
-    prompt = StrictCharField(max_length=settings.MAX_PROMPT_CHARS, trim_whitespace=False,
-                             help_text="The prompt for Claude")
-    model = StrictCharField(required=False, default="", allow_blank=True,
-                            help_text="haiku | sonnet | opus (default: sonnet) or a full Claude model id")
+    prompt = StrictCharField(
+        max_length=settings.MAX_PROMPT_CHARS, trim_whitespace=False, help_text="The prompt for Claude"
+    )
+    model = StrictCharField(
+        required=False,
+        default="",
+        allow_blank=True,
+        help_text="haiku | sonnet | opus (default: sonnet) or a full Claude model id",
+    )
 
     def validate_prompt(self, value: str) -> str:
         if not value.strip():
@@ -70,8 +76,22 @@ class JobOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Job
-        fields = ["id", "type", "status", "model", "result", "error_message", "created_at", "started_at",
-                  "finished_at", "duration_ms", "num_turns", "usage", "stream_url", "events_url"]
+        fields = [
+            "id",
+            "type",
+            "status",
+            "model",
+            "result",
+            "error_message",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "num_turns",
+            "usage",
+            "stream_url",
+            "events_url",
+        ]
 
     def get_status(self, job: Job) -> str:
         return PUBLIC_STATUS[job.status]
@@ -82,7 +102,8 @@ class JobOutput(serializers.ModelSerializer):
     def get_error_message(self, job: Job) -> str | None:
         return job.error_message or None
 
-    def get_usage(self, job: Job) -> UsageOutput | None:
+    @extend_schema_field(UsageOutput(allow_null=True))
+    def get_usage(self, job: Job) -> dict | None:
         if job.usage is None and job.cost_usd is None:
             return None
         usage = job.usage or {}
@@ -102,15 +123,21 @@ class JobOutput(serializers.ModelSerializer):
 
 
 def created_output(job: Job) -> dict:
-    data = {"id": str(job.pk), "status": PUBLIC_STATUS[job.status],
-            "stream_url": reverse("jobs:stream", args=[job.pk]), "events_url": reverse("jobs:events", args=[job.pk])}
+    data = {
+        "id": str(job.pk),
+        "status": PUBLIC_STATUS[job.status],
+        "stream_url": reverse("jobs:stream", args=[job.pk]),
+        "events_url": reverse("jobs:events", args=[job.pk]),
+    }
     if job.kind != "claude":
         data = {"id": data["id"], "type": job.kind, **{k: v for k, v in data.items() if k != "id"}}
     return data
 
 
 class OffsetQuery(serializers.Serializer):
-    offset = serializers.IntegerField(required=False, default=0, min_value=0, help_text="First event to return")
+    offset = serializers.IntegerField(
+        required=False, default=0, min_value=0, help_text="First event to return"
+    )
     limit = serializers.IntegerField(required=False, default=1000, min_value=1, max_value=1000)
 
 
@@ -126,9 +153,11 @@ class StreamOutput(serializers.Serializer):
 
 
 class EventsQuery(serializers.Serializer):
-    last_event_id = serializers.IntegerField(required=False, min_value=-1,
-                                             help_text="Resume after this event (for EventSource, which cannot set "
-                                                       "the Last-Event-ID header)")
+    last_event_id = serializers.IntegerField(
+        required=False,
+        min_value=-1,
+        help_text="Resume after this event (for EventSource, which cannot set the Last-Event-ID header)",
+    )
     offset = serializers.IntegerField(required=False, min_value=0, help_text="First event to send")
 
 
@@ -145,10 +174,14 @@ class ErrorEnvelope(serializers.Serializer):
 
 
 def envelope(name: str, data_serializer, *, many: bool = False) -> type[serializers.Serializer]:
-    return type(name, (serializers.Serializer,), {
-        "success": serializers.BooleanField(default=True),
-        "data": data_serializer(many=many) if isinstance(data_serializer, type) else data_serializer,
-    })
+    return type(
+        name,
+        (serializers.Serializer,),
+        {
+            "success": serializers.BooleanField(default=True),
+            "data": data_serializer(many=many) if isinstance(data_serializer, type) else data_serializer,
+        },
+    )
 
 
 JobCreatedEnvelope = envelope("JobCreatedEnvelope", JobCreatedOutput)

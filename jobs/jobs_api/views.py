@@ -34,8 +34,9 @@ class JobListCreateView(JobsAPIView):
     def post(self, request):
         data = s.JobCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        job = job_create(caller=request.user, prompt=data.validated_data["prompt"],
-                         model=data.validated_data["model"])
+        job = job_create(
+            caller=request.user, prompt=data.validated_data["prompt"], model=data.validated_data["model"]
+        )
         return ok(s.created_output(job), status=202)
 
     @extend_schema(
@@ -56,13 +57,19 @@ class JobListCreateView(JobsAPIView):
 
 
 class JobDetailView(JobsAPIView):
-    @extend_schema(operation_id="jobs_retrieve", summary="Status and result of a job",
-                   responses={200: s.JobEnvelope, **ERRORS, **NOT_FOUND})
+    @extend_schema(
+        operation_id="jobs_retrieve",
+        summary="Status and result of a job",
+        responses={200: s.JobEnvelope, **ERRORS, **NOT_FOUND},
+    )
     def get(self, request, job_id):
         return ok(s.JobOutput(job_get(caller=request.user, id=job_id)).data)
 
-    @extend_schema(operation_id="jobs_delete", summary="Delete a job, stopping it if it runs",
-                   responses={200: s.DeletedEnvelope, **ERRORS, **NOT_FOUND})
+    @extend_schema(
+        operation_id="jobs_delete",
+        summary="Delete a job, stopping it if it runs",
+        responses={200: s.DeletedEnvelope, **ERRORS, **NOT_FOUND},
+    )
     def delete(self, request, job_id):
         job_delete(job=job_get(caller=request.user, id=job_id))
         return Response({"success": True, "message": "Job deleted"})
@@ -128,8 +135,12 @@ class JobEventsView(JobsAPIView):
             try:
                 offset = int(last_id) + 1
             except ValueError:
-                raise ServiceError("Last-Event-ID must be an event id (an integer)", field="Last-Event-ID") from None
-        response = StreamingHttpResponse(_sse_stream(job.pk, max(offset, 0)), content_type="text/event-stream")
+                raise ServiceError(
+                    "Last-Event-ID must be an event id (an integer)", field="Last-Event-ID"
+                ) from None
+        response = StreamingHttpResponse(
+            _sse_stream(job.pk, max(offset, 0)), content_type="text/event-stream"
+        )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return response

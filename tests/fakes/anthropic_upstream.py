@@ -55,7 +55,7 @@ class FakeAnthropic:
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with fake._lock:
@@ -65,12 +65,14 @@ class FakeAnthropic:
                 elif self.path.startswith("/v1/messages"):
                     fake._answer(self, body)
                 else:
-                    self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
+                    self._json(
+                        404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}}
+                    )
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
 
-            def do_HEAD(self) -> None:  # noqa: N802
+            def do_HEAD(self) -> None:
                 self.send_response(200)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -119,9 +121,17 @@ class FakeAnthropic:
         last_text = _text_of(last.get("content"))
         # After a tool result, the directives that asked for the tool are in the
         # latest user turn that is not itself a tool result.
-        first_user = next((_text_of(m.get("content")) for m in reversed(users)
-                           if not (isinstance(m.get("content"), list)
-                                   and any(b.get("type") == "tool_result" for b in m["content"]))), "")
+        first_user = next(
+            (
+                _text_of(m.get("content"))
+                for m in reversed(users)
+                if not (
+                    isinstance(m.get("content"), list)
+                    and any(b.get("type") == "tool_result" for b in m["content"])
+                )
+            ),
+            "",
+        )
         is_tool_result = isinstance(last.get("content"), list) and any(
             b.get("type") == "tool_result" for b in last["content"]
         )
@@ -131,10 +141,15 @@ class FakeAnthropic:
         for kind, arg in directives:
             if kind == "error":
                 status = int(arg)
-                kind_name = {429: "rate_limit_error", 529: "overloaded_error", 400: "invalid_request_error"}.get(
-                    status, "api_error"
+                kind_name = {
+                    429: "rate_limit_error",
+                    529: "overloaded_error",
+                    400: "invalid_request_error",
+                }.get(status, "api_error")
+                handler._json(
+                    status,
+                    {"type": "error", "error": {"type": kind_name, "message": f"fake upstream {status}"}},
                 )
-                handler._json(status, {"type": "error", "error": {"type": kind_name, "message": f"fake upstream {status}"}})
                 return
             if kind == "slow":
                 pause = float(arg)
@@ -142,8 +157,14 @@ class FakeAnthropic:
                 blocks.append({"type": "text", "text": arg})
             if kind == "tool" and not is_tool_result:
                 name, _, raw = arg.partition(" ")
-                blocks.append({"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:20]}", "name": name,
-                               "input": json.loads(raw or "{}")})
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": f"toolu_{uuid.uuid4().hex[:20]}",
+                        "name": name,
+                        "input": json.loads(raw or "{}"),
+                    }
+                )
         if is_tool_result:
             blocks = [{"type": "text", "text": "Tool finished: " + last_text[:200]}]
         if not blocks:
@@ -151,8 +172,13 @@ class FakeAnthropic:
             blocks = [{"type": "text", "text": "Echo: " + prompt[:2000]}]
         self._stream(handler, body, blocks, pause)
 
-    def _stream(self, handler: BaseHTTPRequestHandler, body: dict[str, Any], blocks: list[dict[str, Any]],
-                pause: float) -> None:
+    def _stream(
+        self,
+        handler: BaseHTTPRequestHandler,
+        body: dict[str, Any],
+        blocks: list[dict[str, Any]],
+        pause: float,
+    ) -> None:
         handler.send_response(200)
         handler.send_header("content-type", "text/event-stream")
         handler.send_header("cache-control", "no-cache")
@@ -165,33 +191,78 @@ class FakeAnthropic:
 
         input_tokens = 12 + sum(len(json.dumps(m)) // 40 for m in body.get("messages", []))
         output_tokens = 0
-        send("message_start", {"type": "message_start", "message": {
-            "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-            "model": body.get("model", "claude-sonnet"), "content": [], "stop_reason": None,
-            "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}})
+        send(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": f"msg_{uuid.uuid4().hex[:24]}",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body.get("model", "claude-sonnet"),
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+                },
+            },
+        )
         stop_reason = "end_turn"
         for index, block in enumerate(blocks):
             if block["type"] == "text":
-                send("content_block_start", {"type": "content_block_start", "index": index,
-                                             "content_block": {"type": "text", "text": ""}})
+                send(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                )
                 words = re.findall(r"\S+\s*", block["text"]) or [block["text"]]
                 for word in words:
                     if pause:
                         time.sleep(pause)
                     output_tokens += 1
-                    send("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                 "delta": {"type": "text_delta", "text": word}})
+                    send(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "text_delta", "text": word},
+                        },
+                    )
             else:
                 stop_reason = "tool_use"
-                send("content_block_start", {"type": "content_block_start", "index": index,
-                                             "content_block": {"type": "tool_use", "id": block["id"],
-                                                               "name": block["name"], "input": {}}})
-                send("content_block_delta", {"type": "content_block_delta", "index": index,
-                                             "delta": {"type": "input_json_delta",
-                                                       "partial_json": json.dumps(block["input"])}})
+                send(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": block["id"],
+                            "name": block["name"],
+                            "input": {},
+                        },
+                    },
+                )
+                send(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": json.dumps(block["input"])},
+                    },
+                )
                 output_tokens += 5
             send("content_block_stop", {"type": "content_block_stop", "index": index})
-        send("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                               "usage": {"output_tokens": output_tokens}})
+        send(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens},
+            },
+        )
         send("message_stop", {"type": "message_stop"})
         handler.close_connection = True

@@ -12,12 +12,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("name", help="A name that says whose key this is")
         parser.add_argument(
-            "--tool-policy", choices=list(ToolPolicy.values), default="",
+            "--tool-policy",
+            choices=list(ToolPolicy.values),
+            default="",
             help="What jobs of this key may do (default: JOB_TOOL_POLICY_DEFAULT)",
         )
 
     def handle(self, *args, name: str, tool_policy: str, **options):
         key, raw = api_key_create(name=name, tool_policy=tool_policy)
-        self.stdout.write(f"Created API key {key.name!r} (prefix {key.prefix}, tool policy {key.tool_policy}).")
+        self.stdout.write(
+            f"Created API key {key.name!r} (prefix {key.prefix}, tool policy {key.tool_policy})."
+        )
         self.stdout.write("Store the secret now; it cannot be shown again:")
         self.stdout.write(raw)

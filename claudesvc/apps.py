@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class ClaudesvcConfig(AppConfig):
+    name = "claudesvc"
+    verbose_name = "claudesvc"
+
+    def ready(self) -> None:
+        from claudesvc import schema  # noqa: F401 - registers the OpenAPI auth extensions

@@ -1,0 +1,82 @@
+"""Shared fixtures: a fake Anthropic upstream for the real CLI, API keys for an
+owner and an outsider, and per-test folders for job files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from rest_framework.test import APIClient
+
+from apikeys.models import ApiKey
+from apikeys.services import api_key_create
+from tests.fakes.anthropic_upstream import FakeAnthropic
+
+CLI_ENV = {
+    "ANTHROPIC_API_KEY": "test-key",
+    "DISABLE_TELEMETRY": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+}
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeAnthropic]:
+    """The fake Anthropic API; the CLI is pointed at it through the environment."""
+    with FakeAnthropic() as fake:
+        saved = {k: os.environ.get(k) for k in [*CLI_ENV, "ANTHROPIC_BASE_URL"]}
+        os.environ.update(CLI_ENV, ANTHROPIC_BASE_URL=fake.url)
+        yield fake
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _job_folders(settings, tmp_path):
+    settings.JOBS_ROOT = tmp_path / "jobs"
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.CLAUDE_HOME = tmp_path / "claude-home"
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # The manifest storage needs collectstatic first (make run and the Dockerfile do it).
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    settings.WHITENOISE_USE_FINDERS = True
+
+
+@dataclass
+class Key:
+    row: ApiKey
+    secret: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"HTTP_X_API_KEY": self.secret}
+
+
+@pytest.fixture
+def owner_key(db) -> Key:
+    return Key(*api_key_create(name="owner"))
+
+
+@pytest.fixture
+def other_key(db) -> Key:
+    return Key(*api_key_create(name="outsider"))
+
+
+@pytest.fixture
+def client_for():
+    def make(key: Key | None) -> APIClient:
+        client = APIClient()
+        if key is not None:
+            client.credentials(HTTP_X_API_KEY=key.secret)
+        return client
+
+    return make

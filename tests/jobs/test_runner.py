@@ -1,0 +1,226 @@
+"""The runner with the real ``claude`` CLI against the fake Anthropic API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from django.db import connections
+
+from apikeys.services import api_key_create
+from claudesvc.auth import Caller
+from jobs import runner
+from jobs.models import Job, JobStatus
+from jobs.services import job_cancel, job_claim_next, job_create, job_delete
+from jobs.workspace import job_paths
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("upstream")]
+
+
+def run(prompt: str, *, policy: str = "safe", **kwargs) -> Job:
+    key, _ = api_key_create(name="runner", tool_policy=policy)
+    job_create(caller=Caller(api_key=key), prompt=prompt, enqueue=False, **kwargs)
+    job = job_claim_next()
+    runner.run_job(job.pk)
+    job.refresh_from_db()
+    return job
+
+
+def tool_results(job: Job) -> list[str]:
+    results = []
+    for event in job.events.filter(type="user"):
+        for block in event.data["message"]["content"]:
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                results.append(str(block.get("content")))
+    return results
+
+
+def test_a_job_completes_with_its_result_usage_and_ordered_events(upstream):
+    job = run("Say hello [[reply:Hello from Claude]]", model="haiku")
+    assert job.status == JobStatus.COMPLETED, job.error_message
+    assert job.result == "Hello from Claude"
+    assert job.usage["output_tokens"] > 0
+    assert job.cost_usd is not None and job.duration_ms > 0
+    assert job.exit_code == 0
+    assert job.claude_session_id
+    types = list(job.events.order_by("seq").values_list("type", flat=True))
+    assert types[0] == "system" and types[-1] == "result" and "assistant" in types
+    assert list(job.events.values_list("seq", flat=True)) == list(range(len(types)))
+    # The CLI asked the upstream for the model the job named.
+    assert "haiku" in upstream.main_requests()[-1]["body"]["model"]
+
+
+def test_the_prompt_reaches_the_upstream_verbatim(upstream):
+    prompt = "--model opus; $(whoami) `id` 'quoted' \"double\""
+    job = run(prompt)
+    assert job.status == JobStatus.COMPLETED
+    assert job.result == f"Echo: {prompt}"
+
+
+def test_an_upstream_error_fails_the_job_with_a_readable_message():
+    job = run("Break please [[error:400]]")
+    assert job.status == JobStatus.FAILED
+    assert "fake upstream 400" in job.error_message
+    assert job.finished_at is not None
+
+
+def test_the_safe_policy_reads_only_inside_the_job_folder(tmp_path):
+    secret = tmp_path / "outside.txt"
+    secret.write_text("TOP-SECRET-OUTSIDE")
+    job = run(f'Read it [[tool:Read {{"file_path": "{secret}"}}]]')
+    assert job.status == JobStatus.COMPLETED
+    assert all("TOP-SECRET-OUTSIDE" not in r for r in tool_results(job))
+    assert any("denied" in r.lower() for r in tool_results(job))
+
+
+def test_the_safe_policy_writes_only_to_the_output_folder(settings):
+    job_id_holder = {}
+
+    def prompt_for(path):
+        return f'Write [[tool:Write {{"file_path": "{path}", "content": "data"}}]]'
+
+    key, _ = api_key_create(name="w")
+    job = job_create(caller=Caller(api_key=key), prompt="placeholder", enqueue=False)
+    paths = job_paths(job.pk)
+    Job.objects.filter(pk=job.pk).update(prompt=prompt_for(paths.work / "escape.txt"))
+    job_claim_next()
+    runner.run_job(job.pk)
+    assert not (paths.work / "escape.txt").exists()
+    job_id_holder["denied"] = tool_results(Job.objects.get(pk=job.pk))
+    assert any("denied" in r.lower() for r in job_id_holder["denied"])
+
+    job2 = job_create(caller=Caller(api_key=key), prompt="placeholder", enqueue=False)
+    paths2 = job_paths(job2.pk)
+    Job.objects.filter(pk=job2.pk).update(prompt=prompt_for(paths2.output / "report.txt"))
+    job_claim_next()
+    runner.run_job(job2.pk)
+    assert (paths2.output / "report.txt").read_text() == "data"
+
+
+def test_the_safe_policy_has_no_shell():
+    job = run('Run it [[tool:Bash {"command": "echo SHELL-RAN"}]]')
+    assert all("SHELL-RAN" not in r for r in tool_results(job))
+
+
+def test_the_read_only_policy_writes_nothing():
+    key, _ = api_key_create(name="ro", tool_policy="read_only")
+    job = job_create(caller=Caller(api_key=key), prompt="placeholder", enqueue=False)
+    out = job_paths(job.pk).output / "x.txt"
+    Job.objects.filter(pk=job.pk).update(prompt=f'[[tool:Write {{"file_path": "{out}", "content": "d"}}]]')
+    job_claim_next()
+    runner.run_job(job.pk)
+    assert not out.exists()
+
+
+def test_the_cli_sees_only_allow_listed_environment(settings, tmp_path, monkeypatch):
+    """The launcher filters the environment; check it with ``env`` as the "CLI"."""
+    monkeypatch.setenv("DATABASE_URL", "postgres://secret@db/prod")
+    monkeypatch.setenv("DJANGO_SECRET_KEY", "very-secret")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:1")
+    out = subprocess.run(
+        [sys.executable, str(runner.LAUNCHER)],
+        env={
+            **os.environ,
+            "CLAUDESVC_REAL_CLI": "/usr/bin/env",
+            "CLAUDESVC_ENV_ALLOW": json.dumps([*settings.CLAUDE_ENV_ALLOW, "HOME"]),
+            "CLAUDESVC_PIDFILE": str(tmp_path / "pid"),
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    names = {line.split("=", 1)[0] for line in out.splitlines()}
+    assert "ANTHROPIC_BASE_URL" in names and "PATH" in names
+    assert not names & {"DATABASE_URL", "DJANGO_SECRET_KEY", "CLAUDESVC_REAL_CLI", "CLAUDESVC_PIDFILE"}
+    assert (tmp_path / "pid").read_text().isdigit()
+
+
+def test_build_options_never_passes_the_prompt_as_an_argument():
+    key, _ = api_key_create(name="opts")
+    job = job_create(caller=Caller(api_key=key), prompt="--dangerously-skip-permissions", enqueue=False)
+    options = runner.build_options(job, job_paths(job.pk), stderr_sink=print)
+    assert options.permission_mode == "dontAsk"
+    assert "Bash" not in options.tools
+    assert options.cli_path == str(runner.LAUNCHER)
+    assert "--dangerously-skip-permissions" not in json.dumps(options.extra_args)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _start_slow_job(**kwargs) -> tuple[Job, threading.Thread]:
+    key, _ = api_key_create(name="slow")
+    job_create(
+        caller=Caller(api_key=key),
+        prompt="Count slowly [[slow:0.5]]" + " word" * 200,
+        enqueue=False,
+        **kwargs,
+    )
+    job = job_claim_next()
+
+    def work():
+        try:
+            runner.run_job(job.pk)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    assert _wait_for(lambda: Job.objects.get(pk=job.pk).cli_pid is not None)
+    return job, thread
+
+
+def test_a_job_past_its_timeout_is_stopped():
+    job, thread = _start_slow_job(timeout_seconds=3)
+    thread.join(30)
+    job.refresh_from_db()
+    assert job.status == JobStatus.TIMEOUT
+    assert "timeout of 3 s" in job.error_message
+    assert not _alive(job.cli_pid)
+
+
+def test_cancelling_a_running_job_kills_its_cli():
+    job, thread = _start_slow_job()
+    job_cancel(job=Job.objects.get(pk=job.pk))
+    thread.join(30)
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED
+    assert not _alive(job.cli_pid)
+
+
+def test_deleting_a_running_job_kills_its_cli_and_files():
+    job, thread = _start_slow_job()
+    pid = Job.objects.get(pk=job.pk).cli_pid
+    job_delete(job=Job.objects.get(pk=job.pk))
+    thread.join(30)
+    assert not thread.is_alive()
+    assert not _alive(pid)
+    assert not Job.objects.filter(pk=job.pk).exists()
+    assert not job_paths(job.pk).root.exists()
+
+
+def test_the_running_job_reports_memory_and_cpu_of_its_cli():
+    job, thread = _start_slow_job(timeout_seconds=3)
+    thread.join(30)
+    job.refresh_from_db()
+    assert job.peak_memory_bytes > 10_000_000
+    assert job.cpu_time_ms > 0
