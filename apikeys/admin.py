@@ -3,12 +3,19 @@
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from apikeys.models import ApiKey
+from apikeys.models import ApiKey, RateLimitOverride
 from apikeys.services import api_key_create, api_key_revoke
+
+
+class RateLimitOverrideInline(admin.TabularInline):
+    model = RateLimitOverride
+    extra = 0
+    verbose_name = "rate limit override"
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
+    inlines = [RateLimitOverrideInline]
     list_display = ["name", "prefix", "tool_policy", "owner", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["tool_policy", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix"]

@@ -41,3 +41,27 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class RateLimitGroup(models.TextChoices):
+    """Endpoint groups with a budget of their own (defaults: RATE_LIMIT_* settings)."""
+
+    JOBS = "jobs", "Jobs API"
+    COMPAT = "compat", "Compat API (OpenAI/Anthropic/RCA)"
+    PROCESS_EXECUTE = "process_execute", "Process API: execute"
+    PROCESS_STATUS = "process_status", "Process API: status, list, metrics"
+
+
+class RateLimitOverride(models.Model):
+    """A key's own limit for one group, replacing the service default."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="rate_limits")
+    group = models.CharField(max_length=30, choices=RateLimitGroup.choices)
+    requests = models.PositiveIntegerField(help_text="Requests allowed per window")
+    window_seconds = models.PositiveIntegerField(help_text="Window length in seconds")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_key", "group"], name="ratelimit_one_per_group")]
+
+    def __str__(self) -> str:
+        return f"{self.group}: {self.requests}/{self.window_seconds}s"

@@ -8,6 +8,7 @@ configuration table.
 
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
 
@@ -60,6 +61,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "claudesvc.middleware.RequestIdMiddleware",
+    "claudesvc.ratelimit.RateLimitHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -161,6 +163,7 @@ MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 MEDIA_URL = "/media/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
 STATIC_URL = "/static/"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": env_str("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage")},
     # Admin and /docs assets, served by the app itself (WhiteNoise): no extra web server needed.
@@ -223,6 +226,29 @@ if JOB_STALE_SECONDS <= 2 * JOB_HEARTBEAT_SECONDS:
 # Keyed hash of API key secrets; keep it stable, or every key stops working.
 API_KEY_PEPPER = env_str("API_KEY_PEPPER") or SECRET_KEY
 
+# -- rate limits --------------------------------------------------------------------
+
+# Per API key (or JWT user) and endpoint group, as "requests/window" (django-ratelimit
+# syntax: 60/60s, 5/m, 100/15m). A key's overrides in the admin replace these.
+RATELIMIT_ENABLE = env_bool("RATE_LIMIT_ENABLE", True)
+RATE_LIMITS = {
+    "jobs": env_str("RATE_LIMIT_JOBS", "120/60s"),
+    "compat": env_str("RATE_LIMIT_COMPAT", "60/60s"),
+    "process_execute": env_str("RATE_LIMIT_PROCESS_EXECUTE", "5/60s"),
+    "process_status": env_str("RATE_LIMIT_PROCESS_STATUS", "100/15m"),
+}
+_RATE = re.compile(r"^[1-9]\d*/\d*[smhd]$")
+for _group, _rate in RATE_LIMITS.items():
+    if not _RATE.match(_rate):
+        raise ImproperlyConfigured(
+            f"RATE_LIMIT_{_group.upper()}={_rate!r} is not a rate like 60/60s, 5/m or 100/15m"
+        )
+# Groups whose responses also carry seed 002's X-RateLimit-* headers.
+RATE_LIMIT_LEGACY_HEADER_GROUPS = {"process_execute", "process_status"}
+# The counters live in the default cache: Redis, or local memory, which is exact
+# only within one process (the embedded deployment runs one server process).
+RATELIMIT_USE_CACHE = "default"
+
 # -- REST framework and schema ------------------------------------------------------
 
 REST_FRAMEWORK = {
@@ -235,6 +261,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_CLASSES": ["claudesvc.ratelimit.GroupRateThrottle"],
     "UNAUTHENTICATED_USER": None,
 }
 

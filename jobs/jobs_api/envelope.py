@@ -22,5 +22,7 @@ def jobs_exception_handler(exc, context) -> Response:
 
 
 class JobsAPIView(APIView):
+    rate_limit_group = "jobs"
+
     def get_exception_handler(self):
         return jobs_exception_handler
