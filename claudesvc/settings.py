@@ -94,7 +94,22 @@ TEMPLATES = [
 # -- database -----------------------------------------------------------------
 
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))}
+DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 10, minimum=0)
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL_MAX_SIZE:
+    # Under ASGI every concurrent request runs in a thread of its own and would
+    # open a connection of its own: a burst of requests exhausts PostgreSQL's
+    # max_connections. A pool per process caps that; requests wait for a free
+    # connection (up to DB_POOL_TIMEOUT seconds) instead of failing.
+    DATABASES["default"]["OPTIONS"] = {
+        "pool": {
+            "min_size": 1,
+            "max_size": DB_POOL_MAX_SIZE,
+            "timeout": env_int("DB_POOL_TIMEOUT", 30, minimum=1),
+        }
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server and the workers write at the same time: WAL lets readers
     # go on during a write, IMMEDIATE takes the write lock up front instead of

@@ -7,13 +7,31 @@ parent's process group. The runner points the SDK at this file instead; it
 keeps only the variables matching ``CLAUDESVC_ENV_ALLOW``, becomes a session
 leader (so the runner can kill the CLI's whole process tree by group), writes
 its pid to ``CLAUDESVC_PIDFILE`` and execs ``CLAUDESVC_REAL_CLI`` with the same
-arguments. Standard library only: it runs before anything else is imported.
+arguments. On Linux it also asks the kernel to SIGTERM the CLI when the worker
+that started it dies, so a killed worker leaves no CLI running on its own.
+Standard library only: it runs before anything else is imported.
 """
 
+import ctypes
 import fnmatch
 import json
 import os
+import signal
 import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the runner's own kill still applies
+        return
+    # The worker may have died before prctl took effect.
+    if os.getppid() != parent:
+        sys.exit(1)
 
 
 def main() -> None:
@@ -29,6 +47,7 @@ def main() -> None:
         if not name.startswith("CLAUDESVC_") and any(fnmatch.fnmatchcase(name, p) for p in patterns)
     }
     os.setsid()
+    _die_with_parent()
     if pidfile:
         tmp = f"{pidfile}.tmp"
         with open(tmp, "w") as fh:

@@ -23,9 +23,15 @@ def test_the_changelist_renders(admin_client, owner_key):
 
 
 def test_adding_a_key_shows_its_secret_once(admin_client):
-    response = admin_client.post(
-        "/admin/apikeys/apikey/add/", {"name": "from-admin", "tool_policy": "safe"}, follow=True
-    )
+    form = {
+        "name": "from-admin",
+        "tool_policy": "safe",
+        "rate_limits-TOTAL_FORMS": "0",
+        "rate_limits-INITIAL_FORMS": "0",
+        "rate_limits-MIN_NUM_FORMS": "0",
+        "rate_limits-MAX_NUM_FORMS": "1000",
+    }
+    response = admin_client.post("/admin/apikeys/apikey/add/", form, follow=True)
     assert response.status_code == 200
     page = response.content.decode()
     secret = re.search(r"csk_live_[A-Za-z0-9]{32}", page).group(0)
@@ -47,3 +53,13 @@ def test_the_jobs_changelist_renders(admin_client, owner_key):
     job = job_create(caller=Caller(api_key=owner_key.row), prompt="hi", enqueue=False)
     assert admin_client.get("/admin/jobs/job/").status_code == 200
     assert admin_client.get(f"/admin/jobs/job/{job.pk}/change/").status_code == 200
+
+
+def test_the_cancel_action_cancels_pending_jobs(admin_client, owner_key):
+    from claudesvc.auth import Caller
+    from jobs.models import Job, JobStatus
+    from jobs.services import job_create
+
+    job = job_create(caller=Caller(api_key=owner_key.row), prompt="hi", enqueue=False)
+    admin_client.post("/admin/jobs/job/", {"action": "cancel", "_selected_action": [str(job.pk)]})
+    assert Job.objects.get(pk=job.pk).status == JobStatus.CANCELLED
