@@ -215,6 +215,25 @@ MAX_PROMPT_CHARS = env_int("MAX_PROMPT_CHARS", 100_000, minimum=1)
 STREAM_POLL_MS = env_int("STREAM_POLL_MS", 250, minimum=20)
 STREAM_KEEPALIVE_SECONDS = env_int("STREAM_KEEPALIVE_SECONDS", 15, minimum=1)
 
+# -- the Process API (seed 002) -------------------------------------------------------
+
+# Execution slots: POST /api/v1/claude/execute answers 202 "queued" instead of
+# waiting once this many jobs are running or waiting. Set it to JOB_WORKERS
+# times the number of worker hosts.
+MAX_CONCURRENT_PROCESSES = env_int("MAX_CONCURRENT_PROCESSES", JOB_WORKERS, minimum=1)
+# Directories a process may name as its workingDirectory (it may use any
+# directory inside them). Empty: workingDirectory is refused.
+PROCESS_ALLOWED_WORKDIRS = [Path(p) for p in env_list("PROCESS_ALLOWED_WORKDIRS", [])]
+# A WebSocket client that did not authenticate at connect has this long to send its auth message.
+WS_AUTH_TIMEOUT_SECONDS = env_int("WS_AUTH_TIMEOUT_SECONDS", 10, minimum=1, maximum=300)
+# When the CLI is missing or cannot start, processes run straight against the
+# Anthropic Messages API with this key (the same variable the CLI reads).
+CLAUDE_API_FALLBACK = env_bool("CLAUDE_API_FALLBACK", True)
+ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
+ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL")
+# max_tokens of a fallback request when the process named none.
+CLAUDE_API_FALLBACK_MAX_TOKENS = env_int("CLAUDE_API_FALLBACK_MAX_TOKENS", 8192, minimum=1, maximum=128_000)
+
 if JOB_STALE_SECONDS <= 2 * JOB_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured("JOB_STALE_SECONDS must be more than twice JOB_HEARTBEAT_SECONDS")
 
@@ -249,6 +268,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"ProcessStatusEnum": "jobs.process_api.selectors.PROCESS_STATUSES"},
 }
 
 # -- auth, i18n, logging ----------------------------------------------------------------
