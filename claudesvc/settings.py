@@ -260,7 +260,8 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "claudesvc",
     "DESCRIPTION": (
-        "Claude Code CLI behind HTTP. Authenticate with `X-API-Key: csk_…` or `Authorization: Bearer csk_…`."
+        "Claude Code CLI behind HTTP. Authenticate with `X-API-Key: csk_…` or `Authorization: Bearer csk_…`. "
+        "The Process API also speaks WebSocket at `/api/v1/claude/ws`: see the Process API tag."
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -268,6 +269,33 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "TAGS": [
+        {
+            "name": "Process API",
+            "description": (
+                "Seed 002 under `/api/v1/claude`: every body is `{success, data, meta: {timestamp, requestId}}`; "
+                "errors carry `VALIDATION_ERROR` (with `field`), `UNAUTHORIZED`, `NOT_FOUND`, "
+                "`PROCESS_ALREADY_COMPLETED`, `RATE_LIMIT_EXCEEDED` or `INTERNAL_ERROR`. Process ids read "
+                "`claude_<32 hex digits>`.\n\n"
+                "**WebSocket** `ws(s)://<host>/api/v1/claude/ws`. Every message, both ways, is JSON "
+                '`{"event": "<name>", "data": <payload>, "requestId": "<optional, echoed back>"}`. '
+                "Client to server: `claude:execute` (the body of POST /execute), `claude:cancel` and "
+                '`claude:status` (a process id, or `{"processId"}`). Server to client: `claude:progress` '
+                '(`{processId, status, type: "status"|"output", output}`, the text as it is generated), '
+                "`claude:complete` (`{processId, status, result}` when a process ends, whatever the outcome), "
+                "`claude:status` (the GET /processes/{id} shape), `claude:error` (`{code, message, field?, "
+                "processId?}`) and `claude:authenticated` (`{userId}`). A connection hears only about its "
+                "caller's processes.\n\n"
+                "**WebSocket authentication** (browsers cannot set headers): offer the subprotocols "
+                "`claudesvc.v1` and `bearer.<API key or JWT>` (JavaScript: `new WebSocket(url, "
+                "['claudesvc.v1', 'bearer.' + token])`); the server selects `claudesvc.v1`, never the "
+                "credential. Other clients may send `X-API-Key` or `Authorization: Bearer` instead. Or "
+                'send `{"event": "auth", "data": {"token": "…"}}` first, within WS_AUTH_TIMEOUT_SECONDS. '
+                "A missing or bad credential closes the socket with code 1008. The `Origin` header must "
+                "name a host in DJANGO_ALLOWED_HOSTS."
+            ),
+        }
+    ],
     "ENUM_NAME_OVERRIDES": {"ProcessStatusEnum": "jobs.process_api.selectors.PROCESS_STATUSES"},
 }
 

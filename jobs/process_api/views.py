@@ -27,7 +27,9 @@ ERRORS = {
     400: OpenApiResponse(s.ProcessErrorEnvelope, description="VALIDATION_ERROR naming the field"),
     401: OpenApiResponse(s.ProcessErrorEnvelope, description="UNAUTHORIZED"),
 }
-NOT_FOUND = {404: OpenApiResponse(s.ProcessErrorEnvelope, description="NOT_FOUND: no such process of this caller")}
+NOT_FOUND = {
+    404: OpenApiResponse(s.ProcessErrorEnvelope, description="NOT_FOUND: no such process of this caller")
+}
 QUEUED_MESSAGE = "Request queued due to high load. Use async endpoint or poll for status."
 PENDING_MESSAGE = "Process started. Poll /api/v1/claude/processes/:id for status."
 
