@@ -291,7 +291,8 @@ SPECTACULAR_SETTINGS = {
                 "['claudesvc.v1', 'bearer.' + token])`); the server selects `claudesvc.v1`, never the "
                 "credential. Other clients may send `X-API-Key` or `Authorization: Bearer` instead. Or "
                 'send `{"event": "auth", "data": {"token": "…"}}` first, within WS_AUTH_TIMEOUT_SECONDS. '
-                "A missing or bad credential closes the socket with code 1008. The `Origin` header must "
+                "A bad credential closes the socket with code 4401, no credential in time with 4408 (after a "
+                "`claude:error` saying why). The `Origin` header must "
                 "name a host in DJANGO_ALLOWED_HOSTS."
             ),
         }

@@ -19,8 +19,11 @@ Authentication, for browsers too (they cannot set headers on a WebSocket):
 offer the subprotocols ``claudesvc.v1`` and ``bearer.<API key or JWT>``; the
 server selects ``claudesvc.v1`` and never echoes the credential. Clients that
 can set headers may send ``X-API-Key`` or ``Authorization: Bearer``. Otherwise
-the first message must be ``auth`` within WS_AUTH_TIMEOUT_SECONDS. A bad or
-missing credential closes the connection with code 1008.
+the first message must be ``auth`` within WS_AUTH_TIMEOUT_SECONDS. A bad
+credential or a first message that is not ``auth`` closes the connection with
+code 4401, silence past the timeout with 4408 (graphql-ws's codes: daphne
+refuses application close codes outside 1000 and 3000-4999, so the 1008 of
+RFC 6455 cannot be sent), each after a ``claude:error`` saying why.
 
 A connection only ever hears about its own processes: a process is followed
 only after the caller-scoped selector found it, and every message relayed is
@@ -55,7 +58,8 @@ logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "claudesvc.v1"
 CREDENTIAL_SUBPROTOCOL = "bearer."
-POLICY_VIOLATION = 1008
+UNAUTHORIZED_CLOSE = 4401
+AUTH_TIMEOUT_CLOSE = 4408
 
 
 def _text_deltas(event: JobEvent, *, partial: bool) -> str:
@@ -118,11 +122,11 @@ class ProcessConsumer(AsyncWebsocketConsumer):
 
         await asyncio.sleep(settings.WS_AUTH_TIMEOUT_SECONDS)
         if self.caller is None:
-            await self._reject("No credentials received in time")
+            await self._reject("No credentials received in time", code=AUTH_TIMEOUT_CLOSE)
 
-    async def _reject(self, message: str) -> None:
+    async def _reject(self, message: str, *, code: int = UNAUTHORIZED_CLOSE) -> None:
         await self.send_event("claude:error", {"code": "UNAUTHORIZED", "message": message})
-        await self.close(code=POLICY_VIOLATION)
+        await self.close(code=code)
 
     # -- messages -----------------------------------------------------------------------
 

@@ -64,8 +64,10 @@ def service(django_db_setup, django_db_blocker, upstream, tmp_path_factory) -> I
         "JOB_STALE_SECONDS": "10",
         "JOB_KILL_GRACE_SECONDS": "1",
         "STREAM_POLL_MS": "100",
+        "PROCESS_ALLOWED_WORKDIRS": str(work / "workdirs"),
         "PYTHONUNBUFFERED": "1",
     }
+    (work / "workdirs").mkdir()
     processes = []
     with django_db_blocker.unblock():
         for name, cmd in {

@@ -39,7 +39,9 @@ def api_requests(upstream) -> list[dict]:
 
 def test_a_process_runs_through_the_messages_api_when_the_cli_is_missing(no_cli):
     before = len(api_requests(no_cli))
-    job = run_process("Hi [[reply:Hello from the API]]", system_prompt="Be brief", max_tokens=321, model="haiku")
+    job = run_process(
+        "Hi [[reply:Hello from the API]]", system_prompt="Be brief", max_tokens=321, model="haiku"
+    )
     assert job.status == JobStatus.COMPLETED, job.error_message
     assert job.result == "Hello from the API"
     assert job.options["executed_via"] == "api"
@@ -48,7 +50,11 @@ def test_a_process_runs_through_the_messages_api_when_the_cli_is_missing(no_cli)
     sent = api_requests(no_cli)[before:]
     assert len(sent) == 1
     body = sent[0]["body"]
-    assert (body["model"], body["max_tokens"], body["system"]) == (API_MODEL_ALIASES["haiku"], 321, "Be brief")
+    assert (body["model"], body["max_tokens"], body["system"]) == (
+        API_MODEL_ALIASES["haiku"],
+        321,
+        "Be brief",
+    )
     assert body["messages"] == [{"role": "user", "content": "Hi [[reply:Hello from the API]]"}]
     headers = {k.lower(): v for k, v in sent[0]["headers"].items()}
     assert "test-key" in (headers.get("x-api-key"), headers.get("authorization", "").removeprefix("Bearer "))
@@ -78,7 +84,9 @@ def test_an_api_error_fails_the_process_with_its_message(no_cli):
 def test_a_cli_that_cannot_start_falls_back_too(settings, tmp_path, upstream):
     # It answers --version (so it looks installed) but exits 127 when run for real.
     fake_cli = tmp_path / "claude"
-    fake_cli.write_text('#!/bin/sh\n[ "$1" = "--version" ] && echo "9.9.9 (Claude Code)" && exit 0\nexit 127\n')
+    fake_cli.write_text(
+        '#!/bin/sh\n[ "$1" = "--version" ] && echo "9.9.9 (Claude Code)" && exit 0\nexit 127\n'
+    )
     fake_cli.chmod(0o755)
     settings.CLAUDE_CLI_PATH = str(fake_cli)
     settings.ANTHROPIC_API_KEY = "test-key"

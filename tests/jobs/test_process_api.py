@@ -602,3 +602,47 @@ def test_the_openapi_document_describes_the_process_api(client):
     ]:
         assert path in text
     assert "/api/v1/claude/ws" in text and "bearer." in text
+
+
+# -- the waiting execute response ---------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_waiting_execute_keeps_the_connection_alive_with_valid_json(owner_key, settings):
+    import asyncio
+    import json
+
+    from asgiref.sync import sync_to_async
+
+    from jobs.process_api.views import _result_when_done
+
+    settings.STREAM_KEEPALIVE_SECONDS = 1
+    settings.STREAM_POLL_MS = 50
+    job = await sync_to_async(make_process)(owner_key)
+
+    async def finish_later():
+        await asyncio.sleep(2.5)
+        await sync_to_async(finish)(job)
+
+    finisher = asyncio.create_task(finish_later())
+    chunks = [chunk async for chunk in _result_when_done(job.pk, "req_wait")]
+    await finisher
+    assert chunks[:2] == [b" ", b" "]
+    body = json.loads(b"".join(chunks))
+    assert body["success"] is True and body["meta"]["requestId"] == "req_wait"
+    assert body["data"]["status"] == "completed" and body["data"]["stdout"] == "Recursion is…"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_waiting_execute_reports_a_process_deleted_meanwhile(owner_key, settings):
+    import json
+
+    from asgiref.sync import sync_to_async
+
+    from jobs.process_api.views import _result_when_done
+
+    settings.STREAM_POLL_MS = 50
+    job = await sync_to_async(make_process)(owner_key)
+    await Job.objects.filter(pk=job.pk).adelete()
+    body = json.loads(b"".join([chunk async for chunk in _result_when_done(job.pk, "req_gone")]))
+    assert body["success"] is False and body["error"]["code"] == "NOT_FOUND"
