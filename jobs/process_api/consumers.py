@@ -81,6 +81,7 @@ def _text_deltas(event: JobEvent, *, partial: bool) -> str:
 class ProcessConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.caller: Caller | None = None
+        self.credential: str | None = None
         self.owned: set[uuid.UUID] = set()
         self.follows: dict[uuid.UUID, asyncio.Task] = {}
         self.auth_deadline: asyncio.Task | None = None
@@ -112,6 +113,7 @@ class ProcessConsumer(AsyncWebsocketConsumer):
             await self._reject(BAD_CREDENTIALS)
             return False
         self.caller = caller
+        self.credential = credential
         if self.auth_deadline is not None:
             self.auth_deadline.cancel()
         await self.send_event("claude:authenticated", {"userId": caller.label})
@@ -171,6 +173,11 @@ class ProcessConsumer(AsyncWebsocketConsumer):
                 await self._reject("The first message must be an auth event with a token")
                 return
             await self._authenticate(token)
+            return
+        # The credential is checked again on every request: a key revoked or a
+        # token expired while the socket is open stops working at once.
+        if await database_sync_to_async(caller_for_credential)(self.credential) is None:
+            await self._reject(BAD_CREDENTIALS)
             return
         handler = {
             "claude:execute": self.on_execute,

@@ -157,6 +157,18 @@ async def test_anything_else_first_closes_with_4401(first):
     assert not await sync_to_async(Job.objects.exists)()
 
 
+async def test_a_key_revoked_while_connected_stops_working(key):
+    from apikeys.models import ApiKey
+    from apikeys.services import api_key_revoke
+
+    ws = await connect(key)
+    row = await ApiKey.objects.aget(prefix=key[len("csk_live_") : len("csk_live_") + 8])
+    await sync_to_async(api_key_revoke)(key=row)
+    await send(ws, "claude:execute", {"prompt": "after revocation"})
+    await expect_closed_unauthorized(ws)
+    assert not await sync_to_async(Job.objects.exists)()
+
+
 async def test_silence_closes_the_connection_after_the_auth_timeout(settings):
     settings.WS_AUTH_TIMEOUT_SECONDS = 1
     ws = communicator()
