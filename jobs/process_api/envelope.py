@@ -60,5 +60,8 @@ def process_exception_handler(exc, context) -> Response:
 
 
 class ProcessAPIView(APIView):
+    """Views of the family name their rate-limit group in ``rate_limit_group``
+    (``process_execute`` or ``process_status``: seed 002's two limits)."""
+
     def get_exception_handler(self):
         return process_exception_handler

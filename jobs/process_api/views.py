@@ -62,6 +62,8 @@ async def _result_when_done(job_id, request_id: str):
 
 
 class ExecuteView(ProcessAPIView):
+    rate_limit_group = "process_execute"
+
     @extend_schema(
         operation_id="process_execute",
         tags=TAG,
@@ -95,6 +97,8 @@ class ExecuteView(ProcessAPIView):
 
 
 class ExecuteAsyncView(ProcessAPIView):
+    rate_limit_group = "process_execute"
+
     @extend_schema(
         operation_id="process_execute_async",
         tags=TAG,
@@ -110,6 +114,8 @@ class ExecuteAsyncView(ProcessAPIView):
 
 
 class ProcessListView(ProcessAPIView):
+    rate_limit_group = "process_status"
+
     @extend_schema(
         operation_id="process_list",
         tags=TAG,
@@ -144,6 +150,8 @@ class ProcessListView(ProcessAPIView):
 
 
 class ProcessDetailView(ProcessAPIView):
+    rate_limit_group = "process_status"
+
     @extend_schema(
         operation_id="process_retrieve",
         tags=TAG,
@@ -206,6 +214,8 @@ class HealthView(ProcessAPIView):
 
 
 class MetricsView(ProcessAPIView):
+    rate_limit_group = "process_status"
+
     @extend_schema(
         operation_id="process_metrics",
         tags=TAG,
