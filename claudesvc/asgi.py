@@ -1,4 +1,10 @@
-"""ASGI entry point: HTTP through Django, WebSocket through Channels."""
+"""ASGI entry point: HTTP through Django, WebSocket through Channels.
+
+WebSocket connections must come from an Origin in DJANGO_ALLOWED_HOSTS
+(``AllowedHostsOriginValidator``: a page on another site cannot ride a
+visitor's browser into the service); consumers authenticate the caller
+themselves (see ``jobs.process_api.consumers``).
+"""
 
 import os
 
@@ -7,6 +13,15 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "claudesvc.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402 - needs Django set up first
+# Imported after Django is set up: the routes import models.
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from jobs.process_api.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+    }
+)

@@ -234,6 +234,25 @@ MAX_PROMPT_CHARS = env_int("MAX_PROMPT_CHARS", 100_000, minimum=1)
 STREAM_POLL_MS = env_int("STREAM_POLL_MS", 250, minimum=20)
 STREAM_KEEPALIVE_SECONDS = env_int("STREAM_KEEPALIVE_SECONDS", 15, minimum=1)
 
+# -- the Process API (seed 002) -------------------------------------------------------
+
+# Execution slots: POST /api/v1/claude/execute answers 202 "queued" instead of
+# waiting once this many jobs are running or waiting. Set it to JOB_WORKERS
+# times the number of worker hosts.
+MAX_CONCURRENT_PROCESSES = env_int("MAX_CONCURRENT_PROCESSES", JOB_WORKERS, minimum=1)
+# Directories a process may name as its workingDirectory (it may use any
+# directory inside them). Empty: workingDirectory is refused.
+PROCESS_ALLOWED_WORKDIRS = [Path(p) for p in env_list("PROCESS_ALLOWED_WORKDIRS", [])]
+# A WebSocket client that did not authenticate at connect has this long to send its auth message.
+WS_AUTH_TIMEOUT_SECONDS = env_int("WS_AUTH_TIMEOUT_SECONDS", 10, minimum=1, maximum=300)
+# When the CLI is missing or cannot start, processes run straight against the
+# Anthropic Messages API with this key (the same variable the CLI reads).
+CLAUDE_API_FALLBACK = env_bool("CLAUDE_API_FALLBACK", True)
+ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
+ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL")
+# max_tokens of a fallback request when the process named none.
+CLAUDE_API_FALLBACK_MAX_TOKENS = env_int("CLAUDE_API_FALLBACK_MAX_TOKENS", 8192, minimum=1, maximum=128_000)
+
 if JOB_STALE_SECONDS <= 2 * JOB_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured("JOB_STALE_SECONDS must be more than twice JOB_HEARTBEAT_SECONDS")
 
@@ -284,7 +303,8 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "claudesvc",
     "DESCRIPTION": (
-        "Claude Code CLI behind HTTP. Authenticate with `X-API-Key: csk_…` or `Authorization: Bearer csk_…`."
+        "Claude Code CLI behind HTTP. Authenticate with `X-API-Key: csk_…` or `Authorization: Bearer csk_…`. "
+        "The Process API also speaks WebSocket at `/api/v1/claude/ws`: see the Process API tag."
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -292,6 +312,35 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "TAGS": [
+        {
+            "name": "Process API",
+            "description": (
+                "Seed 002 under `/api/v1/claude`: every body is `{success, data, meta: {timestamp, requestId}}`; "
+                "errors carry `VALIDATION_ERROR` (with `field`), `UNAUTHORIZED`, `NOT_FOUND`, "
+                "`PROCESS_ALREADY_COMPLETED`, `RATE_LIMIT_EXCEEDED` or `INTERNAL_ERROR`. Process ids read "
+                "`claude_<32 hex digits>`.\n\n"
+                "**WebSocket** `ws(s)://<host>/api/v1/claude/ws`. Every message, both ways, is JSON "
+                '`{"event": "<name>", "data": <payload>, "requestId": "<optional, echoed back>"}`. '
+                "Client to server: `claude:execute` (the body of POST /execute), `claude:cancel` and "
+                '`claude:status` (a process id, or `{"processId"}`). Server to client: `claude:progress` '
+                '(`{processId, status, type: "status"|"output", output}`, the text as it is generated), '
+                "`claude:complete` (`{processId, status, result}` when a process ends, whatever the outcome), "
+                "`claude:status` (the GET /processes/{id} shape), `claude:error` (`{code, message, field?, "
+                "processId?}`) and `claude:authenticated` (`{userId}`). A connection hears only about its "
+                "caller's processes.\n\n"
+                "**WebSocket authentication** (browsers cannot set headers): offer the subprotocols "
+                "`claudesvc.v1` and `bearer.<API key or JWT>` (JavaScript: `new WebSocket(url, "
+                "['claudesvc.v1', 'bearer.' + token])`); the server selects `claudesvc.v1`, never the "
+                "credential. Other clients may send `X-API-Key` or `Authorization: Bearer` instead. Or "
+                'send `{"event": "auth", "data": {"token": "…"}}` first, within WS_AUTH_TIMEOUT_SECONDS. '
+                "A bad credential closes the socket with code 4401, no credential in time with 4408 (after a "
+                "`claude:error` saying why). The `Origin` header must "
+                "name a host in DJANGO_ALLOWED_HOSTS."
+            ),
+        }
+    ],
+    "ENUM_NAME_OVERRIDES": {"ProcessStatusEnum": "jobs.process_api.selectors.PROCESS_STATUSES"},
 }
 
 # -- auth, i18n, logging ----------------------------------------------------------------

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from asgiref.sync import sync_to_async
 from claude_agent_sdk import (
     AssistantMessage,
     ClaudeAgentOptions,
+    CLIConnectionError,
     ProcessError,
     ResultMessage,
     StreamEvent,
@@ -41,6 +43,7 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
+from jobs import fallback
 from jobs.models import Job, JobStatus
 from jobs.progress import JobGone, JobProgress
 from jobs.services import job_transition
@@ -174,8 +177,23 @@ def job_prompt(job: Job) -> str:
     return job.prompt
 
 
+def job_cwd(job: Job, paths: JobPaths) -> Path:
+    """Where the CLI runs: the job's own work folder, or a directory the request
+    named (the Process API's ``workingDirectory``, checked against
+    PROCESS_ALLOWED_WORKDIRS before the job was created)."""
+    cwd = (job.options or {}).get("cwd")
+    return Path(cwd) if cwd else paths.work
+
+
+def timeout_limit(job: Job) -> float:
+    """Seconds the job may run: ``options["timeout_ms"]`` when a family asked
+    for sub-second precision, else ``timeout_seconds``."""
+    ms = (job.options or {}).get("timeout_ms")
+    return ms / 1000 if ms else float(job.timeout_seconds)
+
+
 def service_instructions(job: Job, paths: JobPaths) -> str:
-    lines = [f"Your working directory is {paths.work}."]
+    lines = [f"Your working directory is {job_cwd(job, paths)}."]
     if job.tool_policy != "read_only":
         lines.append(
             f"Write every file you produce for the user into {paths.output} (./{OUTPUT_DIR_NAME}/); "
@@ -200,10 +218,19 @@ def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptio
     appended = service_instructions(job, paths)
     if job.system_prompt:
         appended = f"{job.system_prompt}\n\n{appended}"
-    policy = TOOL_POLICIES.get(job.tool_policy, TOOL_POLICIES["safe"])
+    policy = dict(TOOL_POLICIES.get(job.tool_policy, TOOL_POLICIES["safe"]))
+    cwd = job_cwd(job, paths)
+    if cwd != paths.work:
+        # In a directory the request named, "./out/**" would be the operator's
+        # folder: writes stay in the job's own output folder ("//" marks an
+        # absolute path in a permission rule), reads in the named directory.
+        if policy.get("allowed_tools"):
+            policy["allowed_tools"] = [f"Edit(/{paths.output}/**)"]
+        if job.tool_policy != "read_only":
+            policy["add_dirs"] = [str(paths.output)]
     return ClaudeAgentOptions(
         cli_path=str(LAUNCHER),
-        cwd=str(opts.get("cwd") or paths.work),
+        cwd=str(cwd),
         model=job.model,
         env=env,
         system_prompt={"type": "preset", "preset": "claude_code", "append": appended},
@@ -244,6 +271,15 @@ class _Measure:
         return int(sum(self.cpu_by_pid.values()) * 1000)
 
 
+def children_cpu_seconds() -> float:
+    """CPU time of this process's children that have ended and been waited for
+    (their own waited-for children included). A worker runs one job at a time,
+    so the difference across a job is exactly its CLI's tree, including the
+    part after the last sample and short-lived children the sampler missed."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class JobRun:
     """One execution of one claimed (running) job."""
 
@@ -258,7 +294,11 @@ class JobRun:
         self.result: ResultMessage | None = None
         self.session_id: str = ""
         self.error: BaseException | None = None
+        self.executed_via = "cli"
+        self.fallback_reason = ""
+        self.timeout = timeout_limit(job)
         self.started = time.monotonic()
+        self.children_cpu_at_start = children_cpu_seconds()
         self._consumer: asyncio.Task | None = None
 
     # The main loop --------------------------------------------------------------
@@ -283,14 +323,46 @@ class JobRun:
         await self._finish()
 
     async def _consume(self) -> None:
+        may_fall_back = bool((self.job.options or {}).get("api_fallback")) and fallback.fallback_available()
+        if may_fall_back:
+            cli = await sync_to_async(cli_info)()
+            if not cli.installed:
+                await self._consume_api(cli.error or "the Claude CLI is not installed")
+                return
+        first_seq = self.progress.next_seq
         options = build_options(self.job, self.paths, stderr_sink=self.stderr_lines.append)
-        async for message in claude_agent_sdk.query(prompt=job_prompt(self.job), options=options):
+        try:
+            await self._relay(claude_agent_sdk.query(prompt=job_prompt(self.job), options=options))
+        except (CLIConnectionError, ProcessError) as exc:
+            if not (may_fall_back and self.progress.next_seq == first_seq and self._cli_did_not_start(exc)):
+                raise
+            await self._consume_api(f"the Claude CLI could not start: {self._launch_error() or exc}")
+
+    async def _relay(self, messages) -> None:
+        async for message in messages:
             if isinstance(message, SystemMessage) and message.subtype == "init":
                 self.session_id = message.data.get("session_id", "")
             if isinstance(message, ResultMessage):
                 self.result = message
             event = message_event(message)
             await self.progress.aemit(event.get("type", "message"), event)
+
+    def _launch_error(self) -> str:
+        return next((line.strip() for line in self.stderr_lines if "cli_launcher: cannot start" in line), "")
+
+    def _cli_did_not_start(self, exc: BaseException) -> bool:
+        # The launcher exits 127 when it cannot exec the CLI; the SDK raises
+        # CLINotFoundError (a CLIConnectionError) when it cannot spawn at all.
+        if isinstance(exc, CLIConnectionError):
+            return True
+        return bool(self._launch_error()) or getattr(exc, "exit_code", None) in (126, 127)
+
+    async def _consume_api(self, reason: str) -> None:
+        logger.warning("job %s: %s; running it through the Anthropic Messages API", self.job.pk, reason)
+        self.executed_via = fallback.EXECUTED_VIA_API
+        self.fallback_reason = reason
+        self.stderr_lines.clear()
+        await self._relay(fallback.query_api(self.job, prompt=job_prompt(self.job)))
 
     # Watching ---------------------------------------------------------------------
 
@@ -304,7 +376,7 @@ class JobRun:
             if self.pid is not None:
                 self.measure.sample(self.pid)
             now = time.monotonic()
-            if now - self.started > self.job.timeout_seconds:
+            if now - self.started > self.timeout:
                 await self._stop("timeout")
                 return
             if now >= next_control:
@@ -380,8 +452,14 @@ class JobRun:
             "duration_ms": int((time.monotonic() - self.started) * 1000),
             "claude_session_id": self.session_id,
             "peak_memory_bytes": self.measure.peak_rss or None,
-            "cpu_time_ms": self.measure.cpu_ms if self.measure.cpu_by_pid else None,
+            "cpu_time_ms": self._cpu_ms(),
         }
+        if self.executed_via != "cli":
+            fields["options"] = {**(self.job.options or {}), "executed_via": self.executed_via}
+            note = (
+                f"Claude CLI unavailable ({self.fallback_reason}); ran through the Anthropic Messages API.\n"
+            )
+            fields["stderr"] = note + fields["stderr"]
         res = self.result
         if res is not None:
             fields.update(
@@ -396,7 +474,7 @@ class JobRun:
                 **fields,
                 "status": JobStatus.TIMEOUT,
                 "exit_code": -signal.SIGTERM,
-                "error_message": f"The job exceeded its timeout of {self.job.timeout_seconds} s and was stopped.",
+                "error_message": f"The job exceeded its timeout of {self.timeout:g} s and was stopped.",
             }
         if self.stop_reason == "cancelled":
             return {
@@ -413,6 +491,15 @@ class JobRun:
             "exit_code": self._exit_code(),
             "error_message": self._error_text(),
         }
+
+    def _cpu_ms(self) -> int | None:
+        sampled = self.measure.cpu_ms if self.measure.cpu_by_pid else None
+        if self.pid is None:
+            return sampled
+        waited = int((children_cpu_seconds() - self.children_cpu_at_start) * 1000)
+        # The rusage figure covers the whole tree once the CLI was waited for;
+        # if it was not (yet), the samples are the better figure.
+        return max(waited, sampled or 0) or sampled
 
     def _exit_code(self) -> int:
         if isinstance(self.error, ProcessError) and self.error.exit_code is not None:

@@ -64,8 +64,14 @@ def service(django_db_setup, django_db_blocker, upstream, tmp_path_factory) -> I
         "JOB_STALE_SECONDS": "10",
         "JOB_KILL_GRACE_SECONDS": "1",
         "STREAM_POLL_MS": "100",
+        "PROCESS_ALLOWED_WORKDIRS": str(work / "workdirs"),
+        # The process tests submit and poll far more than seed 002's per-user
+        # limits allow (5 executes a minute, 100 reads in 15 minutes).
+        "RATE_LIMIT_PROCESS_EXECUTE": "1000/60s",
+        "RATE_LIMIT_PROCESS_STATUS": "100000/15m",
         "PYTHONUNBUFFERED": "1",
     }
+    (work / "workdirs").mkdir()
     processes = []
     with django_db_blocker.unblock():
         for name, cmd in {

@@ -224,3 +224,60 @@ def test_the_running_job_reports_memory_and_cpu_of_its_cli():
     job.refresh_from_db()
     assert job.peak_memory_bytes > 10_000_000
     assert job.cpu_time_ms > 0
+
+
+# -- options of the Process API -------------------------------------------------------------------
+
+
+def test_a_millisecond_timeout_is_honoured_to_the_sub_second():
+    from jobs.process_api.services import process_create
+
+    key, _ = api_key_create(name="ms")
+    process_create(caller=Caller(api_key=key), prompt="Slow [[slow:0.5]]" + " word" * 100, timeout_ms=2500)
+    job = job_claim_next()
+    assert job.timeout_seconds == 3
+    started = time.monotonic()
+    runner.run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.TIMEOUT
+    assert "timeout of 2.5 s" in job.error_message
+    assert time.monotonic() - started < 2.5 + 10  # stopped, not run to the end
+
+
+def test_a_working_directory_is_readable_and_stays_unwritten(settings, tmp_path):
+    from jobs.process_api.services import process_create, workdir_resolve
+
+    allowed = tmp_path / "projects"
+    project = allowed / "demo"
+    (project / "out").mkdir(parents=True)
+    (project / "notes.txt").write_text("NOTES-IN-THE-PROJECT")
+    settings.PROCESS_ALLOWED_WORKDIRS = [allowed]
+    key, _ = api_key_create(name="wd")
+    caller = Caller(api_key=key)
+
+    def run_in_project(prompt: str) -> Job:
+        process_create(caller=caller, prompt=prompt, working_directory=workdir_resolve(str(project)))
+        job = job_claim_next()
+        runner.run_job(job.pk)
+        job.refresh_from_db()
+        assert job.status == JobStatus.COMPLETED, job.error_message
+        return job
+
+    read = run_in_project('[[tool:Read {"file_path": "notes.txt"}]]')
+    assert any("NOTES-IN-THE-PROJECT" in r for r in tool_results(read))
+    # "./out/**" of the safe policy does not open the operator's folder for writing …
+    run_in_project(f'[[tool:Write {{"file_path": "{project / "out" / "x.txt"}", "content": "d"}}]]')
+    assert not (project / "out" / "x.txt").exists()
+    # … the job's own output folder stays writable.
+    placeholder = job_create(caller=caller, prompt="placeholder", enqueue=False)
+    Job.objects.filter(pk=placeholder.pk).delete()
+    job = job_create(caller=caller, prompt="placeholder", enqueue=False, source="process")
+    target = job_paths(job.pk).output / "report.txt"
+    Job.objects.filter(pk=job.pk).update(
+        prompt=f'[[tool:Write {{"file_path": "{target}", "content": "data"}}]]',
+        options={"cwd": str(workdir_resolve(str(project)))},
+    )
+    job_claim_next()
+    runner.run_job(job.pk)
+    assert target.read_text() == "data"
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt", "out"]
