@@ -61,31 +61,43 @@ def rate_for(caller, group: str) -> tuple[int, int]:
     return _split_rate(settings.RATE_LIMITS[group])
 
 
+def rate_limit_count(caller, group: str) -> tuple[bool, RateLimitState | None]:
+    """Count one request of ``caller`` in ``group``; (allowed, numbers for the headers).
+
+    Shared by the DRF throttle and the WebSocket consumer, so a request over
+    either transport spends the same budget.
+    """
+    if not settings.RATELIMIT_ENABLE or not getattr(caller, "is_authenticated", False):
+        return True, None
+    rate = rate_for(caller, group)
+    # django-ratelimit only reads the request to match methods; with the
+    # default (all methods) and a key function, none is needed.
+    usage = get_usage(None, group=group, key=lambda _group, _request: caller.label, rate=rate, increment=True)
+    if usage is None:
+        return True, None
+    state = RateLimitState(
+        limit=usage["limit"],
+        remaining=max(0, usage["limit"] - usage["count"]),
+        reset_seconds=max(0, usage["time_left"]),
+        window_seconds=rate[1],
+        legacy_headers=group in settings.RATE_LIMIT_LEGACY_HEADER_GROUPS,
+    )
+    return not usage["should_limit"], state
+
+
 class GroupRateThrottle(BaseThrottle):
     def __init__(self) -> None:
         self.state: RateLimitState | None = None
 
     def allow_request(self, request, view) -> bool:
         group = getattr(view, "rate_limit_group", None)
-        caller = request.user
-        if not group or not settings.RATELIMIT_ENABLE or not getattr(caller, "is_authenticated", False):
+        if not group:
             return True
-        rate = rate_for(caller, group)
-        usage = get_usage(
-            request, group=group, key=lambda _group, _request: caller.label, rate=rate, increment=True
-        )
-        if usage is None:
-            return True
-        self.state = RateLimitState(
-            limit=usage["limit"],
-            remaining=max(0, usage["limit"] - usage["count"]),
-            reset_seconds=max(0, usage["time_left"]),
-            window_seconds=rate[1],
-            legacy_headers=group in settings.RATE_LIMIT_LEGACY_HEADER_GROUPS,
-        )
-        # The underlying HttpRequest, so the middleware finds it.
-        request._request.rate_limit = self.state
-        return not usage["should_limit"]
+        allowed, self.state = rate_limit_count(request.user, group)
+        if self.state is not None:
+            # The underlying HttpRequest, so the middleware finds it.
+            request._request.rate_limit = self.state
+        return allowed
 
     def wait(self) -> float | None:
         return max(1, self.state.reset_seconds) if self.state else None

@@ -43,10 +43,12 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.utils.datastructures import CaseInsensitiveMapping
 from rest_framework import serializers as drf_serializers
+from rest_framework.exceptions import Throttled
 
 from claudesvc.auth import Caller, caller_for_credential, credentials_from_headers
 from claudesvc.errors import ServiceError
 from claudesvc.exceptions import classify, unexpected
+from claudesvc.ratelimit import rate_limit_count
 from jobs.models import Job, JobEvent
 from jobs.process_api import serializers as s
 from jobs.process_api.envelope import BAD_CREDENTIALS, error_body
@@ -209,6 +211,10 @@ class ProcessConsumer(AsyncWebsocketConsumer):
             raise drf_serializers.ValidationError({"data": ["Expected the fields of POST /execute."]})
         body = s.ExecuteInput(data=data)
         body.is_valid(raise_exception=True)
+        # Same budget as POST /execute: the transport is no way around the limit.
+        allowed, state = rate_limit_count(self.caller, "process_execute")
+        if not allowed:
+            raise Throttled(wait=max(1, state.reset_seconds) if state else None)
         busy = slots_busy()
         job = process_create(caller=self.caller, queued=busy, stream=True, **body.create_kwargs())
         return job, process_status(job)

@@ -280,3 +280,27 @@ async def test_messages_are_json_objects_with_event_and_data(key):
     raw = await ws.receive_from()
     assert set(json.loads(raw)) == {"event", "data"}
     await ws.disconnect()
+
+
+async def test_execute_over_the_socket_spends_the_execute_rate_limit(settings):
+    from django.core.cache import cache
+
+    from apikeys.models import RateLimitOverride
+
+    await sync_to_async(cache.clear)()
+    row, secret = await sync_to_async(api_key_create)(name="ws-limited")
+    await sync_to_async(RateLimitOverride.objects.create)(
+        api_key=row, group="process_execute", requests=1, window_seconds=3600
+    )
+    ws = await connect(secret)
+    await send(ws, "claude:execute", {"prompt": "first"}, request_id="a")
+    assert (await ws.receive_json_from())["event"] == "claude:progress"
+    await send(ws, "claude:execute", {"prompt": "second"}, request_id="b")
+    while True:
+        message = await ws.receive_json_from(timeout=30)
+        if message.get("requestId") == "b":
+            break
+    assert message["event"] == "claude:error"
+    assert message["data"]["code"] == "RATE_LIMIT_EXCEEDED"
+    assert await sync_to_async(Job.objects.filter(api_key=row).count)() == 1
+    await ws.disconnect()
