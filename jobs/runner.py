@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +42,9 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
+from claudesvc.errors import NotFound
+from jobs.artifacts import artifacts_collect
+from jobs.attachments import AttachmentUnavailable, PlacedAttachment, attachments_place
 from jobs.models import Job, JobStatus
 from jobs.progress import JobGone, JobProgress
 from jobs.services import job_transition
@@ -170,8 +174,24 @@ def message_event(message: Any) -> dict[str, Any]:
 # -- running a job ------------------------------------------------------------------------
 
 
-def job_prompt(job: Job) -> str:
-    return job.prompt
+def _size_text(size: int) -> str:
+    for unit in ("bytes", "KB", "MB"):
+        if size < 1024:
+            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def job_prompt(job: Job, attachments: Sequence[PlacedAttachment] = ()) -> str:
+    """The user turn the CLI receives: the caller's prompt, then the files it was given and where."""
+    if not attachments:
+        return job.prompt
+    listing = "\n".join(f"- {a.path} ({a.content_type}, {_size_text(a.size)})" for a in attachments)
+    return (
+        f"{job.prompt}\n\n"
+        f"The user attached {len(attachments)} file(s), in {attachments[0].path.parent}. "
+        f"Open them with the Read tool (it reads images and PDFs too):\n{listing}"
+    )
 
 
 def service_instructions(job: Job, paths: JobPaths) -> str:
@@ -259,12 +279,20 @@ class JobRun:
         self.session_id: str = ""
         self.error: BaseException | None = None
         self.started = time.monotonic()
+        self.prompt = job.prompt
         self._consumer: asyncio.Task | None = None
 
     # The main loop --------------------------------------------------------------
 
     async def run(self) -> None:
         self.paths.pidfile.unlink(missing_ok=True)
+        try:
+            placed = await sync_to_async(attachments_place)(job_id=self.job.pk, folder=self.paths.attachments)
+        except AttachmentUnavailable as exc:
+            self.error = exc
+            await self._finish()
+            return
+        self.prompt = job_prompt(self.job, placed)
         self._consumer = asyncio.create_task(self._consume())
         watcher = asyncio.create_task(self._watch())
         try:
@@ -284,7 +312,7 @@ class JobRun:
 
     async def _consume(self) -> None:
         options = build_options(self.job, self.paths, stderr_sink=self.stderr_lines.append)
-        async for message in claude_agent_sdk.query(prompt=job_prompt(self.job), options=options):
+        async for message in claude_agent_sdk.query(prompt=self.prompt, options=options):
             if isinstance(message, SystemMessage) and message.subtype == "init":
                 self.session_id = message.data.get("session_id", "")
             if isinstance(message, ResultMessage):
@@ -426,6 +454,8 @@ class JobRun:
             detail = "; ".join(p for p in parts if p) or res.subtype
             status = f" (upstream HTTP {res.api_error_status})" if res.api_error_status else ""
             return f"Claude Code reported an error{status}: {detail}"
+        if isinstance(self.error, AttachmentUnavailable):
+            return f"The job could not start: {self.error}"
         stderr_tail = "".join(self.stderr_lines).strip()[-2000:]
         base = (
             f"The Claude CLI failed: {self.error}" if self.error else "The Claude CLI ended without a result."
@@ -437,6 +467,8 @@ class JobRun:
             logger.info("job %s was deleted while running; CLI stopped", self.job.pk)
             await sync_to_async(workspace_remove)(self.job.pk)
             return
+        # Before the final status, so a client that sees the job finished also sees its files.
+        await sync_to_async(self._collect_artifacts)()
         outcome = self._outcome()
         status = outcome.pop("status")
         if status != JobStatus.COMPLETED and self.result is None:
@@ -456,6 +488,15 @@ class JobRun:
             outcome["duration_ms"],
             "" if moved else " (status was changed elsewhere; result not recorded)",
         )
+
+    def _collect_artifacts(self) -> None:
+        try:
+            artifacts_collect(job_id=self.job.pk)
+        except NotFound:
+            return  # deleted meanwhile; the delete removes everything
+        except Exception:
+            # The job's own outcome still gets recorded; its files are what is missing.
+            logger.exception("job %s: collecting its output files failed", self.job.pk)
 
 
 def run_job(job_id) -> None:
