@@ -202,7 +202,7 @@ def test_the_size_limit_stops_the_file_while_it_is_received(owner_key, settings)
             ["matroska"],
         ),
         ("blob.bin", bytes(range(256)) * 4, "application/octet-stream", ["not of a recognised type"]),
-        ("fake.txt", "plain start ".encode() * 1000 + b"\xff\xfe broken", "text/plain", ["not valid UTF-8"]),
+        ("fake.txt", b"plain start " * 1000 + b"\xff\xfe broken", "text/plain", ["not valid UTF-8"]),
         ("data.json", b"hello, not json", "application/json", ["JSON"]),
     ],
 )
