@@ -9,4 +9,6 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402 - needs Django set up first
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from jobs.uploads import JobsRequestBodyGuard  # noqa: E402
+
+application = ProtocolTypeRouter({"http": JobsRequestBodyGuard(django_asgi_app)})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import unicodedata
 
 from django.conf import settings
@@ -185,3 +186,68 @@ class AttachmentMultiPartParser(BaseParser):
             handler.discard()
             raise
         return DataAndFiles(data, files)
+
+
+def request_max_bytes() -> int:
+    """The largest body ``POST /jobs`` could accept: every file at its limit, plus the form fields."""
+    per_part_overhead = 16 * 1024  # boundary and part headers, generously
+    return (
+        settings.ATTACHMENTS_MAX_FILES * (settings.ATTACHMENT_MAX_BYTES + per_part_overhead)
+        + (settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0)
+        + per_part_overhead
+    )
+
+
+class JobsRequestBodyGuard:
+    """ASGI middleware in front of Django for ``/jobs…``: refuses, before reading
+    a byte of it, a body that could never be accepted.
+
+    Django's ASGI handler receives the whole body (spooled to disk) before any
+    view or upload handler runs, so without this a client could fill the disk
+    with one request. A ``Content-Length`` above ``request_max_bytes()`` is 413
+    at once (curl, which waits for ``100 Continue`` on large bodies, then sends
+    nothing). A body without ``Content-Length`` (chunked) is 411: Django parses
+    such a body as empty, which would read as a missing prompt.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/jobs"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > request_max_bytes():
+            return await _refuse(
+                send,
+                413,
+                "too_large",
+                f"The request body ({int(length)} bytes) is larger than POST /jobs accepts "
+                f"({request_max_bytes()} bytes: {settings.ATTACHMENTS_MAX_FILES} files of at most "
+                f"{settings.ATTACHMENT_MAX_BYTES} bytes)",
+            )
+        if length is None and b"transfer-encoding" in headers:
+            return await _refuse(
+                send,
+                411,
+                "length_required",
+                "Send the body with a Content-Length (chunked bodies are not accepted)",
+            )
+        return await self.app(scope, receive, send)
+
+
+async def _refuse(send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"success": False, "error": {"code": code, "message": message}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
