@@ -308,6 +308,10 @@ class JobRun:
             watcher.cancel()
             # Whatever the CLI left running in its group (a background shell …) goes too.
             self._signal_group(signal.SIGKILL)
+        # Let the killed processes be reaped before the job counts as over (and its loop closes).
+        deadline = time.monotonic() + 5
+        while self._group_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         await self._finish()
 
     async def _consume(self) -> None:

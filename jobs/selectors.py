@@ -42,7 +42,9 @@ def job_events(*, job_id: uuid.UUID, offset: int = 0, limit: int = 1000) -> list
 
 def artifact_get(*, job: Job, name: str) -> Artifact:
     """A file of ``job`` by its exact name; the name is never used as a path."""
-    artifact = Artifact.objects.filter(job=job, name=name).first()
+    # No stored name holds a control character (NUL would even be a database error on PostgreSQL).
+    usable = len(name) <= 255 and not any(ch < " " for ch in name)
+    artifact = Artifact.objects.filter(job=job, name=name).first() if usable else None
     if artifact is None:
         raise NotFound(f"The job has no file named {name!r}")
     return artifact
