@@ -28,7 +28,10 @@ ERRORS = {
 }
 NOT_FOUND = {404: OpenApiResponse(s.ErrorEnvelope, description="No such job for this key")}
 UPLOAD_ERRORS = {
-    413: OpenApiResponse(s.ErrorEnvelope, description="A file is larger than the per-file limit"),
+    411: OpenApiResponse(s.ErrorEnvelope, description="A body without Content-Length (chunked)"),
+    413: OpenApiResponse(
+        s.ErrorEnvelope, description="A file is larger than the per-file limit, or the body than any upload"
+    ),
     415: OpenApiResponse(s.ErrorEnvelope, description="A file's content is not of an accepted type"),
 }
 
