@@ -291,13 +291,12 @@ def test_retention_zero_keeps_everything(owner_key, settings):
 
 
 def test_a_schedule_runs_the_retention_cleanup():
+    from django.utils.module_loading import import_string
     from django_q.models import Schedule
-
-    from jobs import tasks
 
     schedule = Schedule.objects.get(func="jobs.tasks.delete_expired_jobs")
     assert schedule.repeats == -1 and schedule.schedule_type == Schedule.HOURLY
-    assert callable(tasks.delete_expired_jobs)
+    assert import_string(schedule.func)() == 0
 
 
 # -- the runner collects -------------------------------------------------------------------------
@@ -320,3 +319,13 @@ def test_a_file_the_job_writes_is_an_artifact_when_it_finishes():
     assert (artifact.name, artifact.content_type) == ("answer.md", "text/markdown; charset=utf-8")
     with artifact.file.open("rb") as stored:
         assert stored.read() == b"# Answer\n42\n"
+
+
+def test_the_admin_job_page_shows_its_files(client, owner_key):
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.create_superuser("admin", "a@example.com", "pw-123456"))
+    job = with_attachment(owner_key)
+    page = client.get(f"/admin/jobs/job/{job.pk}/change/")
+    assert page.status_code == 200
+    assert "in.txt" in page.content.decode() and "out.txt" in page.content.decode()
