@@ -70,6 +70,15 @@ _TEXT_BY_EXTENSION = {
 }
 
 
+def human_size(size: float) -> str:
+    """``2048`` -> ``2.0 KB``: sizes as the messages and prompts about files show them."""
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
 class UnsupportedFileType(Exception):
     """The file is not of a type on the list; the message says what it is, if known."""
 

@@ -45,6 +45,7 @@ from django.utils import timezone
 from claudesvc.errors import NotFound
 from jobs.artifacts import artifacts_collect
 from jobs.attachments import AttachmentUnavailable, PlacedAttachment, attachments_place
+from jobs.filetypes import human_size
 from jobs.models import Job, JobStatus
 from jobs.progress import JobGone, JobProgress
 from jobs.services import job_transition
@@ -174,19 +175,11 @@ def message_event(message: Any) -> dict[str, Any]:
 # -- running a job ------------------------------------------------------------------------
 
 
-def _size_text(size: int) -> str:
-    for unit in ("bytes", "KB", "MB"):
-        if size < 1024:
-            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
-
-
 def job_prompt(job: Job, attachments: Sequence[PlacedAttachment] = ()) -> str:
     """The user turn the CLI receives: the caller's prompt, then the files it was given and where."""
     if not attachments:
         return job.prompt
-    listing = "\n".join(f"- {a.path} ({a.content_type}, {_size_text(a.size)})" for a in attachments)
+    listing = "\n".join(f"- {a.path} ({a.content_type}, {human_size(a.size)})" for a in attachments)
     return (
         f"{job.prompt}\n\n"
         f"The user attached {len(attachments)} file(s), in {attachments[0].path.parent}. "

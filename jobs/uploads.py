@@ -30,20 +30,12 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser, DataAndFiles
 
 from claudesvc.errors import ServiceError
-from jobs.filetypes import FileSniffer, UnsupportedFileType
+from jobs.filetypes import FileSniffer, UnsupportedFileType, human_size
 
 # The seed's field is ``attachments[]``; ``attachments`` is what people type with curl -F.
 ATTACHMENT_FIELDS = ("attachments[]", "attachments")
 FIELD = ATTACHMENT_FIELDS[0]
 MAX_NAME_BYTES = 255  # one path component on common filesystems
-
-
-def _size_text(n: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.0f} {unit}"
-        n /= 1024
-    return f"{n} bytes"
 
 
 def attachment_name_problem(name: str) -> str | None:
@@ -83,7 +75,7 @@ class AttachmentUploadHandler(FileUploadHandler):
 
     def _too_large(self) -> ServiceError:
         return self._error(
-            f"{self.file_name} is larger than the limit of {_size_text(self.max_bytes)} per file",
+            f"{self.file_name} is larger than the limit of {human_size(self.max_bytes)} per file",
             status=413,
             code="file_too_large",
         )

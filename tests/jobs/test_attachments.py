@@ -171,7 +171,7 @@ def test_a_file_over_the_size_limit_is_refused_with_413(client_for, owner_key, s
         (FIELD, "small.txt", b"fine", "text/plain"),
         (FIELD, "big.txt", b"x" * (settings.ATTACHMENT_MAX_BYTES + 1), "text/plain"),
     ]
-    assert_refused(post(client_for(owner_key), files=files), 413, "file_too_large", "big.txt", "2 MB")
+    assert_refused(post(client_for(owner_key), files=files), 413, "file_too_large", "big.txt", "2.0 MB")
 
 
 def test_the_size_limit_stops_the_file_while_it_is_received(owner_key, settings):
