@@ -37,7 +37,7 @@ def asgi_server_command(host: str, port: int) -> list[str]:
         "--lifespan",
         "off",
         "--ws",
-        "websockets",
+        "websockets-sansio",
     ]
 
 
