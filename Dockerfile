@@ -24,9 +24,10 @@ ENV PATH=/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8000 \
     DJANGO_SECRET_KEY=build-only-not-used-at-runtime
-RUN mkdir -p /data && chown claudesvc:claudesvc /data \
+RUN mkdir -p /data \
     && python manage.py collectstatic --noinput -v0 \
-    && rm -f /data/secret_key
+    && rm -f /data/secret_key \
+    && chown -R claudesvc:claudesvc /data
 ENV DJANGO_SECRET_KEY=
 USER claudesvc
 VOLUME /data

@@ -45,5 +45,8 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+bench: install
+	$(PY) bench/upload_memory.py
+
 clean:
 	rm -rf $(VENV) var

@@ -186,6 +186,18 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"},
 }
 
+# Uploads (POST /jobs attachments[]): received into FILE_UPLOAD_TEMP_DIR, then
+# moved into storage. On the same filesystem as MEDIA_ROOT the move is a rename.
+FILE_UPLOAD_TEMP_DIR = Path(env_str("FILE_UPLOAD_TEMP_DIR", str(VAR_DIR / "uploads")))
+FILE_UPLOAD_TEMP_DIR.mkdir(parents=True, exist_ok=True)
+ATTACHMENTS_MAX_FILES = env_int("ATTACHMENTS_MAX_FILES", 10, minimum=1, maximum=1000)
+ATTACHMENT_MAX_BYTES = env_int("ATTACHMENT_MAX_BYTES", 500 * 1024 * 1024, minimum=1)
+# Files a job writes to its output folder become downloadable; a job that
+# writes more than this many keeps the first ones (by name) and the rest are logged.
+ARTIFACTS_MAX_FILES = env_int("ARTIFACTS_MAX_FILES", 200, minimum=1)
+# Finished jobs older than this are deleted with their files by a django-q2 schedule; 0 keeps them.
+JOB_RETENTION_DAYS = env_int("JOB_RETENTION_DAYS", 30, minimum=0)
+
 # -- the CLI and jobs --------------------------------------------------------------
 
 # Empty: the binary bundled with claude-agent-sdk.

@@ -3,7 +3,7 @@
 from django.contrib import admin
 
 from claudesvc.errors import ServiceError
-from jobs.models import Job, JobEvent
+from jobs.models import Artifact, Attachment, Job, JobEvent
 from jobs.services import job_cancel
 
 
@@ -18,6 +18,25 @@ class JobEventInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None):
         return False
+
+
+class _FileInline(admin.TabularInline):
+    fields = ["name", "content_type", "size", "sha256", "file", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class AttachmentInline(_FileInline):
+    model = Attachment
+
+
+class ArtifactInline(_FileInline):
+    model = Artifact
 
 
 @admin.register(Job)
@@ -39,7 +58,7 @@ class JobAdmin(admin.ModelAdmin):
     raw_id_fields = ["api_key", "user"]
     show_full_result_count = False
     date_hierarchy = "created_at"
-    inlines = [JobEventInline]
+    inlines = [AttachmentInline, ArtifactInline, JobEventInline]
     actions = ["cancel"]
     readonly_fields = [f.name for f in Job._meta.fields]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from django.conf import settings
@@ -105,3 +106,62 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id}#{self.seq} {self.type}"
+
+
+def _storage_name(name: str) -> str:
+    """A storage-safe version of a file name; the row keeps the real name."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    stem = re.sub(r"[^\w.-]+", "_", stem).strip("._")[:80] or "file"
+    ext = re.sub(r"[^\w]+", "", ext)[:16]
+    return f"{stem}.{ext}" if ext else stem
+
+
+def attachment_upload_to(instance: Attachment, filename: str) -> str:
+    return f"jobs/{instance.job_id}/attachments/{_storage_name(filename)}"
+
+
+def artifact_upload_to(instance: Artifact, filename: str) -> str:
+    return f"jobs/{instance.job_id}/artifacts/{_storage_name(filename)}"
+
+
+class JobFile(models.Model):
+    """A stored file of a job: what the rows of attachments and artifacts share."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="%(class)ss")
+    name = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=100)
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.job_id}/{self.name}"
+
+
+class Attachment(JobFile):
+    """A file the caller sent with the job; copied into the job's working directory before the CLI starts."""
+
+    file = models.FileField(upload_to=attachment_upload_to, max_length=500)
+
+    class Meta:
+        ordering = ["job", "id"]
+        constraints = [models.UniqueConstraint(fields=["job", "name"], name="attachment_unique_name")]
+
+
+class Artifact(JobFile):
+    """A file the job wrote into its output folder, downloadable by the job's owner.
+
+    ``name`` is its path relative to the output folder, "/" between folders
+    ("report.pdf", "charts/a.png").
+    """
+
+    file = models.FileField(upload_to=artifact_upload_to, max_length=500)
+
+    class Meta:
+        ordering = ["job", "name"]
+        constraints = [models.UniqueConstraint(fields=["job", "name"], name="artifact_unique_name")]

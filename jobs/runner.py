@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -44,6 +45,10 @@ from django.db import connections
 from django.utils import timezone
 
 from jobs import fallback
+from claudesvc.errors import NotFound
+from jobs.artifacts import artifacts_collect
+from jobs.attachments import AttachmentUnavailable, PlacedAttachment, attachments_place
+from jobs.filetypes import human_size
 from jobs.models import Job, JobStatus
 from jobs.progress import JobGone, JobProgress
 from jobs.services import job_transition
@@ -173,8 +178,16 @@ def message_event(message: Any) -> dict[str, Any]:
 # -- running a job ------------------------------------------------------------------------
 
 
-def job_prompt(job: Job) -> str:
-    return job.prompt
+def job_prompt(job: Job, attachments: Sequence[PlacedAttachment] = ()) -> str:
+    """The user turn the CLI receives: the caller's prompt, then the files it was given and where."""
+    if not attachments:
+        return job.prompt
+    listing = "\n".join(f"- {a.path} ({a.content_type}, {human_size(a.size)})" for a in attachments)
+    return (
+        f"{job.prompt}\n\n"
+        f"The user attached {len(attachments)} file(s), in {attachments[0].path.parent}. "
+        f"Open them with the Read tool (it reads images and PDFs too):\n{listing}"
+    )
 
 
 def job_cwd(job: Job, paths: JobPaths) -> Path:
@@ -299,12 +312,20 @@ class JobRun:
         self.timeout = timeout_limit(job)
         self.started = time.monotonic()
         self.children_cpu_at_start = children_cpu_seconds()
+        self.prompt = job.prompt
         self._consumer: asyncio.Task | None = None
 
     # The main loop --------------------------------------------------------------
 
     async def run(self) -> None:
         self.paths.pidfile.unlink(missing_ok=True)
+        try:
+            placed = await sync_to_async(attachments_place)(job_id=self.job.pk, folder=self.paths.attachments)
+        except AttachmentUnavailable as exc:
+            self.error = exc
+            await self._finish()
+            return
+        self.prompt = job_prompt(self.job, placed)
         self._consumer = asyncio.create_task(self._consume())
         watcher = asyncio.create_task(self._watch())
         try:
@@ -320,6 +341,10 @@ class JobRun:
             watcher.cancel()
             # Whatever the CLI left running in its group (a background shell …) goes too.
             self._signal_group(signal.SIGKILL)
+        # Let the killed processes be reaped before the job counts as over (and its loop closes).
+        deadline = time.monotonic() + 5
+        while self._group_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         await self._finish()
 
     async def _consume(self) -> None:
@@ -332,7 +357,7 @@ class JobRun:
         first_seq = self.progress.next_seq
         options = build_options(self.job, self.paths, stderr_sink=self.stderr_lines.append)
         try:
-            await self._relay(claude_agent_sdk.query(prompt=job_prompt(self.job), options=options))
+            await self._relay(claude_agent_sdk.query(prompt=self.prompt, options=options))
         except (CLIConnectionError, ProcessError) as exc:
             if not (may_fall_back and self.progress.next_seq == first_seq and self._cli_did_not_start(exc)):
                 raise
@@ -362,7 +387,7 @@ class JobRun:
         self.executed_via = fallback.EXECUTED_VIA_API
         self.fallback_reason = reason
         self.stderr_lines.clear()
-        await self._relay(fallback.query_api(self.job, prompt=job_prompt(self.job)))
+        await self._relay(fallback.query_api(self.job, prompt=self.prompt))
 
     # Watching ---------------------------------------------------------------------
 
@@ -513,6 +538,8 @@ class JobRun:
             detail = "; ".join(p for p in parts if p) or res.subtype
             status = f" (upstream HTTP {res.api_error_status})" if res.api_error_status else ""
             return f"Claude Code reported an error{status}: {detail}"
+        if isinstance(self.error, AttachmentUnavailable):
+            return f"The job could not start: {self.error}"
         stderr_tail = "".join(self.stderr_lines).strip()[-2000:]
         base = (
             f"The Claude CLI failed: {self.error}" if self.error else "The Claude CLI ended without a result."
@@ -524,6 +551,8 @@ class JobRun:
             logger.info("job %s was deleted while running; CLI stopped", self.job.pk)
             await sync_to_async(workspace_remove)(self.job.pk)
             return
+        # Before the final status, so a client that sees the job finished also sees its files.
+        await sync_to_async(self._collect_artifacts)()
         outcome = self._outcome()
         status = outcome.pop("status")
         if status != JobStatus.COMPLETED and self.result is None:
@@ -543,6 +572,15 @@ class JobRun:
             outcome["duration_ms"],
             "" if moved else " (status was changed elsewhere; result not recorded)",
         )
+
+    def _collect_artifacts(self) -> None:
+        try:
+            artifacts_collect(job_id=self.job.pk)
+        except NotFound:
+            return  # deleted meanwhile; the delete removes everything
+        except Exception:
+            # The job's own outcome still gets recorded; its files are what is missing.
+            logger.exception("job %s: collecting its output files failed", self.job.pk)
 
 
 def run_job(job_id) -> None:

@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 
 from claudesvc.auth import Caller
 from claudesvc.errors import NotFound
-from jobs.models import Job, JobEvent
+from jobs.models import Artifact, Job, JobEvent
 
 
 def _parse_id(job_id: str | uuid.UUID) -> uuid.UUID | None:
@@ -38,3 +38,13 @@ def job_list(*, caller: Caller, status: str | None = None, source: str | None = 
 
 def job_events(*, job_id: uuid.UUID, offset: int = 0, limit: int = 1000) -> list[JobEvent]:
     return list(JobEvent.objects.filter(job_id=job_id, seq__gte=offset).order_by("seq")[:limit])
+
+
+def artifact_get(*, job: Job, name: str) -> Artifact:
+    """A file of ``job`` by its exact name; the name is never used as a path."""
+    # No stored name holds a control character (NUL would even be a database error on PostgreSQL).
+    usable = len(name) <= 255 and not any(ch < " " for ch in name)
+    artifact = Artifact.objects.filter(job=job, name=name).first() if usable else None
+    if artifact is None:
+        raise NotFound(f"The job has no file named {name!r}")
+    return artifact

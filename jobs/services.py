@@ -22,8 +22,9 @@ from django_q.tasks import async_task
 
 from claudesvc.auth import Caller
 from claudesvc.errors import Conflict, ServiceError
-from jobs.models import FINAL_STATUSES, TRANSITIONS, Job, JobKind, JobStatus
+from jobs.models import FINAL_STATUSES, TRANSITIONS, Artifact, Attachment, Job, JobKind, JobStatus
 from jobs.progress import JobProgress
+from jobs.storage import job_files_delete
 from jobs.workspace import workspace_remove
 
 logger = logging.getLogger(__name__)
@@ -159,12 +160,36 @@ def _next_seq(job: Job) -> int:
 
 
 def job_delete(*, job: Job) -> None:
-    """Delete a job and its files. A running CLI is killed by its worker, which
-    notices within a heartbeat that the row is gone."""
+    """Delete a job and its files (stored attachments and artifacts, working
+    directory). A running CLI is killed by its worker, which notices within a
+    heartbeat that the row is gone."""
     job_id = job.pk
+    stored = [
+        *Attachment.objects.filter(job_id=job_id).values_list("file", flat=True),
+        *Artifact.objects.filter(job_id=job_id).values_list("file", flat=True),
+    ]
     Job.objects.filter(pk=job_id).delete()
+    job_files_delete(job_id, known=stored)
     workspace_remove(job_id)
     logger.info("job %s deleted", job_id)
+
+
+def job_delete_expired(*, batch: int = 200) -> int:
+    """Delete finished jobs older than ``JOB_RETENTION_DAYS`` with their files; 0 keeps everything."""
+    if not settings.JOB_RETENTION_DAYS:
+        return 0
+    cutoff = timezone.now() - timedelta(days=settings.JOB_RETENTION_DAYS)
+    deleted = 0
+    while True:
+        expired = list(Job.objects.filter(status__in=FINAL_STATUSES, finished_at__lt=cutoff)[:batch])
+        for job in expired:
+            job_delete(job=job)
+        deleted += len(expired)
+        if len(expired) < batch:
+            break
+    if deleted:
+        logger.info("deleted %d job(s) finished more than %d days ago", deleted, settings.JOB_RETENTION_DAYS)
+    return deleted
 
 
 def job_reap_stale() -> int:

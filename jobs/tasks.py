@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobs import runner
-from jobs.services import job_claim_next, job_reap_stale
+from jobs.services import job_claim_next, job_delete_expired, job_reap_stale
 
 
 def run_next_job() -> str | None:
@@ -23,3 +23,7 @@ def run_next_job() -> str | None:
 
 def reap_stale_jobs() -> int:
     return job_reap_stale()
+
+
+def delete_expired_jobs() -> int:
+    return job_delete_expired()

@@ -1,7 +1,10 @@
 """Where a job's files live on the worker's disk.
 
-``JOBS_ROOT/<id>/work`` is the CLI's working directory (attachments land
-there); ``work/out`` is the only place the safe tool policy lets it write.
+``JOBS_ROOT/<id>/work`` is the CLI's working directory; the caller's
+attachments are copied into ``work/attachments`` (a folder of their own, so an
+upload named ``out`` or ``CLAUDE.md`` cannot collide with the output folder or
+pass for project configuration); ``work/out`` is the only place the safe tool
+policy lets it write, and what lands there becomes the job's artifacts.
 ``JOBS_ROOT/<id>/cli.pid`` sits outside the working directory, so the job can
 neither read nor forge it.
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 from django.conf import settings
 
 OUTPUT_DIR_NAME = "out"
+ATTACHMENTS_DIR_NAME = "attachments"
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,10 @@ class JobPaths:
     @property
     def output(self) -> Path:
         return self.work / OUTPUT_DIR_NAME
+
+    @property
+    def attachments(self) -> Path:
+        return self.work / ATTACHMENTS_DIR_NAME
 
     @property
     def pidfile(self) -> Path:

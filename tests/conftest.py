@@ -42,6 +42,8 @@ def _job_folders(settings, tmp_path):
     settings.JOBS_ROOT = tmp_path / "jobs"
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.CLAUDE_HOME = tmp_path / "claude-home"
+    settings.FILE_UPLOAD_TEMP_DIR = tmp_path / "uploads"
+    settings.FILE_UPLOAD_TEMP_DIR.mkdir()
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # The manifest storage needs collectstatic first (make run and the Dockerfile do it).
     settings.STORAGES = {

@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from claudesvc.errors import ServiceError
 from claudesvc.fields import StrictCharField, UtcDateTimeField
-from jobs.models import Job, JobStatus
+from jobs.models import Artifact, Attachment, Job, JobStatus
 from jobs.services import resolve_model
 
 # Seed 000 knows four states; the core's others read as "failed" with a reason.
@@ -46,6 +46,46 @@ class JobCreateInput(serializers.Serializer):
             raise serializers.ValidationError(exc.message) from exc
 
 
+# The multipart form, for the schema: the same fields plus the files. A field
+# named "attachments[]" cannot be a class attribute, hence type().
+JobCreateMultipartInput = type(
+    "JobCreateMultipartInput",
+    (JobCreateInput,),
+    {
+        "attachments[]": serializers.ListField(
+            child=serializers.FileField(),
+            required=False,
+            max_length=settings.ATTACHMENTS_MAX_FILES,
+            help_text=(
+                f"Files for Claude to read (at most {settings.ATTACHMENTS_MAX_FILES}, each at most "
+                f"{settings.ATTACHMENT_MAX_BYTES} bytes): images, PDF, UTF-8 text, audio, video. "
+                "The type is decided from the content."
+            ),
+        )
+    },
+)
+
+
+class AttachmentOutput(serializers.ModelSerializer):
+    type = serializers.CharField(source="content_type")
+
+    class Meta:
+        model = Attachment
+        fields = ["name", "size", "type", "sha256"]
+
+
+class ArtifactOutput(serializers.ModelSerializer):
+    type = serializers.CharField(source="content_type")
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Artifact
+        fields = ["name", "size", "type", "download_url"]
+
+    def get_download_url(self, artifact: Artifact) -> str:
+        return reverse("jobs:download", args=[artifact.job_id, artifact.name])
+
+
 class JobCreatedOutput(serializers.Serializer):
     id = serializers.UUIDField()
     type = serializers.CharField(required=False)
@@ -73,6 +113,8 @@ class JobOutput(serializers.ModelSerializer):
     finished_at = UtcDateTimeField()
     stream_url = serializers.SerializerMethodField()
     events_url = serializers.SerializerMethodField()
+    attachments = AttachmentOutput(many=True, read_only=True)
+    artifacts = ArtifactOutput(many=True, read_only=True)
 
     class Meta:
         model = Job
@@ -91,6 +133,8 @@ class JobOutput(serializers.ModelSerializer):
             "usage",
             "stream_url",
             "events_url",
+            "attachments",
+            "artifacts",
         ]
 
     def get_status(self, job: Job) -> str:

@@ -9,4 +9,7 @@ urlpatterns = [
     path("jobs/<str:job_id>", views.JobDetailView.as_view(), name="detail"),
     path("jobs/<str:job_id>/stream", views.JobStreamView.as_view(), name="stream"),
     path("jobs/<str:job_id>/events", views.JobEventsView.as_view(), name="events"),
+    # <path:> so a file the job wrote in a sub-folder ("charts/a.png") has a URL too; the name is
+    # only ever looked up among the job's artifacts, never joined to a path on disk.
+    path("jobs/<str:job_id>/download/<path:filename>", views.JobDownloadView.as_view(), name="download"),
 ]

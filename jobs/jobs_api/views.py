@@ -7,36 +7,64 @@ import json
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import FormParser, JSONParser
 from rest_framework.response import Response
 
 from claudesvc.errors import ServiceError
+from jobs.attachments import job_create_with_attachments
 from jobs.jobs_api import serializers as s
+from jobs.jobs_api.downloads import artifact_response
 from jobs.jobs_api.envelope import JobsAPIView, ok
 from jobs.models import JobEvent
-from jobs.selectors import job_events, job_get, job_list
-from jobs.services import job_create, job_delete
+from jobs.selectors import artifact_get, job_events, job_get, job_list
+from jobs.services import job_delete
 from jobs.streaming import Ended, Idle, follow_job
+from jobs.uploads import ATTACHMENT_FIELDS, AttachmentMultiPartParser
 
 ERRORS = {
     400: OpenApiResponse(s.ErrorEnvelope, description="Invalid parameters"),
     401: OpenApiResponse(s.ErrorEnvelope, description="API key missing or invalid"),
 }
 NOT_FOUND = {404: OpenApiResponse(s.ErrorEnvelope, description="No such job for this key")}
+UPLOAD_ERRORS = {
+    411: OpenApiResponse(s.ErrorEnvelope, description="A body without Content-Length (chunked)"),
+    413: OpenApiResponse(
+        s.ErrorEnvelope, description="A file is larger than the per-file limit, or the body than any upload"
+    ),
+    415: OpenApiResponse(s.ErrorEnvelope, description="A file's content is not of an accepted type"),
+}
 
 
 class JobListCreateView(JobsAPIView):
+    parser_classes = [JSONParser, AttachmentMultiPartParser, FormParser]
+
     @extend_schema(
         operation_id="jobs_create",
         summary="Create a Claude job",
-        request={"application/json": s.JobCreateInput, "multipart/form-data": s.JobCreateInput},
-        responses={202: s.JobCreatedEnvelope, **ERRORS},
+        description=(
+            "JSON, or multipart/form-data with files in `attachments[]`. The files are copied into the "
+            "job's working directory and the prompt Claude receives lists them. Bad files are refused "
+            "before anything is stored: too many (400), too large (413), a type not accepted (415), "
+            "empty (400), a name with a path (400), a body cut off inside a file (400)."
+        ),
+        request={"application/json": s.JobCreateInput, "multipart/form-data": s.JobCreateMultipartInput},
+        responses={202: s.JobCreatedEnvelope, **ERRORS, **UPLOAD_ERRORS},
     )
     def post(self, request):
-        data = s.JobCreateInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        job = job_create(
-            caller=request.user, prompt=data.validated_data["prompt"], model=data.validated_data["model"]
-        )
+        uploads = [f for field in ATTACHMENT_FIELDS for f in request.FILES.getlist(field)]
+        try:
+            data = s.JobCreateInput(data=request.data)
+            data.is_valid(raise_exception=True)
+            job = job_create_with_attachments(
+                caller=request.user,
+                prompt=data.validated_data["prompt"],
+                model=data.validated_data["model"],
+                uploads=uploads,
+            )
+        finally:
+            for upload in uploads:
+                upload.close()  # deletes the temporary file unless storage moved it
         return ok(s.created_output(job), status=202)
 
     @extend_schema(
@@ -48,7 +76,7 @@ class JobListCreateView(JobsAPIView):
     def get(self, request):
         query = s.JobListQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        jobs = job_list(caller=request.user)
+        jobs = job_list(caller=request.user).prefetch_related("attachments", "artifacts")
         wanted = query.validated_data.get("status")
         if wanted:
             core = [k for k, v in s.PUBLIC_STATUS.items() if v == wanted]
@@ -144,3 +172,38 @@ class JobEventsView(JobsAPIView):
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return response
+
+
+class _AnyAccept(BaseContentNegotiation):
+    """A download answers with the file's own type whatever ``Accept`` says; errors stay JSON."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0]
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class JobDownloadView(JobsAPIView):
+    content_negotiation_class = _AnyAccept
+
+    @extend_schema(
+        operation_id="jobs_download",
+        summary="Download a file the job produced",
+        description=(
+            "Streams one of the job's `artifacts` (see `GET /jobs/{id}`) with its type and "
+            "`Content-Disposition: attachment` (RFC 6266, `filename*` for non-ASCII names), so "
+            "`curl -O -J` saves it under its name. Only the job's owner may download; any other "
+            "name, including ones that try to leave the job's folder, is 404."
+        ),
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="The file, with its own Content-Type"
+            ),
+            **ERRORS,
+            **NOT_FOUND,
+        },
+    )
+    def get(self, request, job_id, filename):
+        job = job_get(caller=request.user, id=job_id)
+        return artifact_response(request._request, artifact_get(job=job, name=filename))

@@ -1,5 +1,6 @@
-"""The real service for end-to-end tests: daphne and a django-q2 cluster in
-subprocesses, on the test database, with the real CLI against the fake upstream."""
+"""The real service for end-to-end tests: the HTTP server ``manage.py serve`` runs
+and a django-q2 cluster, in subprocesses, on the test database, with the real CLI
+against the fake upstream."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 from django.db import connection
+
+from claudesvc.management.commands.serve import asgi_server_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,6 +62,7 @@ def service(django_db_setup, django_db_blocker, upstream, tmp_path_factory) -> I
         "JOBS_ROOT": str(work / "jobs"),
         "MEDIA_ROOT": str(work / "media"),
         "CLAUDE_HOME": str(work / "claude-home"),
+        "FILE_UPLOAD_TEMP_DIR": str(work / "uploads"),
         "JOB_WORKERS": "2",
         "JOB_HEARTBEAT_SECONDS": "1",
         "JOB_STALE_SECONDS": "10",
@@ -75,16 +79,7 @@ def service(django_db_setup, django_db_blocker, upstream, tmp_path_factory) -> I
     processes = []
     with django_db_blocker.unblock():
         for name, cmd in {
-            "daphne": [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "claudesvc.asgi:application",
-            ],
+            "http": asgi_server_command("127.0.0.1", port),
             "qcluster": [sys.executable, "manage.py", "qcluster"],
         }.items():
             log = open(work / f"{name}.log", "w")  # noqa: SIM115 - closed with the process

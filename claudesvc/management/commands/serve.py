@@ -1,6 +1,6 @@
 """``manage.py serve``: the embedded deployment in one command.
 
-Starts daphne (HTTP + WebSocket) and a django-q2 cluster side by side; Ctrl-C
+Starts uvicorn (HTTP + WebSocket) and a django-q2 cluster side by side; Ctrl-C
 or SIGTERM stops both, and if either dies the other is stopped too, so a
 supervisor (make run, Docker) never keeps half a service running.
 """
@@ -16,8 +16,33 @@ import time
 from django.core.management.base import BaseCommand
 
 
+def asgi_server_command(host: str, port: int) -> list[str]:
+    """The HTTP/WebSocket server: uvicorn.
+
+    Not daphne: daphne hands a request body to the application all at once
+    (django/daphne#483), so a 200 MB upload grew its memory by 2.6 GB
+    (bench/upload_memory.py). uvicorn passes the body on as it arrives, with
+    flow control, and Django spools it to disk. Django's ASGI handler has no
+    lifespan support, hence ``--lifespan off``.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "claudesvc.asgi:application",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--lifespan",
+        "off",
+        "--ws",
+        "websockets-sansio",
+    ]
+
+
 class Command(BaseCommand):
-    help = "Serve HTTP and WebSocket with daphne and run a django-q2 worker cluster beside it."
+    help = "Serve HTTP and WebSocket with uvicorn and run a django-q2 worker cluster beside it."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -26,11 +51,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: int, no_worker: bool, **options):
         python = sys.executable
-        children = [
-            subprocess.Popen(
-                [python, "-m", "daphne", "-b", host, "-p", str(port), "claudesvc.asgi:application"]
-            ),
-        ]
+        children = [subprocess.Popen(asgi_server_command(host, port))]
         if not no_worker:
             children.append(
                 subprocess.Popen(
