@@ -44,8 +44,8 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
-from jobs import fallback
 from claudesvc.errors import NotFound
+from jobs import fallback
 from jobs.artifacts import artifacts_collect
 from jobs.attachments import AttachmentUnavailable, PlacedAttachment, attachments_place
 from jobs.filetypes import human_size
