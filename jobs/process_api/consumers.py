@@ -20,10 +20,9 @@ offer the subprotocols ``claudesvc.v1`` and ``bearer.<API key or JWT>``; the
 server selects ``claudesvc.v1`` and never echoes the credential. Clients that
 can set headers may send ``X-API-Key`` or ``Authorization: Bearer``. Otherwise
 the first message must be ``auth`` within WS_AUTH_TIMEOUT_SECONDS. A bad
-credential or a first message that is not ``auth`` closes the connection with
-code 4401, silence past the timeout with 4408 (graphql-ws's codes: daphne
-refuses application close codes outside 1000 and 3000-4999, so the 1008 of
-RFC 6455 cannot be sent), each after a ``claude:error`` saying why.
+credential, a first message that is not ``auth``, or silence past the timeout
+closes the connection with 1008 (policy violation, RFC 6455), after a
+``claude:error`` saying which it was.
 
 A connection only ever hears about its own processes: a process is followed
 only after the caller-scoped selector found it, and every message relayed is
@@ -60,8 +59,8 @@ logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "claudesvc.v1"
 CREDENTIAL_SUBPROTOCOL = "bearer."
-UNAUTHORIZED_CLOSE = 4401
-AUTH_TIMEOUT_CLOSE = 4408
+UNAUTHORIZED_CLOSE = 1008
+AUTH_TIMEOUT_CLOSE = 1008
 
 
 def _text_deltas(event: JobEvent, *, partial: bool) -> str:

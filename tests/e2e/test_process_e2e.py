@@ -289,11 +289,11 @@ def test_a_websocket_client_cancels_its_process(service, key):
     assert messages[-1][1]["data"] == {**messages[-1][1]["data"], "processId": pid, "status": "cancelled"}
 
 
-def test_a_websocket_with_a_bad_token_is_closed_with_4401(service):
+def test_a_websocket_with_a_bad_token_is_closed_with_1008(service):
     with ws_connect(
         ws_url(service), subprotocols=["claudesvc.v1", "bearer.csk_live_" + "z" * 32], origin=service.url
     ) as ws:
         assert json.loads(ws.recv(timeout=10))["data"]["code"] == "UNAUTHORIZED"
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=10)
-    assert closed.value.rcvd.code == 4401, service.logs()
+    assert closed.value.rcvd.code == 1008, service.logs()

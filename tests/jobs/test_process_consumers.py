@@ -64,7 +64,7 @@ async def receive_until(ws, event: str, timeout: float = 60) -> list[dict]:
             return seen
 
 
-async def expect_closed_unauthorized(ws, code: int = 4401) -> dict:
+async def expect_closed_unauthorized(ws, code: int = 1008) -> dict:
     error = await ws.receive_json_from(timeout=10)
     assert error["event"] == "claude:error" and error["data"]["code"] == "UNAUTHORIZED"
     assert await ws.receive_output(timeout=10) == {"type": "websocket.close", "code": code}
@@ -113,7 +113,7 @@ async def test_a_header_authenticates_clients_that_can_send_one(key):
     await ws.disconnect()
 
 
-async def test_a_bad_credential_closes_with_4401():
+async def test_a_bad_credential_closes_with_1008():
     ws = communicator(subprotocols=["claudesvc.v1", "bearer.csk_live_" + "x" * 32])
     connected, _ = await ws.connect()
     assert connected
@@ -146,7 +146,7 @@ async def test_the_first_message_may_authenticate(key):
         "not json",
     ],
 )
-async def test_anything_else_first_closes_with_4401(first):
+async def test_anything_else_first_closes_with_1008(first):
     ws = communicator()
     await ws.connect()
     if isinstance(first, str):
@@ -173,7 +173,7 @@ async def test_silence_closes_the_connection_after_the_auth_timeout(settings):
     settings.WS_AUTH_TIMEOUT_SECONDS = 1
     ws = communicator()
     await ws.connect()
-    error = await expect_closed_unauthorized(ws, code=4408)
+    error = await expect_closed_unauthorized(ws, code=1008)
     assert "in time" in error["data"]["message"]
 
 
