@@ -11,6 +11,7 @@ urlpatterns = [
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
     path("admin/", admin.site.urls),
     path("", include("jobs.jobs_api.urls")),
+    path("", include("jobs.compat_api.urls")),
 ]
 
 handler404 = "claudesvc.views.not_found"

@@ -174,11 +174,17 @@ def job_prompt(job: Job) -> str:
     return job.prompt
 
 
+def job_cwd(job: Job, paths: JobPaths) -> Path:
+    """Where the CLI runs: the job's own folder, or the folder a family chose (a session's)."""
+    return Path((job.options or {}).get("cwd") or paths.work)
+
+
 def service_instructions(job: Job, paths: JobPaths) -> str:
-    lines = [f"Your working directory is {paths.work}."]
+    cwd = job_cwd(job, paths)
+    lines = [f"Your working directory is {cwd}."]
     if job.tool_policy != "read_only":
         lines.append(
-            f"Write every file you produce for the user into {paths.output} (./{OUTPUT_DIR_NAME}/); "
+            f"Write every file you produce for the user into {cwd / OUTPUT_DIR_NAME} (./{OUTPUT_DIR_NAME}/); "
             "files there are returned to the user."
         )
     return "\n".join(lines)
@@ -203,7 +209,7 @@ def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptio
     policy = TOOL_POLICIES.get(job.tool_policy, TOOL_POLICIES["safe"])
     return ClaudeAgentOptions(
         cli_path=str(LAUNCHER),
-        cwd=str(opts.get("cwd") or paths.work),
+        cwd=str(job_cwd(job, paths)),
         model=job.model,
         env=env,
         system_prompt={"type": "preset", "preset": "claude_code", "append": appended},
