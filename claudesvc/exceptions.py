@@ -31,7 +31,10 @@ def _first_validation_error(detail, prefix: str = "") -> tuple[str | None, str, 
     """(field path, message, DRF error code) of the first error in a ValidationError's detail."""
     if isinstance(detail, dict):
         for name, inner in detail.items():
-            path = f"{prefix}.{name}" if prefix else str(name)
+            if isinstance(name, int):  # ListField errors are keyed by position
+                path = f"{prefix}[{name}]"
+            else:
+                path = f"{prefix}.{name}" if prefix else str(name)
             if name == "non_field_errors":
                 path = prefix or None
             return _first_validation_error(inner, path or "")

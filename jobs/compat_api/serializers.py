@@ -26,7 +26,7 @@ def _max_tokens(**kwargs) -> StrictIntegerField:
 class ModelField(StrictCharField):
     def __init__(self, **kwargs):
         kwargs.setdefault("required", False)
-        kwargs.setdefault("default", "")
+        kwargs.setdefault("default", lambda: settings.CLAUDE_DEFAULT_MODEL)
         kwargs.setdefault("allow_blank", True)
         kwargs.setdefault("help_text", "haiku | sonnet | opus (default: sonnet) or a full Claude model id")
         super().__init__(**kwargs)
