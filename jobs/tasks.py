@@ -36,8 +36,11 @@ def run_next_job() -> str | None:
             )
             session_job_finished(job)
             return str(job.pk)
-    runner.run_job(job.pk)
-    session_job_finished(job)
+    try:
+        runner.run_job(job.pk)
+    finally:
+        # Whatever happened, the session's next turn must not wait for a wake-up that never comes.
+        session_job_finished(job)
     return str(job.pk)
 
 

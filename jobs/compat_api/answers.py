@@ -17,12 +17,14 @@ ended. It also does what the CLI cannot:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
 
+from claudesvc.errors import Conflict
 from jobs.models import Job, JobStatus
 from jobs.streaming import Ended, Idle, follow_job
 
@@ -304,7 +306,8 @@ async def answer_pieces(job_id, tracker: AnswerTracker) -> AsyncIterator[Piece |
             if isinstance(piece, Finish) and piece.truncated:
                 job = await Job.objects.filter(pk=job_id).afirst()
                 if job is not None and not job.is_final:
-                    await sync_to_async(job_cancel)(job=job)
+                    with contextlib.suppress(Conflict):  # it ended on its own meanwhile
+                        await sync_to_async(job_cancel)(job=job)
             yield piece
         if tracker.finished:
             return
