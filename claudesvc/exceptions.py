@@ -7,7 +7,8 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions as drf
 
@@ -54,6 +55,12 @@ def classify(exc: Exception) -> Problem | None:
         name, message, reason = _first_validation_error(exc.detail)
         text = f"{name}: {message}" if name else message
         return Problem(400, "invalid_request", text, name, reason=reason)
+    if isinstance(exc, RequestDataTooBig):
+        return Problem(
+            413,
+            "request_too_large",
+            f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
+        )
     if isinstance(exc, drf.ParseError):
         return Problem(400, "invalid_json", f"The request body could not be parsed: {exc.detail}")
     if isinstance(exc, (drf.NotAuthenticated, drf.AuthenticationFailed)):

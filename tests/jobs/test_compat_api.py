@@ -433,3 +433,14 @@ def test_the_openapi_document_describes_the_compat_api_and_jwt(client):
     ]:
         assert path in schema
     assert "JwtBearer" in schema and "bearerFormat: JWT" in schema
+
+
+def test_a_body_over_the_size_limit_is_413_not_a_crash(client_for, owner_key, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = {"messages": [{"role": "user", "content": "x" * 5000}]}
+    error = openai_error(client_for(owner_key).post(CHAT, body, format="json"), 413)
+    assert error["code"] == "request_too_large"
+    assert anthropic_error(client_for(owner_key).post(MESSAGES, body, format="json"), 413)["type"] == (
+        "request_too_large"
+    )
+    assert_nothing_left()
