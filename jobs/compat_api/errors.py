@@ -11,6 +11,7 @@ errors; only these handlers build error bodies.
 
 from __future__ import annotations
 
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -110,10 +111,14 @@ def anthropic_exception_handler(exc, context) -> Response:
 
 
 class OpenAIView(APIView):
+    parser_classes = [JSONParser]  # both APIs speak JSON only
+
     def get_exception_handler(self):
         return openai_exception_handler
 
 
 class AnthropicView(APIView):
+    parser_classes = [JSONParser]
+
     def get_exception_handler(self):
         return anthropic_exception_handler

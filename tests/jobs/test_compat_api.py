@@ -444,3 +444,9 @@ def test_a_body_over_the_size_limit_is_413_not_a_crash(client_for, owner_key, se
         "request_too_large"
     )
     assert_nothing_left()
+
+
+def test_form_bodies_are_refused_with_415(client_for, owner_key):
+    response = client_for(owner_key).post(CHAT, {"messages": "x"})
+    assert openai_error(response, 415)["code"] == "unsupported_media_type"
+    assert_nothing_left()
