@@ -37,14 +37,16 @@ from jobs.workspace import OUTPUT_DIR_NAME, job_paths
 
 logger = logging.getLogger(__name__)
 
-SESSION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Safe in headers, logs and response ids; wide enough for e-mail-like user ids.
+SESSION_ID = re.compile(r"^[A-Za-z0-9._:@+\-]{1,128}$")
 
 
 def session_check_id(value: object, *, field: str) -> str:
-    """A caller-chosen session id: 1-128 letters, digits or ``._:-``."""
+    """A caller-chosen session id: 1-128 letters, digits or ``._:@+-``."""
     if not isinstance(value, str) or not SESSION_ID.match(value):
         raise ServiceError(
-            f"{field} must be 1-128 characters of letters, digits, '.', '_', ':' or '-'", field=field
+            f"{field} must be 1-128 characters of letters, digits, '.', '_', ':', '@', '+' or '-'",
+            field=field,
         )
     return value
 

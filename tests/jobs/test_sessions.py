@@ -223,3 +223,22 @@ def test_the_cleanup_is_scheduled():
 
     schedule = Schedule.objects.get(func="jobs.tasks.clean_idle_sessions")
     assert schedule.schedule_type == Schedule.MINUTES and schedule.repeats == -1
+
+
+@pytest.mark.parametrize(
+    "name", ["user-123-1734185905", "conversation-xyz", "alice@example.com", "a:b.c_d+e"]
+)
+def test_session_names_callers_use_are_accepted(name):
+    from jobs.sessions import session_check_id
+
+    assert session_check_id(name, field="X-Request-ID") == name
+
+
+@pytest.mark.parametrize("name", ["", "a b", "x" * 129, "a/b", "ü", 12, None])
+def test_unsafe_session_names_are_refused(name):
+    from claudesvc.errors import ServiceError
+    from jobs.sessions import session_check_id
+
+    with pytest.raises(ServiceError) as refused:
+        session_check_id(name, field="metadata.user_id")
+    assert refused.value.field == "metadata.user_id"
