@@ -1,13 +1,20 @@
-"""Who is calling: an API key today, a JWT user where a family allows it.
+"""Who is calling: an API key, or a Django user who logged in for a JWT.
 
 ``Caller`` is what ``request.user`` holds on every authenticated route, and it
 is what selectors take to scope every read to the caller's own objects.
+Both credentials arrive the same ways: an API key as ``X-API-Key`` or
+``Authorization: Bearer csk_…``, a JWT (``POST /auth/login``) as
+``Authorization: Bearer <jwt>``.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+import jwt
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db.models import Q
 from rest_framework import authentication, exceptions
 
@@ -58,12 +65,51 @@ def credentials_from_headers(headers) -> str | None:
     return None
 
 
+# -- JWT ------------------------------------------------------------------------------
+
+JWT_ALGORITHM = "HS256"
+JWT_ISSUER = "claudesvc"
+
+
+def looks_like_jwt(credential: str) -> bool:
+    return not credential.startswith(KEY_PREFIX) and credential.count(".") == 2
+
+
+def jwt_issue(user) -> str:
+    """A signed token for ``user``, valid for ``JWT_EXPIRY_SECONDS``."""
+    now = int(time.time())
+    claims = {"sub": str(user.pk), "iss": JWT_ISSUER, "iat": now, "exp": now + settings.JWT_EXPIRY_SECONDS}
+    return jwt.encode(claims, settings.JWT_SIGNING_KEY, algorithm=JWT_ALGORITHM)
+
+
+def jwt_user_id(token: str) -> int | None:
+    """The id of the active user a valid, unexpired token was issued to, else None."""
+    try:
+        claims = jwt.decode(
+            token,
+            settings.JWT_SIGNING_KEY,
+            algorithms=[JWT_ALGORITHM],
+            issuer=JWT_ISSUER,
+            options={"require": ["exp", "iat", "sub", "iss"]},
+        )
+        user_id = int(claims["sub"])
+    except (jwt.InvalidTokenError, ValueError):
+        return None
+    if not get_user_model().objects.filter(pk=user_id, is_active=True).exists():
+        return None
+    return user_id
+
+
 def caller_for_credential(credential: str | None) -> Caller | None:
+    """The caller an API key or a JWT stands for (for code outside DRF, e.g. WebSocket)."""
     if not credential:
         return None
     if credential.startswith(KEY_PREFIX):
         key = api_key_authenticate(credential)
         return Caller(api_key=key) if key else None
+    if looks_like_jwt(credential):
+        user_id = jwt_user_id(credential)
+        return Caller(user_id=user_id) if user_id is not None else None
     return None
 
 
@@ -74,6 +120,8 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         credential = credentials_from_headers(request.headers)
         if credential is None:
             return None
+        if looks_like_jwt(credential) and not request.headers.get("X-API-Key"):
+            return None  # a bearer JWT: JwtAuthentication's to judge
         caller = caller_for_credential(credential)
         if caller is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
@@ -81,4 +129,20 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         # Without a challenge DRF would answer 403 instead of 401.
+        return 'Bearer realm="claudesvc"'
+
+
+class JwtAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer <jwt>`` from ``POST /auth/login``: the caller is that Django user."""
+
+    def authenticate(self, request):
+        credential = credentials_from_headers(request.headers)
+        if credential is None or request.headers.get("X-API-Key") or not looks_like_jwt(credential):
+            return None
+        user_id = jwt_user_id(credential)
+        if user_id is None:
+            raise exceptions.AuthenticationFailed("Invalid or expired token.")
+        return Caller(user_id=user_id), credential
+
+    def authenticate_header(self, request) -> str:
         return 'Bearer realm="claudesvc"'

@@ -7,7 +7,8 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions as drf
 
@@ -23,12 +24,18 @@ class Problem:
     message: str
     field: str | None = None
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    # For validation errors: DRF's code for what was wrong ("required", "invalid", "max_value" …).
+    reason: str | None = None
 
 
-def _first_validation_error(detail, prefix: str = "") -> tuple[str | None, str]:
+def _first_validation_error(detail, prefix: str = "") -> tuple[str | None, str, str | None]:
+    """(field path, message, DRF error code) of the first error in a ValidationError's detail."""
     if isinstance(detail, dict):
         for name, inner in detail.items():
-            path = f"{prefix}.{name}" if prefix else str(name)
+            if isinstance(name, int):  # ListField errors are keyed by position
+                path = f"{prefix}[{name}]"
+            else:
+                path = f"{prefix}.{name}" if prefix else str(name)
             if name == "non_field_errors":
                 path = prefix or None
             return _first_validation_error(inner, path or "")
@@ -36,8 +43,8 @@ def _first_validation_error(detail, prefix: str = "") -> tuple[str | None, str]:
         for index, inner in enumerate(detail):
             if isinstance(inner, (dict, list)):
                 return _first_validation_error(inner, f"{prefix}[{index}]")
-            return prefix or None, str(inner)
-    return prefix or None, str(detail)
+            return prefix or None, str(inner), getattr(inner, "code", None)
+    return prefix or None, str(detail), getattr(detail, "code", None)
 
 
 def classify(exc: Exception) -> Problem | None:
@@ -45,9 +52,15 @@ def classify(exc: Exception) -> Problem | None:
     if isinstance(exc, ServiceError):
         return Problem(exc.status, exc.code, exc.message, exc.field)
     if isinstance(exc, drf.ValidationError):
-        name, message = _first_validation_error(exc.detail)
+        name, message, reason = _first_validation_error(exc.detail)
         text = f"{name}: {message}" if name else message
-        return Problem(400, "invalid_request", text, name)
+        return Problem(400, "invalid_request", text, name, reason=reason)
+    if isinstance(exc, RequestDataTooBig):
+        return Problem(
+            413,
+            "request_too_large",
+            f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
+        )
     if isinstance(exc, drf.ParseError):
         return Problem(400, "invalid_json", f"The request body could not be parsed: {exc.detail}")
     if isinstance(exc, (drf.NotAuthenticated, drf.AuthenticationFailed)):

@@ -21,3 +21,16 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
     def get_security_requirement(self, auto_schema):
         # Either header works: two requirements (OR), not one with both (AND).
         return [{"ApiKeyHeader": []}, {"ApiKeyBearer": []}]
+
+
+class JwtScheme(OpenApiAuthenticationExtension):
+    target_class = "claudesvc.auth.JwtAuthentication"
+    name = "JwtBearer"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "`Authorization: Bearer <token>` with the token from `POST /auth/login`.",
+        }

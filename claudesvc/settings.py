@@ -296,10 +296,34 @@ RATE_LIMIT_LEGACY_HEADER_GROUPS = {"process_execute", "process_status"}
 # only within one process (the embedded deployment runs one server process).
 RATELIMIT_USE_CACHE = "default"
 
+# -- compat API (OpenAI / Anthropic formats) and sessions ------------------------------
+
+# A session without a call for this long is removed (with its files) by a schedule.
+COMPAT_SESSION_IDLE_MINUTES = env_int("COMPAT_SESSION_IDLE_MINUTES", 30, minimum=1)
+# max_tokens when a request names none, and the most a request may ask for.
+COMPAT_DEFAULT_MAX_TOKENS = env_int("COMPAT_DEFAULT_MAX_TOKENS", 2048, minimum=1)
+COMPAT_MAX_TOKENS_LIMIT = env_int("COMPAT_MAX_TOKENS_LIMIT", 8192, minimum=1)
+# Images and documents sent inline (base64) in one request, decoded, at most.
+COMPAT_MAX_INLINE_FILE_BYTES = env_int("COMPAT_MAX_INLINE_FILE_BYTES", 20 * 1024 * 1024, minimum=1024)
+if COMPAT_DEFAULT_MAX_TOKENS > COMPAT_MAX_TOKENS_LIMIT:
+    raise ImproperlyConfigured("COMPAT_DEFAULT_MAX_TOKENS must not exceed COMPAT_MAX_TOKENS_LIMIT")
+# JSON bodies carry inline images and documents as base64 (a third larger than the files).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
+    "DATA_UPLOAD_MAX_MEMORY_SIZE", COMPAT_MAX_INLINE_FILE_BYTES * 4 // 3 + 1024 * 1024, minimum=1024
+)
+
+# -- JWT (POST /auth/login) ----------------------------------------------------------
+
+JWT_SIGNING_KEY = env_str("JWT_SIGNING_KEY") or SECRET_KEY
+JWT_EXPIRY_SECONDS = env_int("JWT_EXPIRY_SECONDS", 24 * 3600, minimum=60)
+
 # -- REST framework and schema ------------------------------------------------------
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["claudesvc.auth.ApiKeyAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "claudesvc.auth.ApiKeyAuthentication",
+        "claudesvc.auth.JwtAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": [
         "rest_framework.parsers.JSONParser",
@@ -315,7 +339,8 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "claudesvc",
     "DESCRIPTION": (
-        "Claude Code CLI behind HTTP. Authenticate with `X-API-Key: csk_…` or `Authorization: Bearer csk_…`. "
+        "Claude Code CLI behind HTTP. Authenticate with `X-API-Key: csk_…`, `Authorization: Bearer csk_…` "
+        "or `Authorization: Bearer <JWT>` from `POST /auth/login`. "
         "The Process API also speaks WebSocket at `/api/v1/claude/ws`: see the Process API tag."
     ),
     "VERSION": "1.0.0",

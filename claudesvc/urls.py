@@ -12,6 +12,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("jobs.jobs_api.urls")),
     path("api/v1/claude/", include("jobs.process_api.urls")),
+    path("", include("jobs.compat_api.urls")),
 ]
 
 handler404 = "claudesvc.views.not_found"

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
+import psutil
 from django.conf import settings
 from django.http import JsonResponse
 from django.shortcuts import render
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from claudesvc.fields import iso_utc
 from jobs.models import Job, JobStatus
 from jobs.runner import cli_info
 
@@ -19,6 +24,12 @@ class HealthOutput(serializers.Serializer):
     status = serializers.CharField()
     version = serializers.CharField()
     claude_cli = serializers.CharField(allow_null=True)
+    timestamp = serializers.CharField(help_text="Now, ISO 8601 UTC")
+    uptime = serializers.FloatField(help_text="Seconds since this server process started")
+
+
+# When this process started (not when this module was imported).
+_STARTED = psutil.Process().create_time()
 
 
 class HealthView(APIView):
@@ -28,7 +39,15 @@ class HealthView(APIView):
     @extend_schema(operation_id="health", summary="Health check (no API key)", responses={200: HealthOutput})
     def get(self, request):
         cli = cli_info()
-        return Response({"status": "ok", "version": settings.SERVICE_VERSION, "claude_cli": cli.version})
+        return Response(
+            {
+                "status": "ok",
+                "version": settings.SERVICE_VERSION,
+                "claude_cli": cli.version,
+                "timestamp": iso_utc(timezone.now()),
+                "uptime": round(time.time() - _STARTED, 3),
+            }
+        )
 
 
 def landing(request):
@@ -43,10 +62,15 @@ def landing(request):
 
 
 def not_found(request, exception=None):
-    return JsonResponse(
-        {"success": False, "error": {"code": "not_found", "message": f"No route for {request.path}"}},
-        status=404,
-    )
+    message = f"No route for {request.path}"
+    # Each family's clients expect its own error shape, even for routes that do not exist.
+    if request.path.startswith("/v1/messages"):
+        body = {"type": "error", "error": {"type": "not_found_error", "message": message}}
+    elif request.path.startswith(("/v1/", "/api/rca", "/auth/")):
+        body = {"error": {"message": message, "type": "not_found_error", "param": None, "code": "not_found"}}
+    else:
+        body = {"success": False, "error": {"code": "not_found", "message": message}}
+    return JsonResponse(body, status=404)
 
 
 def server_error(request):

@@ -3,8 +3,9 @@
 from django.contrib import admin
 
 from claudesvc.errors import ServiceError
-from jobs.models import Artifact, Attachment, Job, JobEvent
+from jobs.models import Artifact, Attachment, ClaudeSession, Job, JobEvent
 from jobs.services import job_cancel
+from jobs.sessions import session_delete
 
 
 class JobEventInline(admin.TabularInline):
@@ -55,7 +56,7 @@ class JobAdmin(admin.ModelAdmin):
     list_filter = ["status", "kind", "source", "model"]
     search_fields = ["id", "prompt"]
     list_select_related = ["api_key"]
-    raw_id_fields = ["api_key", "user"]
+    raw_id_fields = ["api_key", "user", "session"]
     show_full_result_count = False
     date_hierarchy = "created_at"
     inlines = [AttachmentInline, ArtifactInline, JobEventInline]
@@ -75,3 +76,32 @@ class JobAdmin(admin.ModelAdmin):
             except ServiceError:
                 continue
         self.message_user(request, f"Asked {done} job(s) to stop.")
+
+
+@admin.register(ClaudeSession)
+class ClaudeSessionAdmin(admin.ModelAdmin):
+    list_display = ["external_id", "api_key", "user", "model", "created_at", "last_activity"]
+    search_fields = ["external_id", "claude_session_id"]
+    list_select_related = ["api_key", "user"]
+    raw_id_fields = ["api_key", "user"]
+    show_full_result_count = False
+    readonly_fields = [f.name for f in ClaudeSession._meta.fields]
+    actions = ["end_sessions"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def delete_model(self, request, obj):
+        session_delete(session=obj)
+
+    def delete_queryset(self, request, queryset):
+        for session in queryset:
+            session_delete(session=session)
+
+    @admin.action(description="End selected sessions (stop their turns, remove their files)")
+    def end_sessions(self, request, queryset):
+        count = 0
+        for session in queryset:
+            session_delete(session=session)
+            count += 1
+        self.message_user(request, f"Ended {count} session(s).")

@@ -53,6 +53,10 @@ class Job(models.Model):
     tool_policy = models.CharField(max_length=20)
     # Family-specific request options (max tokens, partial messages, session …): plain JSON.
     options = models.JSONField(default=dict, blank=True)
+    # A conversation this job is a turn of: its jobs run one at a time, in order.
+    session = models.ForeignKey(
+        "ClaudeSession", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
 
     result = models.TextField(blank=True)
     error_message = models.TextField(blank=True)
@@ -81,6 +85,8 @@ class Job(models.Model):
             models.Index(fields=["status", "-priority", "created_at"], name="job_queue_idx"),
             models.Index(fields=["api_key", "-created_at"], name="job_key_recent_idx"),
             models.Index(fields=["status", "finished_at"], name="job_status_finished_idx"),
+            # A session's turns: is one running, which ran last.
+            models.Index(fields=["session", "status"], name="job_session_status_idx"),
         ]
 
     def __str__(self) -> str:
@@ -165,3 +171,52 @@ class Artifact(JobFile):
     class Meta:
         ordering = ["job", "name"]
         constraints = [models.UniqueConstraint(fields=["job", "name"], name="artifact_unique_name")]
+
+
+class ClaudeSession(models.Model):
+    """A conversation of the compat API, owned by one caller.
+
+    ``external_id`` is what the caller names it by (``X-Request-ID``,
+    ``metadata.user_id`` or one made up); it is unique per owner only, so two
+    callers who pick the same id never share a conversation. Each session has
+    its own working directory (``cwd``): the CLI finds a conversation to resume
+    only from the directory it was started in.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    api_key = models.ForeignKey(
+        "apikeys.ApiKey", null=True, blank=True, on_delete=models.CASCADE, related_name="claude_sessions"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="claude_sessions",
+    )
+    external_id = models.CharField(max_length=128)
+    # The Claude Code conversation the last completed turn left (for display;
+    # the worker resumes from the session's latest completed job).
+    claude_session_id = models.CharField(max_length=64, blank=True)
+    model = models.CharField(max_length=100)
+    cwd = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_activity = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-last_activity"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["api_key", "external_id"],
+                condition=models.Q(api_key__isnull=False),
+                name="claudesession_unique_per_key",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "external_id"],
+                condition=models.Q(api_key__isnull=True),
+                name="claudesession_unique_per_user",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"session {self.external_id}"

@@ -191,9 +191,9 @@ def job_prompt(job: Job, attachments: Sequence[PlacedAttachment] = ()) -> str:
 
 
 def job_cwd(job: Job, paths: JobPaths) -> Path:
-    """Where the CLI runs: the job's own work folder, or a directory the request
-    named (the Process API's ``workingDirectory``, checked against
-    PROCESS_ALLOWED_WORKDIRS before the job was created)."""
+    """Where the CLI runs: the job's own work folder, or a directory a family
+    chose (the Process API's ``workingDirectory``, checked against
+    PROCESS_ALLOWED_WORKDIRS before the job was created; a compat session's folder)."""
     cwd = (job.options or {}).get("cwd")
     return Path(cwd) if cwd else paths.work
 
@@ -208,8 +208,12 @@ def timeout_limit(job: Job) -> float:
 def service_instructions(job: Job, paths: JobPaths) -> str:
     lines = [f"Your working directory is {job_cwd(job, paths)}."]
     if job.tool_policy != "read_only":
+        # Always the job's own output folder, also when the CLI runs elsewhere
+        # (a process's workingDirectory, a compat session's folder): what lands
+        # there becomes this job's downloads.
+        where = f" (./{OUTPUT_DIR_NAME}/)" if job_cwd(job, paths) == paths.work else ""
         lines.append(
-            f"Write every file you produce for the user into {paths.output} (./{OUTPUT_DIR_NAME}/); "
+            f"Write every file you produce for the user into {paths.output}{where}; "
             "files there are returned to the user."
         )
     return "\n".join(lines)

@@ -22,7 +22,16 @@ from django_q.tasks import async_task
 
 from claudesvc.auth import Caller
 from claudesvc.errors import Conflict, ServiceError
-from jobs.models import FINAL_STATUSES, TRANSITIONS, Artifact, Attachment, Job, JobKind, JobStatus
+from jobs.models import (
+    FINAL_STATUSES,
+    TRANSITIONS,
+    Artifact,
+    Attachment,
+    ClaudeSession,
+    Job,
+    JobKind,
+    JobStatus,
+)
 from jobs.progress import JobProgress
 from jobs.storage import job_files_delete
 from jobs.workspace import workspace_remove
@@ -69,6 +78,7 @@ def job_create(
     priority: int = 0,
     timeout_seconds: int | None = None,
     options: dict[str, Any] | None = None,
+    session: ClaudeSession | None = None,
     enqueue: bool = True,
 ) -> Job:
     if not isinstance(prompt, str) or not prompt.strip():
@@ -89,6 +99,7 @@ def job_create(
         timeout_seconds=timeout,
         tool_policy=caller.tool_policy,
         options=options or {},
+        session=session,
     )
     logger.info("job %s created by %s (source=%s, model=%s)", job.id, caller.label, source, job.model)
     if enqueue:
@@ -96,25 +107,36 @@ def job_create(
     return job
 
 
+def _claimable():
+    """Pending jobs that may start now: not a turn of a session that has one running."""
+    busy_sessions = Job.objects.filter(status=JobStatus.RUNNING, session__isnull=False).values("session_id")
+    return Job.objects.filter(status=JobStatus.PENDING).exclude(session_id__in=busy_sessions)
+
+
 def job_claim_next(*, worker: str | None = None) -> Job | None:
     """Move the best pending job to running, or return None if there is none.
 
     Highest priority first, ties first-come. The compare-and-set makes a job
     start at most once even when two workers (or a redelivered task) race.
+
+    The turns of one session run one after the other: a session's job is not
+    claimed while another of its jobs runs, and since every worker picks the
+    first claimable job in the same order, racing workers pick the same
+    (earliest) turn and only one of them gets it. The update repeats the
+    condition, so a turn never starts beside a running one.
     """
     worker = worker or worker_name()
     for _ in range(20):
         candidate = (
-            Job.objects.filter(status=JobStatus.PENDING)
-            .order_by("-priority", "created_at")
-            .values_list("pk", flat=True)
-            .first()
+            _claimable().order_by("-priority", "created_at", "pk").values_list("pk", flat=True).first()
         )
         if candidate is None:
             return None
         now = timezone.now()
-        claimed = Job.objects.filter(pk=candidate, status=JobStatus.PENDING).update(
-            status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker
+        claimed = (
+            _claimable()
+            .filter(pk=candidate)
+            .update(status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker)
         )
         if claimed:
             logger.info("job %s claimed by %s", candidate, worker)

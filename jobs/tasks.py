@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from jobs import runner
-from jobs.services import job_claim_next, job_delete_expired, job_reap_stale
+from jobs.models import Job, JobStatus
+from jobs.services import job_claim_next, job_delete_expired, job_enqueue, job_reap_stale, job_transition
+from jobs.sessions import session_clean_idle, session_job_finished, session_job_start
+
+logger = logging.getLogger(__name__)
 
 
 def run_next_job() -> str | None:
@@ -17,13 +23,38 @@ def run_next_job() -> str | None:
     job = job_claim_next()
     if job is None:
         return None
-    runner.run_job(job.pk)
+    if job.session_id is not None:
+        try:
+            session_job_start(job)
+        except Exception as exc:
+            logger.exception("job %s: its session could not be prepared", job.pk)
+            job_transition(
+                job_id=job.pk,
+                frm=JobStatus.RUNNING,
+                to=JobStatus.FAILED,
+                error_message=f"The job's session could not be prepared: {exc}",
+            )
+            session_job_finished(job)
+            return str(job.pk)
+    try:
+        runner.run_job(job.pk)
+    finally:
+        # Whatever happened, the session's next turn must not wait for a wake-up that never comes.
+        session_job_finished(job)
     return str(job.pk)
 
 
 def reap_stale_jobs() -> int:
-    return job_reap_stale()
+    reaped = job_reap_stale()
+    if reaped and Job.objects.filter(status=JobStatus.PENDING, session__isnull=False).exists():
+        # Turns that waited for a lost job's session can start now.
+        job_enqueue()
+    return reaped
 
 
 def delete_expired_jobs() -> int:
     return job_delete_expired()
+
+
+def clean_idle_sessions() -> int:
+    return session_clean_idle()

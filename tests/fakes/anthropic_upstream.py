@@ -11,6 +11,9 @@ user turn so a test states what it wants in its own prompt:
 - ``[[reply:TEXT]]`` answers exactly TEXT;
 - anything else is answered ``Echo: <prompt>``.
 
+Like the real API, an answer stops at the request's ``max_tokens`` (one token
+per streamed word here) with ``stop_reason: "max_tokens"``.
+
 Every request body is recorded in ``requests`` so a test can see what the CLI
 sent (files it read, tool results, system prompt, model).
 """
@@ -208,6 +211,7 @@ class FakeAnthropic:
             },
         )
         stop_reason = "end_turn"
+        max_tokens = body.get("max_tokens") or 0
         for index, block in enumerate(blocks):
             if block["type"] == "text":
                 send(
@@ -220,6 +224,9 @@ class FakeAnthropic:
                 )
                 words = re.findall(r"\S+\s*", block["text"]) or [block["text"]]
                 for word in words:
+                    if max_tokens and output_tokens >= max_tokens:
+                        stop_reason = "max_tokens"
+                        break
                     if pause:
                         time.sleep(pause)
                     output_tokens += 1

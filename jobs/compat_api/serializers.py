@@ -1,0 +1,301 @@
+"""Request and response shapes of the compat API (seed 001, plus what the SDKs send)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import serializers
+
+from claudesvc.errors import ServiceError
+from claudesvc.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from jobs.services import resolve_model
+
+# Claude Code has its own tools; a caller's function definitions cannot be honoured.
+UNSUPPORTED = {
+    "tools": "tools are not supported: Claude Code works with its own tools",
+    "functions": "functions are not supported: Claude Code works with its own tools",
+    "tool_choice": "tool_choice is not supported: Claude Code works with its own tools",
+}
+
+
+def _max_tokens(**kwargs) -> StrictIntegerField:
+    return StrictIntegerField(
+        required=False, allow_null=True, min_value=1, max_value=settings.COMPAT_MAX_TOKENS_LIMIT, **kwargs
+    )
+
+
+class ModelField(StrictCharField):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("default", lambda: settings.CLAUDE_DEFAULT_MODEL)
+        kwargs.setdefault("allow_blank", True)
+        kwargs.setdefault("help_text", "haiku | sonnet | opus (default: sonnet) or a full Claude model id")
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        try:
+            return resolve_model(value)
+        except ServiceError as exc:
+            raise serializers.ValidationError(exc.message) from exc
+
+
+class RefusesUnsupported(serializers.Serializer):
+    def validate(self, attrs):
+        for name, message in UNSUPPORTED.items():
+            if self.initial_data.get(name):
+                raise serializers.ValidationError({name: message})
+        return attrs
+
+
+# -- OpenAI ---------------------------------------------------------------------------------
+
+
+class ChatMessageInput(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
+    content = serializers.JSONField(
+        help_text="A string, or a list of parts: `{type: text, text}`, `{type: image_url, image_url: {url: "
+        "data:…;base64,…}}`, `{type: file, file: {file_data: data:…;base64,…, filename}}`"
+    )
+    name = StrictCharField(required=False, max_length=256)
+
+
+class StreamOptionsInput(serializers.Serializer):
+    include_usage = StrictBooleanField(required=False, default=False)
+
+
+class ChatCompletionInput(RefusesUnsupported):
+    model = ModelField()
+    messages = ChatMessageInput(many=True, allow_empty=False)
+    max_tokens = _max_tokens(help_text="Most output tokens (default 2048)")
+    max_completion_tokens = _max_tokens(help_text="Same as max_tokens (what newer OpenAI SDKs send)")
+    temperature = StrictFloatField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=2,
+        help_text="Accepted for compatibility; Claude Code has no temperature setting",
+    )
+    input_format = serializers.ChoiceField(
+        choices=["text", "stream-json"],
+        default="text",
+        help_text="`stream-json` also accepts Anthropic/Claude Code content blocks (`image`, `document`)",
+    )
+    output_format = serializers.ChoiceField(
+        choices=["text", "json", "stream-json"],
+        default="json",
+        help_text="`json` (chat.completion), `stream-json` (SSE chunks) or `text` (plain text answer)",
+    )
+    stream = StrictBooleanField(
+        required=False, default=False, help_text="SSE chunks, as output_format stream-json"
+    )
+    stream_options = StreamOptionsInput(required=False, allow_null=True)
+    stop = serializers.JSONField(required=False, allow_null=True, help_text="A string or up to 4 strings")
+    user = StrictCharField(required=False, max_length=256, help_text="An end-user id, kept with the job")
+    n = StrictIntegerField(required=False, min_value=1, max_value=1, help_text="Only 1 is supported")
+    response_format = serializers.JSONField(
+        required=False, allow_null=True, help_text='Only `{"type": "text"}`'
+    )
+
+    def validate_stop(self, value):
+        if value is None:
+            return []
+        stops = [value] if isinstance(value, str) else value
+        if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
+            raise serializers.ValidationError("Must be a non-empty string or a list of up to 4 of them.")
+        return stops
+
+    def validate_response_format(self, value):
+        if value not in (None, {"type": "text"}):
+            raise serializers.ValidationError('Only {"type": "text"} is supported.')
+        return value
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        if attrs.get("stream") and attrs.get("output_format") == "text":
+            raise serializers.ValidationError(
+                {"stream": 'stream cannot be combined with output_format "text"'}
+            )
+        return attrs
+
+
+class ChatMessageOutput(serializers.Serializer):
+    role = serializers.CharField()
+    content = serializers.CharField()
+    refusal = serializers.CharField(allow_null=True)
+
+
+class ChoiceOutput(serializers.Serializer):
+    index = serializers.IntegerField()
+    message = ChatMessageOutput()
+    logprobs = serializers.JSONField(allow_null=True)
+    finish_reason = serializers.ChoiceField(choices=["stop", "length"])
+
+
+class OpenAIUsageOutput(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class ChatCompletionOutput(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(default="chat.completion")
+    created = serializers.IntegerField()
+    model = serializers.CharField()
+    choices = ChoiceOutput(many=True)
+    usage = OpenAIUsageOutput()
+
+
+class OpenAIErrorBody(serializers.Serializer):
+    message = serializers.CharField()
+    type = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+    code = serializers.CharField()
+
+
+class OpenAIError(serializers.Serializer):
+    error = OpenAIErrorBody()
+
+
+# -- Anthropic ------------------------------------------------------------------------------
+
+
+class AnthropicMessageInput(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["user", "assistant"])
+    content = serializers.JSONField(
+        help_text="A string, or a list of blocks: `{type: text, text}`, `{type: image, source: {type: base64, "
+        "media_type, data}}`, `{type: document, source: {type: base64|text, media_type, data}}`"
+    )
+
+
+class MetadataInput(serializers.Serializer):
+    user_id = StrictCharField(
+        required=False, allow_null=True, help_text="Names the session (after X-Request-ID)"
+    )
+
+
+class MessagesInput(RefusesUnsupported):
+    model = ModelField()
+    messages = AnthropicMessageInput(many=True, allow_empty=False)
+    max_tokens = _max_tokens(help_text="Most output tokens (default 2048)")
+    system = serializers.JSONField(
+        required=False, allow_null=True, help_text="A string or a list of text blocks"
+    )
+    temperature = StrictFloatField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=1,
+        help_text="Accepted for compatibility; Claude Code has no temperature setting",
+    )
+    stop_sequences = serializers.ListField(
+        child=StrictCharField(min_length=1), required=False, allow_null=True, max_length=16
+    )
+    metadata = MetadataInput(required=False, allow_null=True)
+    stream = StrictBooleanField(required=False, default=False)
+
+
+class TextBlockOutput(serializers.Serializer):
+    type = serializers.CharField(default="text")
+    text = serializers.CharField()
+
+
+class AnthropicUsageOutput(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cache_creation_input_tokens = serializers.IntegerField()
+    cache_read_input_tokens = serializers.IntegerField()
+
+
+class MessageOutput(serializers.Serializer):
+    id = serializers.CharField()
+    type = serializers.CharField(default="message")
+    role = serializers.CharField(default="assistant")
+    content = TextBlockOutput(many=True)
+    model = serializers.CharField()
+    stop_reason = serializers.ChoiceField(choices=["end_turn", "max_tokens", "stop_sequence"])
+    stop_sequence = serializers.CharField(allow_null=True)
+    usage = AnthropicUsageOutput()
+
+
+class AnthropicErrorBody(serializers.Serializer):
+    type = serializers.CharField()
+    message = serializers.CharField()
+
+
+class AnthropicError(serializers.Serializer):
+    type = serializers.CharField(default="error")
+    error = AnthropicErrorBody()
+
+
+# -- RCA, models, sessions, login ------------------------------------------------------------------
+
+
+class RcaInput(serializers.Serializer):
+    prompt = StrictCharField(max_length=settings.MAX_PROMPT_CHARS, trim_whitespace=False)
+    model = ModelField()
+    max_tokens = _max_tokens(help_text="Most output tokens (default 2048)")
+    temperature = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=1)
+
+    def validate_prompt(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("This field may not be blank.", code="blank")
+        return value
+
+
+class RcaOutput(serializers.Serializer):
+    id = serializers.CharField()
+    analysis = serializers.CharField()
+    model = serializers.CharField()
+    created = serializers.IntegerField()
+    usage = OpenAIUsageOutput()
+
+
+class ModelOutput(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(default="model")
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+
+
+class ModelListOutput(serializers.Serializer):
+    object = serializers.CharField(default="list")
+    data = ModelOutput(many=True)
+
+
+class SessionCreateInput(serializers.Serializer):
+    sessionId = StrictCharField(required=False, help_text="Your name for it; one is made up if omitted")  # noqa: N815
+    model = ModelField()
+
+
+class SessionOutput(serializers.Serializer):
+    sessionId = serializers.CharField()  # noqa: N815
+    userId = serializers.CharField()  # noqa: N815
+    model = serializers.CharField()
+    createdAt = serializers.CharField()  # noqa: N815
+    lastActivity = serializers.CharField()  # noqa: N815
+    status = serializers.ChoiceField(choices=["active", "busy"])
+
+
+class SessionListOutput(serializers.Serializer):
+    sessions = SessionOutput(many=True)
+
+
+class SessionDeletedOutput(serializers.Serializer):
+    sessionId = serializers.CharField()  # noqa: N815
+    deleted = serializers.BooleanField()
+
+
+class LoginInput(serializers.Serializer):
+    username = StrictCharField(max_length=150)
+    password = StrictCharField(max_length=1024, trim_whitespace=False)
+
+
+class LoginUserOutput(serializers.Serializer):
+    id = serializers.CharField()
+    name = serializers.CharField()
+
+
+class LoginOutput(serializers.Serializer):
+    token = serializers.CharField()
+    user = LoginUserOutput()

@@ -1,0 +1,238 @@
+"""Claude sessions: conversations of the compat API that keep their context.
+
+A session is a row owned by one caller, named by the caller (``X-Request-ID``,
+``metadata.user_id``) or by the service. Each call on it is a job linked to
+the session. The worker:
+
+- runs a session's jobs one after the other (``services.job_claim_next`` does
+  not start a session's job while another of its jobs runs);
+- starts each job in the session's own working directory and resumes the
+  Claude Code conversation the session's latest completed job left
+  (``session_job_start``), so only the new turn has to be sent;
+- wakes the next waiting turn when one ends (``session_job_finished``).
+
+Sessions idle for ``COMPAT_SESSION_IDLE_MINUTES`` are removed with their files
+by a schedule (``session_clean_idle``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from claudesvc.auth import Caller
+from claudesvc.errors import Conflict, NotFound, ServiceError
+from jobs.inline_files import inline_files_write
+from jobs.models import ACTIVE_STATUSES, ClaudeSession, Job, JobStatus
+from jobs.workspace import OUTPUT_DIR_NAME, job_paths
+
+logger = logging.getLogger(__name__)
+
+# Safe in headers, logs and response ids; wide enough for e-mail-like user ids.
+SESSION_ID = re.compile(r"^[A-Za-z0-9._:@+\-]{1,128}$")
+
+
+def session_check_id(value: object, *, field: str) -> str:
+    """A caller-chosen session id: 1-128 letters, digits or ``._:@+-``."""
+    if not isinstance(value, str) or not SESSION_ID.match(value):
+        raise ServiceError(
+            f"{field} must be 1-128 characters of letters, digits, '.', '_', ':', '@', '+' or '-'",
+            field=field,
+        )
+    return value
+
+
+def _new_external_id() -> str:
+    return f"sess_{uuid.uuid4().hex}"
+
+
+def _session_dir(pk: uuid.UUID) -> Path:
+    return Path(settings.JOBS_ROOT) / "sessions" / str(pk)
+
+
+def _new_session(*, caller: Caller, external_id: str, model: str) -> ClaudeSession:
+    pk = uuid.uuid4()
+    return ClaudeSession.objects.create(
+        pk=pk,
+        **caller.owner_fields(),
+        external_id=external_id,
+        model=model,
+        cwd=str(_session_dir(pk)),
+        last_activity=timezone.now(),
+    )
+
+
+def session_for_call(*, caller: Caller, external_id: str | None, model: str) -> ClaudeSession:
+    """The caller's session named ``external_id`` (made if new), or a new one if None."""
+    if external_id is None:
+        return _new_session(caller=caller, external_id=_new_external_id(), model=model)
+    now = timezone.now()
+    session = ClaudeSession.objects.filter(caller.owns(), external_id=external_id).first()
+    if session is None:
+        try:
+            with transaction.atomic():
+                return _new_session(caller=caller, external_id=external_id, model=model)
+        except IntegrityError:
+            # Another call made it a moment ago.
+            session = ClaudeSession.objects.get(caller.owns(), external_id=external_id)
+    ClaudeSession.objects.filter(pk=session.pk).update(last_activity=now, model=model)
+    session.last_activity, session.model = now, model
+    return session
+
+
+def session_create(*, caller: Caller, external_id: str | None, model: str) -> ClaudeSession:
+    if (
+        external_id is not None
+        and ClaudeSession.objects.filter(caller.owns(), external_id=external_id).exists()
+    ):
+        raise Conflict(f"Session {external_id!r} already exists", field="sessionId", code="session_exists")
+    try:
+        with transaction.atomic():
+            return _new_session(caller=caller, external_id=external_id or _new_external_id(), model=model)
+    except IntegrityError:
+        raise Conflict(
+            f"Session {external_id!r} already exists", field="sessionId", code="session_exists"
+        ) from None
+
+
+def session_list(*, caller: Caller) -> QuerySet[ClaudeSession]:
+    return ClaudeSession.objects.filter(caller.owns()).order_by("-last_activity")
+
+
+def session_get(*, caller: Caller, external_id: str) -> ClaudeSession:
+    session = ClaudeSession.objects.filter(caller.owns(), external_id=external_id).first()
+    if session is None:
+        raise NotFound("Session not found")
+    return session
+
+
+def session_busy_ids(sessions: list[ClaudeSession]) -> set[uuid.UUID]:
+    """Which of these sessions have a turn waiting or running."""
+    return set(
+        Job.objects.filter(session__in=sessions, status__in=ACTIVE_STATUSES).values_list(
+            "session_id", flat=True
+        )
+    )
+
+
+def _remove_files(cwd: str, claude_ids: set[str]) -> None:
+    """The session's working directory and the CLI's transcripts of its conversations."""
+    shutil.rmtree(cwd, ignore_errors=True)
+    projects = Path(settings.CLAUDE_HOME) / ".claude" / "projects"
+    for claude_id in claude_ids:
+        if not re.fullmatch(r"[0-9a-fA-F-]{8,64}", claude_id):
+            continue
+        for path in projects.glob(f"*/{claude_id}*"):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def session_delete(*, session: ClaudeSession) -> None:
+    """Stop the session's waiting and running turns, delete it and its files.
+
+    Its jobs stay (with their results and usage), no longer linked to it.
+    """
+    from jobs.services import job_cancel
+
+    for job in Job.objects.filter(session=session, status__in=ACTIVE_STATUSES):
+        try:
+            job_cancel(job=job)
+        except Conflict:
+            continue  # it finished meanwhile
+    claude_ids = set(
+        Job.objects.filter(session=session)
+        .exclude(claude_session_id="")
+        .values_list("claude_session_id", flat=True)
+    )
+    if session.claude_session_id:
+        claude_ids.add(session.claude_session_id)
+    pk, cwd = session.pk, session.cwd
+    ClaudeSession.objects.filter(pk=pk).delete()
+    _remove_files(cwd, claude_ids)
+    logger.info("session %s deleted", pk)
+
+
+def session_clean_idle() -> int:
+    """Delete sessions without a call for ``COMPAT_SESSION_IDLE_MINUTES`` and with nothing running."""
+    cutoff = timezone.now() - timedelta(minutes=settings.COMPAT_SESSION_IDLE_MINUTES)
+    idle = ClaudeSession.objects.filter(last_activity__lt=cutoff).exclude(
+        pk__in=Job.objects.filter(status__in=ACTIVE_STATUSES, session__isnull=False).values("session_id")
+    )
+    removed = 0
+    for session in idle:
+        session_delete(session=session)
+        removed += 1
+    if removed:
+        logger.info("removed %s idle session(s)", removed)
+    return removed
+
+
+# -- the worker's side ---------------------------------------------------------------------
+
+
+def session_resume_id(session_id: uuid.UUID, *, exclude_job: uuid.UUID | None = None) -> str:
+    """The Claude Code conversation to continue: the one the session's latest completed turn left.
+
+    Read from the jobs (their status and ``claude_session_id`` are written in one
+    update when they finish), so the next turn sees it as soon as it may start.
+    """
+    latest = (
+        Job.objects.filter(session_id=session_id, status=JobStatus.COMPLETED)
+        .exclude(claude_session_id="")
+        .exclude(pk=exclude_job)
+        .order_by("-finished_at")
+        .values_list("claude_session_id", flat=True)
+        .first()
+    )
+    return latest or ""
+
+
+def session_job_start(job: Job) -> None:
+    """Prepare a claimed job of a session: working directory, inline files, what to resume."""
+    session = ClaudeSession.objects.filter(pk=job.session_id).first()
+    options = dict(job.options or {})
+    prompt = job.prompt
+    if session is not None:
+        cwd = Path(session.cwd)
+        options["cwd"] = str(cwd)
+        resume = session_resume_id(session.pk, exclude_job=job.pk)
+        if resume:
+            options["resume"] = resume
+            # The conversation so far is in the transcript: send only the new turn.
+            prompt = options.get("resume_prompt") or prompt
+    else:
+        # The session was deleted while this job waited: run it on its own.
+        cwd = job_paths(job.pk).work
+        options["cwd"] = str(cwd)
+        options.pop("resume", None)
+    (cwd / OUTPUT_DIR_NAME).mkdir(parents=True, exist_ok=True)
+    options = inline_files_write(options, cwd)
+    Job.objects.filter(pk=job.pk).update(options=options, prompt=prompt)
+    job.options, job.prompt = options, prompt
+
+
+def session_job_finished(job: Job) -> None:
+    """After a turn: remember the conversation it left, and wake the session's next turn."""
+    from jobs.services import job_enqueue
+
+    if job.session_id is None:
+        return
+    finished = Job.objects.filter(pk=job.pk).values("status", "claude_session_id").first()
+    updates = {"last_activity": timezone.now()}
+    if finished and finished["status"] == JobStatus.COMPLETED and finished["claude_session_id"]:
+        updates["claude_session_id"] = finished["claude_session_id"]
+    ClaudeSession.objects.filter(pk=job.session_id).update(**updates)
+    if Job.objects.filter(session_id=job.session_id, status=JobStatus.PENDING).exists():
+        # Its token may have found the session busy and gone: hand the broker a new one.
+        job_enqueue()
