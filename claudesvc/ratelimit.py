@@ -78,7 +78,10 @@ def rate_limit_count(caller, group: str) -> tuple[bool, RateLimitState | None]:
     state = RateLimitState(
         limit=usage["limit"],
         remaining=max(0, usage["limit"] - usage["count"]),
-        reset_seconds=max(0, usage["time_left"]),
+        # django-ratelimit's window still counts during its last whole second
+        # (time_left 0): it is over only one second later. A client that sleeps
+        # RateLimit-Reset seconds (seed 001's retry example) must not retry early.
+        reset_seconds=min(rate[1], max(0, usage["time_left"]) + 1),
         window_seconds=rate[1],
         legacy_headers=group in settings.RATE_LIMIT_LEGACY_HEADER_GROUPS,
     )

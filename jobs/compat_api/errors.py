@@ -76,6 +76,8 @@ def _problem(exc: Exception) -> tuple[Problem, bool]:
     problem = classify(exc)
     if problem is None:
         return unexpected(exc), False
+    if problem.code == "rate_limited":
+        problem.message = "Too many requests, please try again later"  # seed 001's wording
     return problem, isinstance(exc, ClaudeExecutionError)
 
 
@@ -112,6 +114,7 @@ def anthropic_exception_handler(exc, context) -> Response:
 
 class OpenAIView(APIView):
     parser_classes = [JSONParser]  # both APIs speak JSON only
+    rate_limit_group = "compat"
 
     def get_exception_handler(self):
         return openai_exception_handler
@@ -119,6 +122,7 @@ class OpenAIView(APIView):
 
 class AnthropicView(APIView):
     parser_classes = [JSONParser]
+    rate_limit_group = "compat"
 
     def get_exception_handler(self):
         return anthropic_exception_handler

@@ -630,3 +630,38 @@ def test_the_seeds_examples_work_as_written(service, key):
             "param": "messages",
             "code": "missing_messages",
         }
+
+
+def test_seed_retry_example_backs_off_on_rate_limit_reset(service, key):
+    """Seed 001's Python retry loop (requests swapped for httpx) against a key
+    allowed one call per 6 seconds: of three calls (a second or two each), at
+    least two fall in one window, so at least one is refused and retried."""
+    from apikeys.models import RateLimitOverride
+
+    RateLimitOverride.objects.create(api_key=key.row, group="compat", requests=1, window_seconds=6)
+    waits = []
+
+    def call_api_with_retry(url, data, max_retries=3):
+        for _attempt in range(max_retries):
+            response = httpx.post(url, json=data, headers={"X-API-Key": key.secret}, timeout=60)
+            if response.status_code == 429:
+                reset_time = int(response.headers.get("RateLimit-Reset", 60))
+                waits.append((reset_time, response.json()))
+                time.sleep(reset_time)
+                continue
+            return response
+        raise Exception(f"Max retries exceeded: {waits}")
+
+    data = {"model": "sonnet", "messages": [{"role": "user", "content": "Hallo [[reply:Hallo!]]"}]}
+    url = f"{service.url}/v1/chat/completions"
+    results = [call_api_with_retry(url, data) for _ in range(3)]
+    assert [r.status_code for r in results] == [200, 200, 200]
+    assert waits and all(0 <= reset <= 6 for reset, _ in waits)
+    assert waits[0][1] == {
+        "error": {
+            "message": "Too many requests, please try again later",
+            "type": "rate_limit_error",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+    }

@@ -450,3 +450,66 @@ def test_form_bodies_are_refused_with_415(client_for, owner_key):
     response = client_for(owner_key).post(CHAT, {"messages": "x"})
     assert openai_error(response, 415)["code"] == "unsupported_media_type"
     assert_nothing_left()
+
+
+# -- rate limits (seed 001) -----------------------------------------------------------------
+
+
+@pytest.fixture
+def _fresh_rate_counters():
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def test_a_rate_limit_reads_as_the_seed_says_on_openai_routes():
+    from rest_framework.exceptions import Throttled
+
+    from jobs.compat_api.errors import openai_exception_handler
+
+    response = openai_exception_handler(Throttled(wait=42), {})
+    assert response.status_code == 429
+    assert response.data == {
+        "error": {
+            "message": "Too many requests, please try again later",
+            "type": "rate_limit_error",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+    }
+    assert response["Retry-After"] == "42"
+
+
+def test_a_rate_limit_is_a_rate_limit_error_on_the_anthropic_route():
+    from rest_framework.exceptions import Throttled
+
+    from jobs.compat_api.errors import anthropic_exception_handler
+
+    response = anthropic_exception_handler(Throttled(wait=7), {})
+    assert response.status_code == 429
+    assert response.data == {
+        "type": "error",
+        "error": {"type": "rate_limit_error", "message": "Too many requests, please try again later"},
+    }
+    assert response["Retry-After"] == "7"
+
+
+@pytest.mark.usefixtures("_fresh_rate_counters")
+def test_compat_routes_carry_the_seed_headers_and_refuse_past_the_limit(client_for, owner_key):
+    from apikeys.models import RateLimitOverride
+
+    client = client_for(owner_key)
+    first = client.get("/v1/models")
+    assert first["RateLimit-Policy"] == "60;w=60"
+    assert (first["RateLimit-Limit"], first["RateLimit-Remaining"]) == ("60", "59")
+    assert 1 <= int(first["RateLimit-Reset"]) <= 60
+    assert "X-RateLimit-Limit" not in first
+    RateLimitOverride.objects.create(api_key=owner_key.row, group="compat", requests=1, window_seconds=60)
+    client.get("/v1/models")
+    refused = client.post("/v1/messages", {"messages": [{"role": "user", "content": "hi"}]}, format="json")
+    assert refused.status_code == 429
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert refused["RateLimit-Remaining"] == "0"
+    assert not Job.objects.exists()
