@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from jobs import runner
+from jobs.models import JobKind
 from jobs.services import job_claim_next, job_reap_stale
+from transcription.pipeline import run_transcription
 
 
 def run_next_job() -> str | None:
@@ -17,7 +19,10 @@ def run_next_job() -> str | None:
     job = job_claim_next()
     if job is None:
         return None
-    runner.run_job(job.pk)
+    if job.kind == JobKind.TRANSCRIPTION:
+        run_transcription(job.pk)
+    else:
+        runner.run_job(job.pk)
     return str(job.pk)
 
 

@@ -9,8 +9,9 @@ from rest_framework import serializers
 
 from claudesvc.errors import ServiceError
 from claudesvc.fields import StrictCharField, UtcDateTimeField
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobKind, JobStatus
 from jobs.services import resolve_model
+from transcription.serializers import TranscriptionOutput
 
 # Seed 000 knows four states; the core's others read as "failed" with a reason.
 PUBLIC_STATUS = {
@@ -73,6 +74,7 @@ class JobOutput(serializers.ModelSerializer):
     finished_at = UtcDateTimeField()
     stream_url = serializers.SerializerMethodField()
     events_url = serializers.SerializerMethodField()
+    transcription = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -91,6 +93,7 @@ class JobOutput(serializers.ModelSerializer):
             "usage",
             "stream_url",
             "events_url",
+            "transcription",
         ]
 
     def get_status(self, job: Job) -> str:
@@ -117,6 +120,13 @@ class JobOutput(serializers.ModelSerializer):
 
     def get_stream_url(self, job: Job) -> str:
         return reverse("jobs:stream", args=[job.pk])
+
+    @extend_schema_field(TranscriptionOutput(allow_null=True))
+    def get_transcription(self, job: Job) -> dict | None:
+        """The transcription's details, for jobs of type transcription."""
+        if job.kind != JobKind.TRANSCRIPTION or not hasattr(job, "transcription"):
+            return None
+        return TranscriptionOutput(job.transcription).data
 
     def get_events_url(self, job: Job) -> str:
         return reverse("jobs:events", args=[job.pk])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework.response import Response
 
 from claudesvc.errors import ServiceError
@@ -16,6 +17,8 @@ from jobs.models import JobEvent
 from jobs.selectors import job_events, job_get, job_list
 from jobs.services import job_create, job_delete
 from jobs.streaming import Ended, Idle, follow_job
+from transcription.serializers import TranscriptionCreateInput
+from transcription.services import transcription_create
 
 ERRORS = {
     400: OpenApiResponse(s.ErrorEnvelope, description="Invalid parameters"),
@@ -27,11 +30,32 @@ NOT_FOUND = {404: OpenApiResponse(s.ErrorEnvelope, description="No such job for 
 class JobListCreateView(JobsAPIView):
     @extend_schema(
         operation_id="jobs_create",
-        summary="Create a Claude job",
-        request={"application/json": s.JobCreateInput, "multipart/form-data": s.JobCreateInput},
+        summary="Create a Claude job, or (multipart, type=transcription) an audio transcription job",
+        request={
+            "application/json": s.JobCreateInput,
+            "multipart/form-data": PolymorphicProxySerializer(
+                component_name="JobCreateForm",
+                serializers=[s.JobCreateInput, TranscriptionCreateInput],
+                resource_type_field_name=None,
+            ),
+        },
         responses={202: s.JobCreatedEnvelope, **ERRORS},
     )
     def post(self, request):
+        kind = (request.data.get("type") if isinstance(request.data, Mapping) else None) or "claude"
+        if kind == "transcription":
+            form = TranscriptionCreateInput(data=request.data)
+            form.is_valid(raise_exception=True)
+            job = transcription_create(
+                caller=request.user,
+                file=form.validated_data["file"],
+                outputs=form.validated_data["output"],
+                language=form.validated_data["language"],
+                model=form.validated_data["model"],
+            )
+            return ok(s.created_output(job), status=202)
+        if kind != "claude":
+            raise ServiceError('type must be "claude" (the default) or "transcription"', field="type")
         data = s.JobCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         job = job_create(
@@ -48,7 +72,8 @@ class JobListCreateView(JobsAPIView):
     def get(self, request):
         query = s.JobListQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        jobs = job_list(caller=request.user)
+        # The Claude jobs a transcription runs for its summary are part of it, not jobs of their own.
+        jobs = job_list(caller=request.user).exclude(source="transcription").select_related("transcription")
         wanted = query.validated_data.get("status")
         if wanted:
             core = [k for k, v in s.PUBLIC_STATUS.items() if v == wanted]
