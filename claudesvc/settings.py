@@ -284,6 +284,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"TranscriptionTypeEnum": ["transcription"]},
 }
 
 # -- auth, i18n, logging ----------------------------------------------------------------

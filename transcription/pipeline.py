@@ -10,16 +10,17 @@ event stream as ``progress`` events whose ``percent`` only grows, to 100.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 from django.utils import timezone
@@ -30,7 +31,7 @@ from jobs.services import job_delete, job_transition
 from jobs.workspace import workspace_prepare, workspace_remove
 from transcription import media, outputs
 from transcription.models import Output, Transcription
-from transcription.provider import ProviderConfig, ProviderError, ProviderStopped, VoxtralClient
+from transcription.provider import ProviderConfig, ProviderError, ProviderTranscript, VoxtralClient
 from transcription.splitting import ChunkPlan, plan_chunks
 from transcription.stitching import ChunkTranscript, Segment, plain_text, stitch
 from transcription.summaries import SummaryError, claude_write
@@ -376,54 +377,58 @@ class Transcribe(Step):
 
     def run(self) -> None:
         ctx = self.ctx
-        abort = threading.Event()
-        ctx.watch.on_stop(lambda _reason: abort.set())
-        total = len(ctx.chunks)
-        results: dict[int, ChunkTranscript] = {}
-        language = ctx.transcription.language
-        client = VoxtralClient(ctx.provider, stop_event=abort)
-        pool = ThreadPoolExecutor(
-            max_workers=settings.VOXTRAL_CONCURRENCY, thread_name_prefix=f"voxtral-{ctx.job.pk}"
-        )
-        clean_exit = False
-        try:
-            pending: dict[Future, Chunk] = {
-                pool.submit(client.transcribe, chunk.path, language=language): chunk for chunk in ctx.chunks
-            }
-            while pending:
-                done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                ctx.watch.check()
-                for future in done:
-                    chunk = pending.pop(future)
-                    try:
-                        answer = future.result()
-                    except ProviderStopped:
-                        ctx.watch.check()
-                        raise PipelineError("The transcription was interrupted.") from None
-                    except ProviderError as exc:
-                        raise PipelineError(
-                            f"Chunk {chunk.plan.index + 1} of {total} could not be transcribed: {exc}"
-                        ) from exc
-                    results[chunk.plan.index] = ChunkTranscript(
-                        chunk.plan, answer.text, answer.segments, answer.language
-                    )
-                    chunk.path.unlink(missing_ok=True)
-                    ctx.progress.report(
-                        self.name,
-                        self.percent + (self.done_percent - self.percent) * len(results) / total,
-                        f"Chunk {len(results)} of {total} transcribed",
-                        chunk=chunk.plan.index + 1,
-                        chunks_done=len(results),
-                        chunks=total,
-                    )
-            clean_exit = True
-        finally:
-            abort.set()
-            pool.shutdown(wait=clean_exit, cancel_futures=True)
-            client.close()
-        parts = [results[i] for i in sorted(results)]
+        answers = asyncio.run(self._transcribe_all())
+        parts = [ChunkTranscript(chunk.plan, a.text, a.segments, a.language) for chunk, a in answers]
         ctx.segments = stitch(parts)
+        language = ctx.transcription.language
         ctx.language = language or next((p.language for p in parts if p.language), "")
+
+    async def _transcribe_all(self) -> list[tuple[Chunk, ProviderTranscript]]:
+        """Every chunk's answer, in chunk order; up to VOXTRAL_CONCURRENCY requests at a time."""
+        ctx = self.ctx
+        total = len(ctx.chunks)
+        language = ctx.transcription.language
+        limit = asyncio.Semaphore(settings.VOXTRAL_CONCURRENCY)
+        report = sync_to_async(ctx.progress.report)
+        answers: dict[int, tuple[Chunk, ProviderTranscript]] = {}
+
+        async def one(client: VoxtralClient, chunk: Chunk) -> tuple[Chunk, ProviderTranscript]:
+            async with limit:
+                try:
+                    return chunk, await client.transcribe(chunk.path, language=language)
+                except ProviderError as exc:
+                    raise PipelineError(
+                        f"Chunk {chunk.plan.index + 1} of {total} could not be transcribed: {exc}"
+                    ) from exc
+
+        async with VoxtralClient(ctx.provider) as client:
+            tasks = [asyncio.create_task(one(client, chunk)) for chunk in ctx.chunks]
+            try:
+                pending = set(tasks)
+                while pending:
+                    done, pending = await asyncio.wait(
+                        pending, timeout=0.5, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    ctx.watch.check()
+                    for task in done:
+                        chunk, answer = task.result()
+                        answers[chunk.plan.index] = (chunk, answer)
+                        chunk.path.unlink(missing_ok=True)
+                        await report(
+                            self.name,
+                            self.percent + (self.done_percent - self.percent) * len(answers) / total,
+                            f"Chunk {len(answers)} of {total} transcribed",
+                            chunk=chunk.plan.index + 1,
+                            chunks_done=len(answers),
+                            chunks=total,
+                        )
+            finally:
+                # Stopping (or one chunk failing) cancels the requests still in flight.
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await sync_to_async(connections.close_all)()
+        return [answers[i] for i in sorted(answers)]
 
     def cleanup(self) -> None:
         for chunk in self.ctx.chunks:
@@ -620,7 +625,16 @@ def run_transcription(job_id: uuid.UUID | str) -> None:
     finally:
         watch.close()
         shutil.rmtree(scratch, ignore_errors=True)
+        _drop_upload(job.pk)
     _finish(job, ctx, outcome, progress, duration_ms=int((time.monotonic() - started) * 1000))
+
+
+def _drop_upload(job_id) -> None:
+    """The stored upload is not needed once the job has run, however it ended."""
+    row = Transcription.objects.filter(pk=job_id).exclude(audio="").first()
+    if row is not None:
+        row.audio.delete(save=False)
+        Transcription.objects.filter(pk=job_id).update(audio="")
 
 
 def _completed(ctx: Context) -> dict[str, Any]:

@@ -5,16 +5,15 @@ One request per chunk (multipart: ``file``, ``model``, ``language`` when
 known, segment timestamps asked for). 429, 5xx and network failures are retried
 with exponential backoff (tenacity), waiting as long as ``Retry-After`` says
 when the provider says so; anything else fails at once with the provider's own
-message.
+message. The client is async so that stopping a job cancels requests in flight
+and backoff waits at once, instead of waiting for the provider.
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,8 +22,8 @@ from typing import Any
 import httpx
 from django.conf import settings
 from tenacity import (
+    AsyncRetrying,
     RetryCallState,
-    Retrying,
     retry_if_exception_type,
     stop_after_attempt,
     wait_exponential_jitter,
@@ -39,10 +38,6 @@ TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 
 class ProviderError(Exception):
     """The provider refused or failed; the message is for the caller."""
-
-
-class ProviderStopped(Exception):
-    """The job was stopped while waiting for the provider."""
 
 
 class RetryableError(ProviderError):
@@ -101,12 +96,11 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 class VoxtralClient:
-    """Thread-safe: chunks of one job are sent from several threads at once."""
+    """One client per job; its chunks are sent concurrently from one event loop."""
 
-    def __init__(self, config: ProviderConfig, *, stop_event: threading.Event | None = None) -> None:
+    def __init__(self, config: ProviderConfig) -> None:
         self.config = config
-        self.stop_event = stop_event or threading.Event()
-        self.http = httpx.Client(
+        self.http = httpx.AsyncClient(
             base_url=config.base_url,
             timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, 30)),
             headers={"Authorization": f"Bearer {config.api_key}", "User-Agent": "claudesvc-transcription"},
@@ -115,14 +109,14 @@ class VoxtralClient:
             multiplier=config.backoff, max=config.max_wait, jitter=config.backoff / 2
         )
 
-    def close(self) -> None:
-        self.http.close()
+    async def aclose(self) -> None:
+        await self.http.aclose()
 
-    def __enter__(self) -> VoxtralClient:
+    async def __aenter__(self) -> VoxtralClient:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -130,37 +124,28 @@ class VoxtralClient:
             return min(exc.retry_after, self.config.max_wait)
         return self._exponential(state)
 
-    def _sleep(self, seconds: float) -> None:
-        # Woken early when the job is stopped; the next attempt then gives up.
-        self.stop_event.wait(seconds)
+    async def transcribe(self, path: Path, *, language: str = "") -> ProviderTranscript:
+        audio = path.read_bytes()
 
-    def transcribe(
-        self, path: Path, *, language: str = "", on_retry: Callable[[str], None] | None = None
-    ) -> ProviderTranscript:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             logger.info(
                 "transcription of %s: attempt %s failed (%s); retrying", path.name, state.attempt_number, exc
             )
-            if on_retry:
-                on_retry(str(exc))
 
-        retrying = Retrying(
+        retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableError),
             stop=stop_after_attempt(self.config.max_retries + 1),
             wait=self._wait,
-            sleep=self._sleep,
             before_sleep=before_sleep,
             reraise=True,
         )
         try:
-            return retrying(self._attempt, path, language)
+            return await retrying(self._attempt, path.name, audio, language)
         except RetryableError as exc:
             raise ProviderError(f"{exc} (gave up after {self.config.max_retries + 1} attempts)") from exc
 
-    def _attempt(self, path: Path, language: str) -> ProviderTranscript:
-        if self.stop_event.is_set():
-            raise ProviderStopped(path.name)
+    async def _attempt(self, name: str, audio: bytes, language: str) -> ProviderTranscript:
         data: dict[str, Any] = {"model": self.config.model, "timestamp_granularities": "segment"}
         if language:
             data["language"] = language
@@ -168,17 +153,13 @@ class VoxtralClient:
             data["response_format"] = self.config.response_format
         started = time.monotonic()
         try:
-            with path.open("rb") as audio:
-                response = self.http.post(
-                    TRANSCRIPTIONS_PATH, data=data, files={"file": (path.name, audio, _mime(path))}
-                )
+            response = await self.http.post(
+                TRANSCRIPTIONS_PATH, data=data, files={"file": (name, audio, _mime(name))}
+            )
         except httpx.TransportError as exc:
             raise RetryableError(f"the transcription provider could not be reached: {exc!r}") from exc
         logger.info(
-            "transcription of %s: HTTP %s in %.1f s",
-            path.name,
-            response.status_code,
-            time.monotonic() - started,
+            "transcription of %s: HTTP %s in %.1f s", name, response.status_code, time.monotonic() - started
         )
         if response.status_code == 429 or response.status_code >= 500:
             raise RetryableError(
@@ -192,9 +173,9 @@ class VoxtralClient:
         return parse_transcript(response)
 
 
-def _mime(path: Path) -> str:
+def _mime(name: str) -> str:
     return {".flac": "audio/flac", ".wav": "audio/wav", ".mp3": "audio/mpeg"}.get(
-        path.suffix.lower(), "application/octet-stream"
+        Path(name).suffix.lower(), "application/octet-stream"
     )
 
 

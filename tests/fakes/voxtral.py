@@ -13,7 +13,8 @@ expect from the script it synthesized.
 It answers ``POST /v1/audio/transcriptions`` (multipart) with
 ``{"text", "language", "duration", "segments": [{"id","start","end","text"}]}``,
 records every request, and can be told to fail (``fail``), to answer slowly
-(``delay``) or without segments (``with_segments``).
+(``delay``), without segments (``with_segments``) or with words the audio
+does not hold (``extra_text``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -235,6 +237,8 @@ class FakeVoxtral:
         self.gets: list[str] = []
         self.with_segments = True
         self.delay: Callable[[Recorded], float] | None = None
+        # Said at the end of every chunk, as if spoken (e.g. directives for the fake Anthropic API).
+        self.extra_text = ""
         self.in_flight = 0
         self.max_in_flight = 0
         self._failures: list[tuple[int, str | None]] = []
@@ -267,7 +271,7 @@ class FakeVoxtral:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -290,6 +294,7 @@ class FakeVoxtral:
             self._failures.clear()
             self.with_segments = True
             self.delay = None
+            self.extra_text = ""
             self.max_in_flight = 0
 
     def fail(self, status: int, times: int = 1, *, retry_after: str | None = None) -> None:
@@ -345,6 +350,8 @@ class FakeVoxtral:
             if self.delay:
                 time.sleep(self.delay(record))
             segments = segments_of(words)
+            if self.extra_text and segments:
+                segments[-1]["text"] += " " + self.extra_text
             answer: dict[str, Any] = {
                 "model": fields["model"],
                 "text": " ".join(s["text"] for s in segments),
@@ -358,6 +365,13 @@ class FakeVoxtral:
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        # A client that hangs up (a job stopped mid-request) is not an error here.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _multipart(content_type: str, body: bytes) -> tuple[dict[str, str], str, bytes]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -10,13 +10,7 @@ from email.utils import format_datetime
 import pytest
 
 from tests.fakes.voxtral import random_script, tone_audio
-from transcription.provider import (
-    ProviderConfig,
-    ProviderError,
-    ProviderStopped,
-    VoxtralClient,
-    retry_after_seconds,
-)
+from transcription.provider import ProviderConfig, ProviderError, VoxtralClient, retry_after_seconds
 
 
 @pytest.fixture
@@ -34,10 +28,10 @@ def client_for(fake, **overrides) -> VoxtralClient:
     return VoxtralClient(ProviderConfig(**{**config.__dict__, **overrides}))
 
 
-def test_it_posts_the_chunk_as_multipart_with_model_language_and_key(voxtral, chunk):
+async def test_it_posts_the_chunk_as_multipart_with_model_language_and_key(voxtral, chunk):
     path, spoken = chunk
-    with client_for(voxtral) as client:
-        answer = client.transcribe(path, language="de")
+    async with client_for(voxtral) as client:
+        answer = await client.transcribe(path, language="de")
     request = voxtral.requests[-1]
     assert request.path == "/v1/audio/transcriptions"
     assert request.headers["authorization"] == f"Bearer {voxtral.api_key}"
@@ -54,9 +48,9 @@ def test_it_posts_the_chunk_as_multipart_with_model_language_and_key(voxtral, ch
     assert answer.language == "de"
 
 
-def test_without_a_language_none_is_sent_and_the_response_format_is_a_setting(voxtral, chunk):
-    with client_for(voxtral, response_format="verbose_json") as client:
-        client.transcribe(chunk[0])
+async def test_without_a_language_none_is_sent_and_the_response_format_is_a_setting(voxtral, chunk):
+    async with client_for(voxtral, response_format="verbose_json") as client:
+        await client.transcribe(chunk[0])
     assert voxtral.requests[-1].fields == {
         "model": "voxtral-mini-latest",
         "timestamp_granularities": "segment",
@@ -64,26 +58,26 @@ def test_without_a_language_none_is_sent_and_the_response_format_is_a_setting(vo
     }
 
 
-def test_an_answer_without_segments_still_has_the_text(voxtral, chunk):
+async def test_an_answer_without_segments_still_has_the_text(voxtral, chunk):
     voxtral.with_segments = False
-    with client_for(voxtral) as client:
-        answer = client.transcribe(chunk[0])
+    async with client_for(voxtral) as client:
+        answer = await client.transcribe(chunk[0])
     assert answer.segments == [] and answer.text
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503])
-def test_it_retries_throttling_and_server_errors(voxtral, chunk, status):
+async def test_it_retries_throttling_and_server_errors(voxtral, chunk, status):
     voxtral.fail(status, times=2)
-    with client_for(voxtral) as client:
-        answer = client.transcribe(chunk[0])
+    async with client_for(voxtral) as client:
+        answer = await client.transcribe(chunk[0])
     assert answer.text
     assert [r.status for r in voxtral.requests] == [status, status, 200]
 
 
-def test_it_waits_as_long_as_retry_after_says(voxtral, chunk):
+async def test_it_waits_as_long_as_retry_after_says(voxtral, chunk):
     voxtral.fail(429, times=1, retry_after="1")
-    with client_for(voxtral) as client:
-        client.transcribe(chunk[0])
+    async with client_for(voxtral) as client:
+        await client.transcribe(chunk[0])
     first, second = voxtral.requests
     assert second.received - first.received >= 0.95
 
@@ -96,52 +90,61 @@ def test_retry_after_may_be_an_http_date():
     assert retry_after_seconds(None) is None
 
 
-def test_retry_after_is_capped(voxtral, chunk):
+async def test_retry_after_is_capped(voxtral, chunk):
     voxtral.fail(503, times=1, retry_after="3600")
     started = time.monotonic()
-    with client_for(voxtral, max_wait=1) as client:
-        client.transcribe(chunk[0])
+    async with client_for(voxtral, max_wait=1) as client:
+        await client.transcribe(chunk[0])
     assert time.monotonic() - started < 10
 
 
-def test_it_gives_up_after_the_configured_retries(voxtral, chunk):
+async def test_it_gives_up_after_the_configured_retries(voxtral, chunk):
     voxtral.fail(503, times=10)
-    with client_for(voxtral, max_retries=2) as client, pytest.raises(ProviderError) as caught:
-        client.transcribe(chunk[0])
+    async with client_for(voxtral, max_retries=2) as client:
+        with pytest.raises(ProviderError) as caught:
+            await client.transcribe(chunk[0])
     assert len(voxtral.requests) == 3
     assert "HTTP 503" in str(caught.value) and "fake voxtral 503" in str(caught.value)
     assert "3 attempts" in str(caught.value)
 
 
 @pytest.mark.parametrize("status", [400, 413, 422])
-def test_client_errors_fail_at_once(voxtral, chunk, status):
+async def test_client_errors_fail_at_once(voxtral, chunk, status):
     voxtral.fail(status, times=1)
-    with client_for(voxtral) as client, pytest.raises(ProviderError, match=f"HTTP {status}"):
-        client.transcribe(chunk[0])
+    async with client_for(voxtral) as client:
+        with pytest.raises(ProviderError, match=f"HTTP {status}"):
+            await client.transcribe(chunk[0])
     assert len(voxtral.requests) == 1
 
 
-def test_a_wrong_key_fails_at_once_with_the_providers_message(voxtral, chunk):
-    with client_for(voxtral, api_key="wrong") as client, pytest.raises(ProviderError) as caught:
-        client.transcribe(chunk[0])
+async def test_a_wrong_key_fails_at_once_with_the_providers_message(voxtral, chunk):
+    async with client_for(voxtral, api_key="wrong") as client:
+        with pytest.raises(ProviderError) as caught:
+            await client.transcribe(chunk[0])
     assert "HTTP 401" in str(caught.value) and "Unauthorized" in str(caught.value)
     assert len(voxtral.requests) == 1
 
 
-def test_an_unreachable_provider_is_retried_then_reported(chunk):
+async def test_an_unreachable_provider_is_retried_then_reported(chunk):
     config = ProviderConfig(
         base_url="http://127.0.0.1:9", model="m", api_key="k", backoff=0.01, max_retries=1
     )
-    with VoxtralClient(config) as client, pytest.raises(ProviderError, match="could not be reached"):
-        client.transcribe(chunk[0])
+    async with VoxtralClient(config) as client:
+        with pytest.raises(ProviderError, match="could not be reached"):
+            await client.transcribe(chunk[0])
 
 
-def test_stopping_the_job_ends_a_backoff_wait_at_once(voxtral, chunk):
+async def test_a_stopped_job_cancels_requests_in_flight_and_backoff_waits(voxtral, chunk):
+    voxtral.delay = lambda rec: 30.0
+    async with client_for(voxtral) as client:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.transcribe(chunk[0]), timeout=0.5)
+        assert time.monotonic() - started < 3
+    voxtral.delay = None
     voxtral.fail(503, times=1, retry_after="30")
-    client = client_for(voxtral, max_wait=60)
-    threading.Timer(0.5, client.stop_event.set).start()
-    started = time.monotonic()
-    with client, pytest.raises(ProviderStopped):
-        client.transcribe(chunk[0])
-    assert time.monotonic() - started < 5
-    assert len(voxtral.requests) == 1
+    async with client_for(voxtral, max_wait=60) as client:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.transcribe(chunk[0]), timeout=1)
+        assert time.monotonic() - started < 3
