@@ -312,8 +312,9 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "claude_agent_sdk": {"level": "WARNING"},
-        # WeasyPrint's font subsetting logs every glyph at INFO.
+        # WeasyPrint logs each rendering step, and its font subsetting every glyph, at INFO.
         "fontTools": {"level": "WARNING"},
+        "weasyprint.progress": {"level": "WARNING"},
     },
 }
 

@@ -71,11 +71,11 @@ def run_tool(
                     f"{Path(args[0]).name} took longer than {limit:.0f} s and was stopped"
                 ) from None
     if proc.returncode != 0:
-        raise MediaError(_last_lines(err) or f"{Path(args[0]).name} exited with status {proc.returncode}")
+        raise MediaError(last_lines(err) or f"{Path(args[0]).name} exited with status {proc.returncode}")
     return out, err
 
 
-def _last_lines(text: str, n: int = 3) -> str:
+def last_lines(text: str, n: int = 3) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return "; ".join(lines[-n:])[:500]
 

@@ -300,13 +300,13 @@ class Normalise(Step):
         if decoded < 0.1:
             raise PipelineError(
                 "The audio file could not be decoded: it holds no audible audio"
-                + (f" ({media._last_lines(errors)})" if errors.strip() else "")
+                + (f" ({media.last_lines(errors)})" if errors.strip() else "")
             )
         header = ctx.probe.duration
         if errors.strip() and header and decoded < header * _DAMAGED_SHARE:
             raise PipelineError(
                 f"The audio file is damaged: only {decoded:.1f} s of its {header:.1f} s could be decoded "
-                f"({media._last_lines(errors)})"
+                f"({media.last_lines(errors)})"
             )
         ctx.duration = decoded
         logger.info(

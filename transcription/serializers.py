@@ -13,6 +13,7 @@ from rest_framework import serializers
 
 from claudesvc.errors import ServiceError
 from claudesvc.fields import StrictCharField
+from jobs.models import JobStatus
 from jobs.services import resolve_model
 from transcription import media
 from transcription.models import Output, Transcription
@@ -136,6 +137,6 @@ class TranscriptionOutput(serializers.Serializer):
             ("summary", Output.COMPACT),
             ("bullets", Output.BULLETS),
         ):
-            if output not in wanted or not instance.job.is_final:
+            if output not in wanted or instance.job.status != JobStatus.COMPLETED:
                 data[name] = None
         return data

@@ -121,22 +121,28 @@ def test_the_seed_curl_request_transcribes_a_25_minute_meeting(service, key, vox
 def test_a_transcription_can_be_deleted_while_it_runs(service, key, voxtral_server, tmp_path):
     voxtral_server.reset()
     voxtral_server.delay = lambda rec: 30.0
-    audio = tmp_path / "talk.ogg"
-    tone_audio(audio, random_script(2501, 20))
-    with service.client(key) as client:
-        with audio.open("rb") as fh:
-            created = client.post("/jobs", data={"type": "transcription"}, files={"file": ("talk.ogg", fh)})
-        assert created.status_code == 202, created.text
-        job_id = created.json()["data"]["id"]
-        deadline = time.monotonic() + 60
-        while not voxtral_server.requests and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert voxtral_server.requests, service.logs()
-        assert client.delete(f"/jobs/{job_id}").json() == {"success": True, "message": "Job deleted"}
-        assert client.get(f"/jobs/{job_id}").status_code == 404
-    root = Path(service.env["JOBS_ROOT"]) / job_id
-    deadline = time.monotonic() + 30
-    while root.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not root.exists()
-    voxtral_server.delay = None
+    try:
+        audio = tmp_path / "talk.ogg"
+        tone_audio(audio, random_script(2501, 20))
+        with service.client(key) as client:
+            with audio.open("rb") as fh:
+                created = client.post(
+                    "/jobs", data={"type": "transcription"}, files={"file": ("talk.ogg", fh)}
+                )
+            assert created.status_code == 202, created.text
+            job_id = created.json()["data"]["id"]
+            deadline = time.monotonic() + 60
+            while not voxtral_server.requests and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert voxtral_server.requests, service.logs()
+            assert client.delete(f"/jobs/{job_id}").json() == {"success": True, "message": "Job deleted"}
+            assert client.get(f"/jobs/{job_id}").status_code == 404
+        # The worker notices within a second, stops waiting for the provider and cleans up.
+        stopped = f"job {job_id} was deleted while transcribing"
+        deadline = time.monotonic() + 20
+        while stopped not in service.logs() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stopped in service.logs()
+        assert not (Path(service.env["JOBS_ROOT"]) / job_id).exists()
+    finally:
+        voxtral_server.delay = None
