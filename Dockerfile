@@ -11,7 +11,7 @@ RUN /venv/bin/pip install --no-cache-dir .
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ffmpeg libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core curl \
+    && apt-get install -y --no-install-recommends ffmpeg libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 claudesvc
 COPY --from=build /venv /venv

@@ -268,6 +268,41 @@ CLAUDE_API_FALLBACK_MAX_TOKENS = env_int("CLAUDE_API_FALLBACK_MAX_TOKENS", 8192,
 if JOB_STALE_SECONDS <= 2 * JOB_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured("JOB_STALE_SECONDS must be more than twice JOB_HEARTBEAT_SECONDS")
 
+# -- audio transcription (transcription/) ------------------------------------------------
+
+# The provider: Mistral's Voxtral by default; any server with the OpenAI-style
+# ``POST /v1/audio/transcriptions`` (a self-hosted Whisper …) works too.
+VOXTRAL_BASE_URL = env_str("VOXTRAL_BASE_URL", "https://api.mistral.ai").rstrip("/")
+VOXTRAL_MODEL = env_str("VOXTRAL_MODEL", "voxtral-mini-latest")
+MISTRAL_API_KEY = env_str("MISTRAL_API_KEY")
+# Empty: not sent (Mistral returns segments when asked through timestamp_granularities);
+# OpenAI-compatible servers need "verbose_json" to return segments.
+VOXTRAL_RESPONSE_FORMAT = env_choice("VOXTRAL_RESPONSE_FORMAT", "", {"", "json", "verbose_json"})
+VOXTRAL_TIMEOUT_SECONDS = env_int("VOXTRAL_TIMEOUT_SECONDS", 300, minimum=5)
+# Chunks of one job sent to the provider at the same time.
+VOXTRAL_CONCURRENCY = env_int("VOXTRAL_CONCURRENCY", 3, minimum=1, maximum=32)
+# Attempts after the first on 429, 5xx and network errors; backoff doubles from
+# VOXTRAL_RETRY_BACKOFF_MS up to VOXTRAL_RETRY_MAX_WAIT_SECONDS (also the cap on Retry-After).
+VOXTRAL_MAX_RETRIES = env_int("VOXTRAL_MAX_RETRIES", 5, minimum=0, maximum=20)
+VOXTRAL_RETRY_BACKOFF_MS = env_int("VOXTRAL_RETRY_BACKOFF_MS", 1000, minimum=0)
+VOXTRAL_RETRY_MAX_WAIT_SECONDS = env_int("VOXTRAL_RETRY_MAX_WAIT_SECONDS", 60, minimum=0)
+TRANSCRIPTION_MAX_UPLOAD_MB = env_int("TRANSCRIPTION_MAX_UPLOAD_MB", 500, minimum=1)
+# Longest piece of audio sent in one request; long audio is cut near this length,
+# in a silence when there is one within TRANSCRIPTION_SILENCE_SEARCH_SECONDS
+# before the limit, else hard, with TRANSCRIPTION_CHUNK_OVERLAP_SECONDS of overlap.
+TRANSCRIPTION_CHUNK_SECONDS = env_int("TRANSCRIPTION_CHUNK_SECONDS", 600, minimum=10)
+TRANSCRIPTION_CHUNK_OVERLAP_SECONDS = env_int("TRANSCRIPTION_CHUNK_OVERLAP_SECONDS", 2, minimum=0, maximum=30)
+TRANSCRIPTION_SILENCE_SEARCH_SECONDS = env_int("TRANSCRIPTION_SILENCE_SEARCH_SECONDS", 60, minimum=0)
+TRANSCRIPTION_SILENCE_DB = env_int("TRANSCRIPTION_SILENCE_DB", -35, minimum=-90, maximum=0)
+TRANSCRIPTION_SILENCE_MIN_MS = env_int("TRANSCRIPTION_SILENCE_MIN_MS", 400, minimum=50)
+# Longest one ffmpeg/ffprobe run may take before it is killed.
+TRANSCRIPTION_FFMPEG_TIMEOUT_SECONDS = env_int("TRANSCRIPTION_FFMPEG_TIMEOUT_SECONDS", 900, minimum=5)
+
+if TRANSCRIPTION_CHUNK_OVERLAP_SECONDS * 4 > TRANSCRIPTION_CHUNK_SECONDS:
+    raise ImproperlyConfigured(
+        "TRANSCRIPTION_CHUNK_OVERLAP_SECONDS must be under a quarter of TRANSCRIPTION_CHUNK_SECONDS"
+    )
+
 # -- API keys --------------------------------------------------------------------
 
 # Keyed hash of API key secrets; keep it stable, or every key stops working.
@@ -371,13 +406,16 @@ SPECTACULAR_SETTINGS = {
                 "['claudesvc.v1', 'bearer.' + token])`); the server selects `claudesvc.v1`, never the "
                 "credential. Other clients may send `X-API-Key` or `Authorization: Bearer` instead. Or "
                 'send `{"event": "auth", "data": {"token": "…"}}` first, within WS_AUTH_TIMEOUT_SECONDS. '
-                "A bad credential closes the socket with code 4401, no credential in time with 4408 (after a "
+                "A bad credential, or none in time, closes the socket with code 1008 (after a "
                 "`claude:error` saying why). The `Origin` header must "
                 "name a host in DJANGO_ALLOWED_HOSTS."
             ),
         }
     ],
-    "ENUM_NAME_OVERRIDES": {"ProcessStatusEnum": "jobs.process_api.selectors.PROCESS_STATUSES"},
+    "ENUM_NAME_OVERRIDES": {
+        "ProcessStatusEnum": "jobs.process_api.selectors.PROCESS_STATUSES",
+        "TranscriptionTypeEnum": ["transcription"],
+    },
 }
 
 # -- auth, i18n, logging ----------------------------------------------------------------
@@ -405,6 +443,9 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "claude_agent_sdk": {"level": "WARNING"},
+        # WeasyPrint logs each rendering step, and its font subsetting every glyph, at INFO.
+        "fontTools": {"level": "WARNING"},
+        "weasyprint.progress": {"level": "WARNING"},
     },
 }
 

@@ -144,6 +144,23 @@ def job_claim_next(*, worker: str | None = None) -> Job | None:
     return None
 
 
+def job_claim(*, job_id: uuid.UUID, worker: str | None = None) -> Job | None:
+    """Move one given pending job to running (compare-and-set), or return None.
+
+    For work that runs a job inline instead of through the queue, such as the
+    Claude steps of a transcription job.
+    """
+    worker = worker or worker_name()
+    now = timezone.now()
+    claimed = Job.objects.filter(pk=job_id, status=JobStatus.PENDING).update(
+        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker
+    )
+    if not claimed:
+        return None
+    logger.info("job %s claimed by %s", job_id, worker)
+    return Job.objects.get(pk=job_id)
+
+
 def job_transition(*, job_id: uuid.UUID, frm: JobStatus, to: JobStatus, **fields: Any) -> bool:
     """Compare-and-set ``frm`` -> ``to``; True if this call moved the job."""
     if to not in TRANSITIONS.get(frm, ()):
@@ -186,6 +203,10 @@ def job_delete(*, job: Job) -> None:
     directory). A running CLI is killed by its worker, which notices within a
     heartbeat that the row is gone."""
     job_id = job.pk
+    if job.kind == JobKind.TRANSCRIPTION:
+        from transcription.services import transcription_discard
+
+        transcription_discard(job_id=job_id)
     stored = [
         *Attachment.objects.filter(job_id=job_id).values_list("file", flat=True),
         *Artifact.objects.filter(job_id=job_id).values_list("file", flat=True),

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 from jobs import runner
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobKind, JobStatus
 from jobs.services import job_claim_next, job_delete_expired, job_enqueue, job_reap_stale, job_transition
 from jobs.sessions import session_clean_idle, session_job_finished, session_job_start
+from transcription.pipeline import run_transcription
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,10 @@ def run_next_job() -> str | None:
             session_job_finished(job)
             return str(job.pk)
     try:
-        runner.run_job(job.pk)
+        if job.kind == JobKind.TRANSCRIPTION:
+            run_transcription(job.pk)
+        else:
+            runner.run_job(job.pk)
     finally:
         # Whatever happened, the session's next turn must not wait for a wake-up that never comes.
         session_job_finished(job)

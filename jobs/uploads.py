@@ -35,6 +35,9 @@ from jobs.filetypes import FileSniffer, UnsupportedFileType, human_size
 # The seed's field is ``attachments[]``; ``attachments`` is what people type with curl -F.
 ATTACHMENT_FIELDS = ("attachments[]", "attachments")
 FIELD = ATTACHMENT_FIELDS[0]
+# The audio of a transcription job (POST /jobs, type=transcription) arrives
+# through the same streaming handler, with the same type and size checks.
+TRANSCRIPTION_FIELD = "file"
 MAX_NAME_BYTES = 255  # one path component on common filesystems
 
 
@@ -71,7 +74,8 @@ class AttachmentUploadHandler(FileUploadHandler):
         self.file: ReceivedFile | None = None
 
     def _error(self, message: str, *, status: int = 400, code: str = "invalid_request") -> ServiceError:
-        return ServiceError(f"{FIELD}: {message}", field=FIELD, status=status, code=code)
+        field = getattr(self, "field_name", None) or FIELD
+        return ServiceError(f"{field}: {message}", field=field, status=status, code=code)
 
     def _too_large(self) -> ServiceError:
         return self._error(
@@ -155,7 +159,7 @@ class AttachmentMultiPartParser(BaseParser):
     """multipart/form-data with attachments streamed through ``AttachmentUploadHandler``."""
 
     media_type = "multipart/form-data"
-    upload_fields = ATTACHMENT_FIELDS
+    upload_fields = (*ATTACHMENT_FIELDS, TRANSCRIPTION_FIELD)
 
     def parse(self, stream, media_type=None, parser_context=None):
         parser_context = parser_context or {}

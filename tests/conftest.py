@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 from apikeys.models import ApiKey
 from apikeys.services import api_key_create
 from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.voxtral import FakeVoxtral
 
 CLI_ENV = {
     "ANTHROPIC_API_KEY": "test-key",
@@ -35,6 +36,24 @@ def upstream() -> Iterator[FakeAnthropic]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def voxtral_server() -> Iterator[FakeVoxtral]:
+    """The fake Voxtral transcription API, for the whole session (the e2e service uses it too)."""
+    with FakeVoxtral() as fake:
+        yield fake
+
+
+@pytest.fixture
+def voxtral(voxtral_server, settings) -> FakeVoxtral:
+    """The fake Voxtral API, reset, with the service's settings pointing at it."""
+    voxtral_server.reset()
+    settings.VOXTRAL_BASE_URL = voxtral_server.url
+    settings.MISTRAL_API_KEY = voxtral_server.api_key
+    settings.VOXTRAL_RESPONSE_FORMAT = ""
+    settings.VOXTRAL_RETRY_BACKOFF_MS = 20
+    return voxtral_server
 
 
 @pytest.fixture(autouse=True)

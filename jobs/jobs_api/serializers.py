@@ -9,8 +9,9 @@ from rest_framework import serializers
 
 from claudesvc.errors import ServiceError
 from claudesvc.fields import StrictCharField, UtcDateTimeField
-from jobs.models import Artifact, Attachment, Job, JobStatus
+from jobs.models import Artifact, Attachment, Job, JobKind, JobStatus
 from jobs.services import resolve_model
+from transcription.serializers import TranscriptionOutput
 
 # Seed 000 knows four states; the core's others read as "failed" with a reason.
 PUBLIC_STATUS = {
@@ -115,6 +116,7 @@ class JobOutput(serializers.ModelSerializer):
     events_url = serializers.SerializerMethodField()
     attachments = AttachmentOutput(many=True, read_only=True)
     artifacts = ArtifactOutput(many=True, read_only=True)
+    transcription = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -135,6 +137,7 @@ class JobOutput(serializers.ModelSerializer):
             "events_url",
             "attachments",
             "artifacts",
+            "transcription",
         ]
 
     def get_status(self, job: Job) -> str:
@@ -161,6 +164,13 @@ class JobOutput(serializers.ModelSerializer):
 
     def get_stream_url(self, job: Job) -> str:
         return reverse("jobs:stream", args=[job.pk])
+
+    @extend_schema_field(TranscriptionOutput(allow_null=True))
+    def get_transcription(self, job: Job) -> dict | None:
+        """The transcription's details, for jobs of type transcription."""
+        if job.kind != JobKind.TRANSCRIPTION or not hasattr(job, "transcription"):
+            return None
+        return TranscriptionOutput(job.transcription).data
 
     def get_events_url(self, job: Job) -> str:
         return reverse("jobs:events", args=[job.pk])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import FormParser, JSONParser
 from rest_framework.response import Response
@@ -20,7 +21,9 @@ from jobs.models import JobEvent
 from jobs.selectors import artifact_get, job_events, job_get, job_list
 from jobs.services import job_delete
 from jobs.streaming import Ended, Idle, follow_job
-from jobs.uploads import ATTACHMENT_FIELDS, AttachmentMultiPartParser
+from jobs.uploads import ATTACHMENT_FIELDS, TRANSCRIPTION_FIELD, AttachmentMultiPartParser
+from transcription.serializers import TranscriptionCreateInput
+from transcription.services import transcription_create
 
 ERRORS = {
     400: OpenApiResponse(s.ErrorEnvelope, description="Invalid parameters"),
@@ -41,29 +44,63 @@ class JobListCreateView(JobsAPIView):
 
     @extend_schema(
         operation_id="jobs_create",
-        summary="Create a Claude job",
+        summary="Create a Claude job, or (multipart, type=transcription) an audio transcription job",
         description=(
             "JSON, or multipart/form-data with files in `attachments[]`. The files are copied into the "
             "job's working directory and the prompt Claude receives lists them. Bad files are refused "
             "before anything is stored: too many (400), too large (413), a type not accepted (415), "
-            "empty (400), a name with a path (400), a body cut off inside a file (400)."
+            "empty (400), a name with a path (400), a body cut off inside a file (400).\n\n"
+            "With `type=transcription` (multipart): `file` (audio), `output` (JSON array of plain, "
+            "compact, bullets, doc) and `language`; see the Transcription section of the README."
         ),
-        request={"application/json": s.JobCreateInput, "multipart/form-data": s.JobCreateMultipartInput},
+        request={
+            "application/json": s.JobCreateInput,
+            "multipart/form-data": PolymorphicProxySerializer(
+                component_name="JobCreateForm",
+                serializers=[s.JobCreateMultipartInput, TranscriptionCreateInput],
+                resource_type_field_name=None,
+            ),
+        },
         responses={202: s.JobCreatedEnvelope, **ERRORS, **UPLOAD_ERRORS},
     )
     def post(self, request):
         uploads = [f for field in ATTACHMENT_FIELDS for f in request.FILES.getlist(field)]
+        audio = request.FILES.getlist(TRANSCRIPTION_FIELD)
         try:
-            data = s.JobCreateInput(data=request.data)
-            data.is_valid(raise_exception=True)
-            job = job_create_with_attachments(
-                caller=request.user,
-                prompt=data.validated_data["prompt"],
-                model=data.validated_data["model"],
-                uploads=uploads,
-            )
+            kind = (request.data.get("type") if isinstance(request.data, Mapping) else None) or "claude"
+            if kind == "transcription":
+                if uploads:
+                    raise ServiceError(
+                        "a transcription job takes its audio as file, not attachments[]",
+                        field=ATTACHMENT_FIELDS[0],
+                    )
+                form = TranscriptionCreateInput(data=request.data)
+                form.is_valid(raise_exception=True)
+                job = transcription_create(
+                    caller=request.user,
+                    file=form.validated_data["file"],
+                    outputs=form.validated_data["output"],
+                    language=form.validated_data["language"],
+                    model=form.validated_data["model"],
+                )
+            elif kind == "claude":
+                if audio:
+                    raise ServiceError(
+                        "file is for type=transcription; attach files to a Claude job as attachments[]",
+                        field=TRANSCRIPTION_FIELD,
+                    )
+                data = s.JobCreateInput(data=request.data)
+                data.is_valid(raise_exception=True)
+                job = job_create_with_attachments(
+                    caller=request.user,
+                    prompt=data.validated_data["prompt"],
+                    model=data.validated_data["model"],
+                    uploads=uploads,
+                )
+            else:
+                raise ServiceError('type must be "claude" (the default) or "transcription"', field="type")
         finally:
-            for upload in uploads:
+            for upload in [*uploads, *audio]:
                 upload.close()  # deletes the temporary file unless storage moved it
         return ok(s.created_output(job), status=202)
 
@@ -76,7 +113,13 @@ class JobListCreateView(JobsAPIView):
     def get(self, request):
         query = s.JobListQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        jobs = job_list(caller=request.user).prefetch_related("attachments", "artifacts")
+        # The Claude jobs a transcription runs for its summary are part of it, not jobs of their own.
+        jobs = (
+            job_list(caller=request.user)
+            .exclude(source="transcription")
+            .select_related("transcription")
+            .prefetch_related("attachments", "artifacts")
+        )
         wanted = query.validated_data.get("status")
         if wanted:
             core = [k for k, v in s.PUBLIC_STATUS.items() if v == wanted]

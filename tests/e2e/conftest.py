@@ -52,11 +52,21 @@ class Service:
 
 
 @pytest.fixture(scope="session")
-def service(django_db_setup, django_db_blocker, upstream, tmp_path_factory) -> Iterator[Service]:
+def service_extra_env(voxtral_server) -> dict[str, str]:
+    """Environment added to the service's (one service per session): the fake
+    Voxtral API for transcription jobs. Add here what other features need."""
+    return {"VOXTRAL_BASE_URL": voxtral_server.url, "MISTRAL_API_KEY": voxtral_server.api_key}
+
+
+@pytest.fixture(scope="session")
+def service(
+    django_db_setup, django_db_blocker, upstream, service_extra_env, tmp_path_factory
+) -> Iterator[Service]:
     work = tmp_path_factory.mktemp("service")
     port = _free_port()
     env = {
         **os.environ,
+        **service_extra_env,
         "DATABASE_URL": _database_url(),
         "Q_CLUSTER_NAME": f"e2e-{uuid.uuid4().hex[:8]}",
         "JOBS_ROOT": str(work / "jobs"),

@@ -113,3 +113,16 @@ def test_a_job_may_not_outlast_the_service_timeout(caller, settings):
         job_create(
             caller=caller, prompt="hi", timeout_seconds=settings.JOB_TIMEOUT_SECONDS + 1, enqueue=False
         )
+
+
+def test_a_given_job_is_claimed_once(caller):
+    from jobs.services import job_claim
+
+    first = job_create(caller=caller, prompt="first", enqueue=False)
+    second = job_create(caller=caller, prompt="second", priority=90, enqueue=False)
+    # Not the best pending job, but the one asked for.
+    assert job_claim(job_id=first.pk, worker="inline").pk == first.pk
+    assert job_claim(job_id=first.pk) is None
+    first.refresh_from_db()
+    assert (first.status, first.worker) == (JobStatus.RUNNING, "inline")
+    assert Job.objects.get(pk=second.pk).status == JobStatus.PENDING
