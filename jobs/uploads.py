@@ -120,7 +120,9 @@ class AttachmentUploadHandler(FileUploadHandler):
             f"{self.file_name} is not accepted: {exc}. Accepted: images (PNG, JPEG, WebP, GIF), PDF, "
             "UTF-8 text (plain, Markdown, CSV, HTML, JSON), audio (MP3, M4A, WAV, Ogg, FLAC, WebM) "
             "and video (MP4, WebM, QuickTime)",
-            status=415,
+            # Issue contracts: an attachment of a refused type is 415; a
+            # transcription's audio that is not audio is a bad field, 400.
+            status=400 if getattr(self, "field_name", None) == TRANSCRIPTION_FIELD else 415,
             code="unsupported_media_type",
         )
 
