@@ -41,7 +41,9 @@ def norm(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 
 
-def test_the_seed_curl_request_transcribes_a_25_minute_meeting(service, key, voxtral_server, meeting):
+def test_the_seed_curl_request_transcribes_a_25_minute_meeting(
+    service, key, voxtral_server, meeting, tmp_path
+):
     voxtral_server.reset()
     audio, words = meeting
     curl = subprocess.run(
@@ -104,8 +106,27 @@ def test_the_seed_curl_request_transcribes_a_25_minute_meeting(service, key, vox
         # The Claude jobs behind the summary are not jobs of their own in the list.
         assert [j["id"] for j in client.get("/jobs").json()["data"]] == [job_id]
 
-    out = Path(service.env["JOBS_ROOT"]) / job_id / "work" / "out"
+    # Every output is a download of the job, fetched as the seed shows: curl -O -J.
+    assert sorted(a["name"] for a in final["artifacts"]) == files
+    out = tmp_path / "downloads"
+    out.mkdir()
+    for name in files:
+        subprocess.run(
+            [
+                "curl",
+                "-sSf",
+                "-O",
+                "-J",
+                f"{service.url}/jobs/{job_id}/download/{name}",
+                "-H",
+                f"X-API-Key: {key.secret}",
+            ],
+            cwd=out,
+            check=True,
+            timeout=60,
+        )
     assert sorted(p.name for p in out.iterdir()) == files
+    assert (out / "transcript.pdf").read_bytes().startswith(b"%PDF-")
     assert norm((out / "transcript.txt").read_text()) == words
     cues = list(srt.parse((out / "transcript.srt").read_text()))
     assert cues[-1].end.total_seconds() > 24 * 60
