@@ -10,6 +10,7 @@ event stream as ``progress`` events whose ``percent`` only grows, to 100.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import shutil
@@ -214,7 +215,7 @@ class Context:
         return plain_text(self.segments)
 
 
-class Step:
+class Step(abc.ABC):
     """One stage of the pipeline. ``percent`` is where the bar stands when it starts."""
 
     name = "step"
@@ -230,11 +231,12 @@ class Step:
     def setup(self) -> None:
         self.ctx.progress.report(self.name, self.percent, self.message)
 
+    @abc.abstractmethod
     def run(self) -> None:
-        raise NotImplementedError
+        """The step's work; raises PipelineError to stop the pipeline cleanly."""
 
-    def cleanup(self) -> None:
-        pass
+    def cleanup(self) -> None:  # noqa: B027 - most steps have nothing to clean up
+        """Undo what setup/run left behind; runs whatever happened."""
 
 
 class Configure(Step):

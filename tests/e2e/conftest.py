@@ -29,6 +29,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_healthy(url: str, timeout: float = 30) -> bool:
+    """Whether ``url``/health answered 200 within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def _database_url() -> str:
     s = connection.settings_dict
     if s["ENGINE"].endswith("sqlite3"):
@@ -95,16 +108,8 @@ def service(
             log = open(work / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
             processes.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         svc = Service(url=f"http://127.0.0.1:{port}", env=env, processes=processes, log_dir=work)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{svc.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the service did not start:\n{svc.logs()}")
-            time.sleep(0.2)
+        if not wait_until_healthy(svc.url):
+            raise RuntimeError(f"the service did not start:\n{svc.logs()}")
         yield svc
         for proc in processes:
             proc.terminate()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
-import time
 
 import httpx
 import pytest
@@ -13,8 +11,9 @@ from django.conf import settings
 
 from apikeys.models import RateLimitOverride
 from apikeys.services import api_key_create
+from claudesvc.management.commands.serve import asgi_server_command
 from tests.conftest import Key
-from tests.e2e.conftest import ROOT, _free_port
+from tests.e2e.conftest import ROOT, _free_port, wait_until_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -61,7 +60,7 @@ def test_exactly_the_limit_gets_through_100_simultaneous_requests(service):
 def test_the_limit_holds_across_several_server_processes(service):
     port = _free_port()
     second = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "claudesvc.asgi:application"],
+        asgi_server_command("127.0.0.1", port),
         cwd=ROOT,
         env=service.env,
         stdout=subprocess.DEVNULL,
@@ -69,15 +68,7 @@ def test_the_limit_holds_across_several_server_processes(service):
     )
     try:
         other = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{other}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "second server did not start"
-            time.sleep(0.2)
+        assert wait_until_healthy(other), "second server did not start"
         key = limited_key(60)
         statuses = fire([service.url, other], key.secret, 100)
         assert statuses.count(200) == 60
