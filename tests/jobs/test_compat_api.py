@@ -297,7 +297,8 @@ def _forged(claims: dict, key: str) -> str:
             {"sub": str(u.pk), "iss": "claudesvc", "iat": 1, "exp": int(time.time()) - 10}, s
         ),
         lambda u, s: _forged(
-            {"sub": str(u.pk), "iss": "claudesvc", "iat": 1, "exp": int(time.time()) + 99}, "another-key"
+            {"sub": str(u.pk), "iss": "claudesvc", "iat": 1, "exp": int(time.time()) + 99},
+            "another-signing-key-of-32-bytes!",
         ),
         lambda u, s: _forged({"sub": str(u.pk), "iss": "claudesvc", "iat": 1}, s),
         lambda u, s: _forged(
