@@ -11,10 +11,9 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from rest_framework import serializers
 
-from claudesvc.errors import ServiceError
 from claudesvc.fields import StrictCharField
+from jobs.fields import ModelField
 from jobs.models import JobStatus
-from jobs.services import resolve_model
 from transcription import media
 from transcription.models import Output, Transcription
 
@@ -73,10 +72,7 @@ class TranscriptionCreateInput(serializers.Serializer):
         max_length=8,
         help_text="Language of the audio as an ISO 639-1 code, e.g. de or en; detected when left out",
     )
-    model = StrictCharField(
-        required=False,
-        default="",
-        allow_blank=True,
+    model = ModelField(
         help_text="Claude model for the summary and key points: haiku | sonnet | opus (default: sonnet)",
     )
 
@@ -90,12 +86,6 @@ class TranscriptionCreateInput(serializers.Serializer):
                 f"{value!r} is not an ISO 639-1 language code (such as de or en)."
             )
         return code
-
-    def validate_model(self, value: str) -> str:
-        try:
-            return resolve_model(value)
-        except ServiceError as exc:
-            raise serializers.ValidationError(exc.message) from exc
 
     def validate_file(self, value: UploadedFile) -> UploadedFile:
         limit = settings.TRANSCRIPTION_MAX_UPLOAD_MB * 1024 * 1024

@@ -5,9 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
-from claudesvc.errors import ServiceError
 from claudesvc.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
-from jobs.services import resolve_model
+from jobs.fields import ModelField
 
 # Claude Code has its own tools; a caller's function definitions cannot be honoured.
 UNSUPPORTED = {
@@ -21,22 +20,6 @@ def _max_tokens(**kwargs) -> StrictIntegerField:
     return StrictIntegerField(
         required=False, allow_null=True, min_value=1, max_value=settings.COMPAT_MAX_TOKENS_LIMIT, **kwargs
     )
-
-
-class ModelField(StrictCharField):
-    def __init__(self, **kwargs):
-        kwargs.setdefault("required", False)
-        kwargs.setdefault("default", lambda: settings.CLAUDE_DEFAULT_MODEL)
-        kwargs.setdefault("allow_blank", True)
-        kwargs.setdefault("help_text", "haiku | sonnet | opus (default: sonnet) or a full Claude model id")
-        super().__init__(**kwargs)
-
-    def to_internal_value(self, data):
-        value = super().to_internal_value(data)
-        try:
-            return resolve_model(value)
-        except ServiceError as exc:
-            raise serializers.ValidationError(exc.message) from exc
 
 
 class RefusesUnsupported(serializers.Serializer):

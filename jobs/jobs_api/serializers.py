@@ -7,10 +7,9 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from claudesvc.errors import ServiceError
 from claudesvc.fields import StrictCharField, UtcDateTimeField
+from jobs.fields import ModelField
 from jobs.models import Artifact, Attachment, Job, JobKind, JobStatus
-from jobs.services import resolve_model
 from transcription.serializers import TranscriptionOutput
 
 # Seed 000 knows four states; the core's others read as "failed" with a reason.
@@ -28,23 +27,12 @@ class JobCreateInput(serializers.Serializer):
     prompt = StrictCharField(
         max_length=settings.MAX_PROMPT_CHARS, trim_whitespace=False, help_text="The prompt for Claude"
     )
-    model = StrictCharField(
-        required=False,
-        default="",
-        allow_blank=True,
-        help_text="haiku | sonnet | opus (default: sonnet) or a full Claude model id",
-    )
+    model = ModelField()
 
     def validate_prompt(self, value: str) -> str:
         if not value.strip():
             raise serializers.ValidationError("This field may not be blank.")
         return value
-
-    def validate_model(self, value: str) -> str:
-        try:
-            return resolve_model(value)
-        except ServiceError as exc:
-            raise serializers.ValidationError(exc.message) from exc
 
 
 # The multipart form, for the schema: the same fields plus the files. A field

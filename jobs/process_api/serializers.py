@@ -7,10 +7,10 @@ from rest_framework import serializers
 
 from claudesvc.errors import ServiceError
 from claudesvc.fields import StrictCharField, StrictIntegerField, iso_utc
+from jobs.fields import ModelField
 from jobs.models import Job, JobStatus
 from jobs.process_api.selectors import PROCESS_STATUSES
 from jobs.process_api.services import process_id, process_status, workdir_resolve
-from jobs.services import resolve_model
 
 # -- input ----------------------------------------------------------------------------
 
@@ -28,9 +28,7 @@ class ExecuteInput(serializers.Serializer):
         trim_whitespace=False,
         help_text="Appended to Claude Code's system prompt (at most 10000 characters)",
     )
-    model = StrictCharField(
-        required=False,
-        allow_blank=True,
+    model = ModelField(
         help_text="haiku | sonnet | opus or a full Claude model id; default: the service's "
         "CLAUDE_DEFAULT_MODEL (sonnet)",
     )
@@ -64,12 +62,6 @@ class ExecuteInput(serializers.Serializer):
                 f"Ensure this field has no more than {settings.MAX_PROMPT_CHARS} characters."
             )
         return value
-
-    def validate_model(self, value: str) -> str:
-        try:
-            return resolve_model(value)
-        except ServiceError as exc:
-            raise serializers.ValidationError(exc.message) from exc
 
     def validate_workingDirectory(self, value: str):
         try:

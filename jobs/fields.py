@@ -1,0 +1,31 @@
+"""Serializer fields of the job core that every API family uses."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import serializers
+
+from claudesvc.errors import ServiceError
+from claudesvc.fields import StrictCharField
+from jobs.services import resolve_model
+
+
+class ModelField(StrictCharField):
+    """A Claude model: an alias or a full ``claude-…`` id, resolved by ``resolve_model``.
+
+    Optional; blank or absent means ``CLAUDE_DEFAULT_MODEL``.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("default", lambda: settings.CLAUDE_DEFAULT_MODEL)
+        kwargs.setdefault("allow_blank", True)
+        kwargs.setdefault("help_text", "haiku | sonnet | opus (default: sonnet) or a full Claude model id")
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        try:
+            return resolve_model(value)
+        except ServiceError as exc:
+            raise serializers.ValidationError(exc.message) from exc
