@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from claudesvc.auth import jwt_issue
 from claudesvc.errors import NotFound, ServiceError
 from claudesvc.fields import iso_utc
+from claudesvc.negotiation import AnyAcceptNegotiation
 from jobs.compat_api import anthropic_format, openai_format
 from jobs.compat_api import serializers as s
 from jobs.compat_api.answers import AnswerTracker, Failure, answer_of, answer_pieces
@@ -152,6 +153,9 @@ def _sse(stream) -> StreamingHttpResponse:
 
 
 class ChatCompletionsView(OpenAIView):
+    # Streaming clients send Accept: text/event-stream; plain answers and errors stay JSON.
+    content_negotiation_class = AnyAcceptNegotiation
+
     @extend_schema(
         operation_id="chat_completions",
         summary="OpenAI chat completion (plain, streamed as SSE chunks, or plain text)",
@@ -350,6 +354,9 @@ class LoginView(OpenAIView):
 
 
 class MessagesView(AnthropicView):
+    # Streaming clients send Accept: text/event-stream; plain answers and errors stay JSON.
+    content_negotiation_class = AnyAcceptNegotiation
+
     @extend_schema(
         operation_id="messages_create",
         summary="Anthropic Messages API (plain, or streamed as Anthropic's SSE events)",

@@ -8,11 +8,11 @@ from collections.abc import Mapping
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
-from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import FormParser, JSONParser
 from rest_framework.response import Response
 
 from claudesvc.errors import ServiceError
+from claudesvc.negotiation import AnyAcceptNegotiation
 from jobs.attachments import job_create_with_attachments
 from jobs.jobs_api import serializers as s
 from jobs.jobs_api.downloads import artifact_response
@@ -182,6 +182,9 @@ async def _sse_stream(job_id, offset: int):
 
 
 class JobEventsView(JobsAPIView):
+    # EventSource sends Accept: text/event-stream; errors stay JSON.
+    content_negotiation_class = AnyAcceptNegotiation
+
     @extend_schema(
         operation_id="jobs_events",
         summary="Events of a job as Server-Sent Events, live until it ends",
@@ -217,18 +220,9 @@ class JobEventsView(JobsAPIView):
         return response
 
 
-class _AnyAccept(BaseContentNegotiation):
-    """A download answers with the file's own type whatever ``Accept`` says; errors stay JSON."""
-
-    def select_parser(self, request, parsers):
-        return parsers[0]
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
-
-
 class JobDownloadView(JobsAPIView):
-    content_negotiation_class = _AnyAccept
+    # The file's own type, whatever Accept says; errors stay JSON.
+    content_negotiation_class = AnyAcceptNegotiation
 
     @extend_schema(
         operation_id="jobs_download",

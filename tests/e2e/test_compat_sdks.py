@@ -577,6 +577,7 @@ def test_the_seeds_examples_work_as_written(service, key):
                 "messages": [{"role": "user", "content": "Schreibe eine kurze Geschichte."}],
                 "output_format": "stream-json",
             },
+            headers={"Accept": "text/event-stream"},
         ) as streamed:
             assert streamed.headers["content-type"].startswith("text/event-stream")
             assert streamed.headers["x-request-id"] and streamed.headers["request-id"]

@@ -80,7 +80,9 @@ def test_events_stream_live_as_sse_and_resume_after_last_event_id(service, key):
         job_id = client.post(
             "/jobs", json={"prompt": "Slow [[slow:0.05]] one two three four five six"}
         ).json()["data"]["id"]
-        with client.stream("GET", f"/jobs/{job_id}/events") as response:
+        # Exactly what EventSource sends.
+        sse_headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        with client.stream("GET", f"/jobs/{job_id}/events", headers=sse_headers) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             events = sse_events(response)
         data_events = [e for e in events if "id" in e]
@@ -89,7 +91,8 @@ def test_events_stream_live_as_sse_and_resume_after_last_event_id(service, key):
         assert [int(e["id"]) for e in data_events] == list(range(len(data_events)))
         assert json.loads(data_events[-1]["data"])["type"] == "result"
         # Reconnect after the second event: the rest, nothing repeated.
-        with client.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": "1"}) as response:
+        resume_headers = {**sse_headers, "Last-Event-ID": "1"}
+        with client.stream("GET", f"/jobs/{job_id}/events", headers=resume_headers) as response:
             resumed = [e for e in sse_events(response) if "id" in e]
         assert [e["id"] for e in resumed] == [e["id"] for e in data_events[2:]]
         with client.stream("GET", f"/jobs/{job_id}/events", params={"last_event_id": 0}) as response:

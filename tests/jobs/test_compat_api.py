@@ -137,6 +137,17 @@ def test_other_methods_are_refused_in_the_openai_shape(client_for, owner_key):
     assert openai_error(client_for(owner_key).get(CHAT), 405)["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("path", [CHAT, MESSAGES])
+def test_an_sse_accept_header_is_not_refused(client_for, owner_key, path):
+    # Streaming clients send Accept: text/event-stream; a 406 would stop them before validation.
+    response = client_for(owner_key).post(
+        path, {"model": "sonnet"}, format="json", HTTP_ACCEPT="text/event-stream"
+    )
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("application/json")
+    assert "messages" in response.content.decode()
+
+
 # -- Anthropic: bad input --------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from claudesvc.auth import Caller
 from jobs.models import Job, JobEvent, JobStatus
@@ -166,6 +167,32 @@ def test_another_keys_job_is_not_found(client_for, owner_key, other_key, suffix)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
     assert "hello" not in response.content.decode()
+
+
+async def _read_all(stream) -> bytes:
+    return b"".join([chunk async for chunk in stream])
+
+
+@pytest.mark.parametrize("accept", ["text/event-stream", "*/*", "application/json", None])
+def test_events_answer_sse_whatever_accept_says(client_for, owner_key, accept):
+    # EventSource, fetch-event-source and Swagger UI send Accept: text/event-stream.
+    job = make_job(owner_key)
+    JobEvent.objects.create(job=job, seq=0, type="system", data={"type": "system"})
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.COMPLETED)
+    headers = {"HTTP_ACCEPT": accept} if accept else {}
+    response = client_for(owner_key).get(f"/jobs/{job.pk}/events", **headers)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/event-stream")
+    body = async_to_sync(_read_all)(response.streaming_content).decode()
+    assert "id: 0\n" in body and "event: done" in body
+
+
+def test_events_errors_stay_json_when_sse_is_asked_for(client_for, owner_key, other_key):
+    job = make_job(owner_key)
+    response = client_for(other_key).get(f"/jobs/{job.pk}/events", HTTP_ACCEPT="text/event-stream")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json()["error"]["code"] == "not_found"
 
 
 def test_another_key_cannot_delete(client_for, owner_key, other_key):
