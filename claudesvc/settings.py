@@ -234,6 +234,19 @@ CLAUDE_ENV_ALLOW = env_list(
 )
 CLAUDE_DEFAULT_MODEL = env_str("CLAUDE_DEFAULT_MODEL", "sonnet")
 JOBS_ROOT = Path(env_str("JOBS_ROOT", str(VAR_DIR / "jobs")))
+# -- job isolation (jobs/sandbox.py, jobs/workspace.py) --
+# bwrap: the CLI runs under bubblewrap as an unprivileged user in its own mount
+# and PID namespace; none: no OS sandbox (logged loudly); unset: bwrap where it
+# works, else none with a warning.
+CLAUDE_SANDBOX = env_choice("CLAUDE_SANDBOX", "", {"", "bwrap", "none"})
+# Per-CLI limits: memory (RLIMIT_DATA of every process, and the resident memory
+# of its whole process tree), CPU seconds, processes in its tree, open files per process.
+CLAUDE_MEMORY_LIMIT_MB = env_int("CLAUDE_MEMORY_LIMIT_MB", 2048, minimum=256)
+CLAUDE_CPU_LIMIT_SECONDS = env_int("CLAUDE_CPU_LIMIT_SECONDS", 1800, minimum=10)
+CLAUDE_PROCESS_LIMIT = env_int("CLAUDE_PROCESS_LIMIT", 64, minimum=4)
+CLAUDE_OPEN_FILES_LIMIT = env_int("CLAUDE_OPEN_FILES_LIMIT", 1024, minimum=64)
+# A finished job's working folder and CLI home are removed at once (0), or this many seconds later.
+JOB_KEEP_WORKDIR_SECONDS = env_int("JOB_KEEP_WORKDIR_SECONDS", 0, minimum=0)
 JOB_TOOL_POLICY_DEFAULT = env_choice("JOB_TOOL_POLICY_DEFAULT", "safe", {"read_only", "safe", "trusted"})
 # How often a running job's worker proves it is alive, and after how long
 # without that the reaper declares the job lost.
