@@ -269,6 +269,12 @@ def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptio
             sandbox_argv(cli=cli, cwd=cwd, read_only=read_only, writable=[paths.output])
         ),
     }
+    if cwd.resolve().is_relative_to(Path(settings.JOBS_ROOT).resolve()):
+        # The CLI looks for a git root itself (GIT_CEILING_DIRECTORIES does not
+        # stop it) and would send that repository's status and log upstream;
+        # a folder of the service's own holds no repository of the caller's.
+        # (A Process API workingDirectory keeps its git context.)
+        env["CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS"] = "1"
     opts = job.options or {}
     if opts.get("max_tokens"):
         env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(int(opts["max_tokens"]))
@@ -508,14 +514,16 @@ class JobRun:
                     return
 
     def _tree_limit_hit(self) -> bool:
-        """The CLI's process tree passed the memory or process limit (rlimits
-        bound each process; these bound the tree, and processes under root)."""
+        """The CLI's process tree passed its memory, process or CPU limit
+        (rlimits bound each process; these bound the whole tree)."""
         limits = cli_limits()
         # The sandbox adds two small bwrap processes to the tree.
         if self.measure.processes > limits.processes + 2:
             self.limit_message = limit_message("processes", self.measure.processes)
         elif self.measure.rss > limits.memory_bytes:
             self.limit_message = limit_message("memory", self.measure.rss)
+        elif self.measure.cpu_ms > limits.cpu_seconds * 1000:
+            self.limit_message = limit_message("cpu")
         return bool(self.limit_message)
 
     def _read_pid(self) -> None:
