@@ -29,6 +29,8 @@ import signal
 import sys
 
 _PR_SET_PDEATHSIG = 1
+# /tmp inside the sandbox (its own mount, never the host's /tmp).
+_SANDBOX_TMP = "/tmp"  # noqa: S108
 
 
 def _die_with_parent() -> None:
@@ -66,8 +68,8 @@ def _sandboxed(argv: list[str], env: dict[str, str]) -> list[str]:
         # The job's scratch folder becomes /tmp (on disk and removed with the
         # job, not in memory); jobs/sandbox.py put a "--tmpfs /tmp" where it goes.
         for i in range(len(args) - 1):
-            if args[i] == "--tmpfs" and args[i + 1] == "/tmp":
-                args[i : i + 2] = ["--bind", tmpdir, "/tmp"]
+            if args[i] == "--tmpfs" and args[i + 1] == _SANDBOX_TMP:
+                args[i : i + 2] = ["--bind", tmpdir, _SANDBOX_TMP]
                 break
     writable: list[str] = []
     for name in ("HOME", "CLAUDE_CONFIG_DIR", "TMPDIR"):

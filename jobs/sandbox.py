@@ -147,7 +147,7 @@ def _system_args() -> list[str]:
         args += ["--ro-bind-try", name, name]
     # First a private /tmp (the launcher swaps in the job's TMPDIR), so that the
     # job folders bound below stay visible when they lie under /tmp.
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]  # noqa: S108 - the sandbox's own
     return args
 
 

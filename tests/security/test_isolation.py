@@ -52,7 +52,9 @@ def keep_folders(settings):
 
 
 @pytest.mark.parametrize("mode", ["bwrap", "none"])
-def test_a_plain_jobs_upstream_request_has_no_memory_and_no_git_status(settings, upstream, service_repo, mode):
+def test_a_plain_jobs_upstream_request_has_no_memory_and_no_git_status(
+    settings, upstream, service_repo, mode
+):
     settings.CLAUDE_SANDBOX = mode
     marker = token("plain")
     job = run_job(f"Hello {marker}")
