@@ -186,6 +186,34 @@ def message_event(message: Any) -> dict[str, Any]:
     return {"type": name, **(data if isinstance(data, dict) else {"value": data})}
 
 
+def init_paths_hidden(event: dict[str, Any], *, cwd: Path, private: Sequence[Path]) -> dict[str, Any]:
+    """The CLI's ``system``/``init`` event without the server's absolute paths.
+
+    Paths inside the working directory become relative (``.``, ``./out``);
+    other paths under the service's own folders (``JOBS_ROOT``, the CLI home,
+    the installation) are left out. A directory the caller named itself (a
+    Process API ``workingDirectory``) is theirs to see.
+    """
+    cwd_text = str(cwd)
+    roots = [str(p) for p in private if str(p) not in ("", "/")]
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            if value == cwd_text or value.startswith(cwd_text + "/"):
+                return "." + value[len(cwd_text) :]
+            if any(value == r or value.startswith(r + "/") for r in roots):
+                return None
+            return value
+        if isinstance(value, dict):
+            kept = {k: clean(v) for k, v in value.items()}
+            return {k: v for k, v in kept.items() if v is not None or value[k] is None}
+        if isinstance(value, list):
+            return [c for c in (clean(v) for v in value) if c is not None]
+        return value
+
+    return clean(event)
+
+
 # -- running a job ------------------------------------------------------------------------
 
 
@@ -461,12 +489,24 @@ class JobRun:
 
     async def _relay(self, messages) -> None:
         async for message in messages:
+            event = message_event(message)
             if isinstance(message, SystemMessage) and message.subtype == "init":
                 self.session_id = message.data.get("session_id", "")
+                event = init_paths_hidden(
+                    event, cwd=job_cwd(self.job, self.paths), private=self._private_roots()
+                )
             if isinstance(message, ResultMessage):
                 self.result = message
-            event = message_event(message)
             await self.progress.aemit(event.get("type", "message"), event)
+
+    def _private_roots(self) -> list[Path]:
+        cli = real_cli_path()
+        return [
+            Path(settings.JOBS_ROOT),
+            Path(settings.CLAUDE_HOME),
+            Path(settings.BASE_DIR),
+            *([Path(cli).parent] if cli else []),
+        ]
 
     def _launch_error(self) -> str:
         return next((line.strip() for line in self.stderr_lines if "cli_launcher: cannot start" in line), "")
