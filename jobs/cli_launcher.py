@@ -108,6 +108,10 @@ def main() -> None:
         sys.stderr.write(f"cli_launcher: cannot set the resource limits: {exc}\n")
         sys.exit(126)
     command = [real_cli, *sys.argv[1:]]
+    if not os.access(real_cli, os.X_OK):
+        # Said here, not by bwrap: the runner recognises this line (API fallback).
+        sys.stderr.write(f"cli_launcher: cannot start {real_cli}: not an executable file\n")
+        sys.exit(127)
     if sandbox:
         command = [*_sandboxed(sandbox, env), *command]
     try:
