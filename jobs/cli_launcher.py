@@ -48,8 +48,9 @@ def _die_with_parent() -> None:
 def _apply_limits(raw: str) -> None:
     limits = json.loads(raw or "{}")
     if limits.get("memory_bytes"):
-        # RLIMIT_DATA, not RLIMIT_AS: Bun/Node reserve far more address space
-        # than they use, and RLIMIT_AS would stop them at start-up.
+        # RLIMIT_DATA (private writable memory: the heap), not RLIMIT_AS, which
+        # also counts the 400 MB CLI binary and every file mapping. Bun sizes
+        # its reservations to the limit; it starts from about 768 MB up.
         resource.setrlimit(resource.RLIMIT_DATA, (limits["memory_bytes"], limits["memory_bytes"]))
     if limits.get("cpu_seconds"):
         # SIGXCPU at the soft limit, SIGKILL a few seconds later.

@@ -15,12 +15,14 @@ launcher (``jobs/cli_launcher.py``) starts the CLI under ``bwrap``:
 - its own PID namespace with a fresh ``/proc``: it sees no other process, so
   no other process's environment either.
 
-Limits apply to every CLI process (rlimits, inherited by its children), with
-or without the sandbox: memory (``RLIMIT_DATA``, which counts what a Bun/Node
-heap allocates but not the reserved address space that ``RLIMIT_AS`` would
-trip over), CPU seconds, open files and processes (``RLIMIT_NPROC`` is not
-enforced for root, so the runner also counts the CLI's process tree and stops a
-job that exceeds it, as it does a tree whose resident memory passes the limit).
+Limits apply to every CLI process (rlimits set by the launcher, inherited by
+its children), with or without the sandbox: memory (``RLIMIT_DATA``, which
+counts the private memory a Bun/Node heap allocates, unlike ``RLIMIT_AS`` not
+the 400 MB binary and file mappings), CPU seconds and open files. The
+runner bounds the whole process tree as well: its resident memory, its CPU
+time and the number of its processes (``RLIMIT_NPROC`` counts every process of
+a user, and none of root's, so it cannot bound one CLI). A job past a limit
+ends ``failed`` with a message naming it (``jobs.runner.limit_message``).
 
 ``sandbox_in_force()`` says which sandbox runs ("bwrap" or "none"), for the
 health views. The choice is made once per process: ``CLAUDE_SANDBOX`` unset
