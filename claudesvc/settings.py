@@ -117,7 +117,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 30,
         "transaction_mode": "IMMEDIATE",
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        # secure_delete: a deleted job's prompt and events are overwritten, not left in free pages.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON;",
     }
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -192,6 +193,9 @@ FILE_UPLOAD_TEMP_DIR = Path(env_str("FILE_UPLOAD_TEMP_DIR", str(VAR_DIR / "uploa
 FILE_UPLOAD_TEMP_DIR.mkdir(parents=True, exist_ok=True)
 ATTACHMENTS_MAX_FILES = env_int("ATTACHMENTS_MAX_FILES", 10, minimum=1, maximum=1000)
 ATTACHMENT_MAX_BYTES = env_int("ATTACHMENT_MAX_BYTES", 500 * 1024 * 1024, minimum=1)
+# Images with more pixels (width x height x frames) are refused at upload: a
+# small file can decode to gigabytes in the CLI (a 250 KB PNG of 16000 x 16000).
+IMAGE_MAX_PIXELS = env_int("IMAGE_MAX_PIXELS", 50_000_000, minimum=1)
 # Files a job writes to its output folder become downloadable; a job that
 # writes more than this many keeps the first ones (by name) and the rest are logged.
 ARTIFACTS_MAX_FILES = env_int("ARTIFACTS_MAX_FILES", 200, minimum=1)
@@ -234,6 +238,19 @@ CLAUDE_ENV_ALLOW = env_list(
 )
 CLAUDE_DEFAULT_MODEL = env_str("CLAUDE_DEFAULT_MODEL", "sonnet")
 JOBS_ROOT = Path(env_str("JOBS_ROOT", str(VAR_DIR / "jobs")))
+# -- job isolation (jobs/sandbox.py, jobs/workspace.py) --
+# bwrap: the CLI runs under bubblewrap as an unprivileged user in its own mount
+# and PID namespace; none: no OS sandbox (logged loudly); unset: bwrap where it
+# works, else none with a warning.
+CLAUDE_SANDBOX = env_choice("CLAUDE_SANDBOX", "", {"", "bwrap", "none"})
+# Per-CLI limits: memory (RLIMIT_DATA of every process, and the resident memory
+# of its whole process tree), CPU seconds, processes in its tree, open files per process.
+CLAUDE_MEMORY_LIMIT_MB = env_int("CLAUDE_MEMORY_LIMIT_MB", 2048, minimum=256)
+CLAUDE_CPU_LIMIT_SECONDS = env_int("CLAUDE_CPU_LIMIT_SECONDS", 1800, minimum=10)
+CLAUDE_PROCESS_LIMIT = env_int("CLAUDE_PROCESS_LIMIT", 64, minimum=4)
+CLAUDE_OPEN_FILES_LIMIT = env_int("CLAUDE_OPEN_FILES_LIMIT", 1024, minimum=64)
+# A finished job's working folder and CLI home are removed at once (0), or this many seconds later.
+JOB_KEEP_WORKDIR_SECONDS = env_int("JOB_KEEP_WORKDIR_SECONDS", 0, minimum=0)
 JOB_TOOL_POLICY_DEFAULT = env_choice("JOB_TOOL_POLICY_DEFAULT", "safe", {"read_only", "safe", "trusted"})
 # How often a running job's worker proves it is alive, and after how long
 # without that the reaper declares the job lost.
@@ -295,6 +312,9 @@ TRANSCRIPTION_CHUNK_OVERLAP_SECONDS = env_int("TRANSCRIPTION_CHUNK_OVERLAP_SECON
 TRANSCRIPTION_SILENCE_SEARCH_SECONDS = env_int("TRANSCRIPTION_SILENCE_SEARCH_SECONDS", 60, minimum=0)
 TRANSCRIPTION_SILENCE_DB = env_int("TRANSCRIPTION_SILENCE_DB", -35, minimum=-90, maximum=0)
 TRANSCRIPTION_SILENCE_MIN_MS = env_int("TRANSCRIPTION_SILENCE_MIN_MS", 400, minimum=50)
+# Longest audio a transcription job takes: refused at upload when the header
+# says more; decoding stops there whatever the header said.
+TRANSCRIPTION_MAX_DURATION_SECONDS = env_int("TRANSCRIPTION_MAX_DURATION_SECONDS", 4 * 3600, minimum=1)
 # Longest one ffmpeg/ffprobe run may take before it is killed.
 TRANSCRIPTION_FFMPEG_TIMEOUT_SECONDS = env_int("TRANSCRIPTION_FFMPEG_TIMEOUT_SECONDS", 900, minimum=5)
 
@@ -351,8 +371,36 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
 
 JWT_SIGNING_KEY = env_str("JWT_SIGNING_KEY") or SECRET_KEY
 JWT_EXPIRY_SECONDS = env_int("JWT_EXPIRY_SECONDS", 24 * 3600, minimum=60)
+# Failed logins per username and per client address within the window; past
+# either, /auth/login answers 429 (Retry-After) until the window ends.
+LOGIN_MAX_FAILURES_PER_USERNAME = env_int("LOGIN_MAX_FAILURES_PER_USERNAME", 5, minimum=1)
+LOGIN_MAX_FAILURES_PER_ADDRESS = env_int("LOGIN_MAX_FAILURES_PER_ADDRESS", 20, minimum=1)
+LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=10)
+
+# -- HTTPS behind a proxy -------------------------------------------------------------
+
+# Cookies (admin session, CSRF) only over HTTPS; turn on when the service is served over TLS.
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+SESSION_COOKIE_HTTPONLY = True
+# "HTTP_X_FORWARDED_PROTO,https": a TLS-terminating proxy that sets this header
+# (and strips it from clients) makes request.is_secure() true. Empty: not trusted.
+_PROXY_SSL = env_str("SECURE_PROXY_SSL_HEADER")
+if _PROXY_SSL:
+    _header, _, _value = _PROXY_SSL.partition(",")
+    if not _header.startswith("HTTP_") or not _value:
+        raise ImproperlyConfigured(
+            f"SECURE_PROXY_SSL_HEADER={_PROXY_SSL!r} must read like HTTP_X_FORWARDED_PROTO,https"
+        )
+    SECURE_PROXY_SSL_HEADER = (_header.strip(), _value.strip())
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_CONTENT_TYPE_NOSNIFF = True
 
 # -- REST framework and schema ------------------------------------------------------
+
+# JSON bodies nested deeper than this are 400 invalid_json (claudesvc/parsers.py).
+JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 64, minimum=8, maximum=500)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -361,7 +409,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "claudesvc.parsers.BoundedJSONParser",
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],

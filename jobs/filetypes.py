@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import codecs
 import mimetypes
+import warnings
 from pathlib import PurePosixPath
+from typing import BinaryIO
 
 import filetype
+from django.conf import settings
+from PIL import Image, UnidentifiedImageError
 
 # The seed's list of what POST /jobs accepts.
 ACCEPTED_TYPES = frozenset(
@@ -188,3 +192,39 @@ class FileSniffer:
     def _by_name(self) -> str:
         guessed, _ = mimetypes.guess_type(self.name, strict=False)
         return guessed or "application/octet-stream"
+
+
+class ImageTooLarge(Exception):
+    """An image with more pixels than ``IMAGE_MAX_PIXELS``; the message says how many."""
+
+
+def image_pixels_check(fh: BinaryIO, *, name: str) -> None:
+    """Refuse an image whose width x height passes ``IMAGE_MAX_PIXELS``.
+
+    Only the header is read (Pillow decodes nothing until asked), so a small
+    file that would expand to gigabytes when opened (a 16000 x 16000 PNG of one
+    colour is 250 KB) costs nothing here. An image Pillow cannot read is left
+    alone: its type was already decided from its bytes.
+    """
+    limit = settings.IMAGE_MAX_PIXELS
+    position = fh.tell()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fh) as image:
+                width, height = image.size
+                frames = getattr(image, "n_frames", 1) or 1
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(
+            f"{name} has more pixels than the limit of {limit:,} (IMAGE_MAX_PIXELS)"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return
+    finally:
+        fh.seek(position)
+    pixels = width * height * frames
+    if pixels > limit:
+        counted = f"{width} x {height}" + (f" x {frames} frames" if frames > 1 else "")
+        raise ImageTooLarge(
+            f"{name} is {counted} = {pixels:,} pixels, more than the limit of {limit:,} (IMAGE_MAX_PIXELS)"
+        )

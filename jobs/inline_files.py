@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
 import secrets
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 from django.conf import settings
 
 from claudesvc.errors import ServiceError
+from jobs.filetypes import ImageTooLarge, image_pixels_check
 
 # What Claude Code's Read tool can show the model, by media type.
 EXTENSIONS = {
@@ -80,6 +82,13 @@ class InlineFiles:
                 status=413,
                 code="request_too_large",
             )
+        if media_type.startswith("image/"):
+            try:
+                image_pixels_check(io.BytesIO(data), name="the image")
+            except ImageTooLarge as exc:
+                raise ServiceError(
+                    f"{field}: {exc}", field=field, status=413, code="request_too_large"
+                ) from None
         stem = _UNSAFE_NAME.sub("_", Path(filename or "").stem).strip("._")[:60] or "file"
         name = f"{self.folder}/{len(self.files) + 1:02d}-{stem}{EXTENSIONS[media_type]}"
         item = InlineFile(name=name, media_type=media_type, data=data)

@@ -58,10 +58,30 @@ class ServiceMetrics:
     timestamp: datetime
 
 
-def service_metrics(*, period_seconds: int, now: datetime | None = None) -> ServiceMetrics:
-    """Jobs that ended within the last ``period_seconds``, and the load right now."""
+def caller_is_staff(caller) -> bool:
+    """A JWT caller whose Django user is staff, or a key owned by one: may see service-wide figures."""
+    from django.contrib.auth import get_user_model
+
+    if getattr(caller, "api_key", None) is not None:
+        owner = caller.api_key.owner
+        return bool(owner and owner.is_staff and owner.is_active)
+    user_id = getattr(caller, "user_id", None)
+    return (
+        bool(user_id) and get_user_model().objects.filter(pk=user_id, is_staff=True, is_active=True).exists()
+    )
+
+
+def service_metrics(
+    *, period_seconds: int, now: datetime | None = None, scope: Q | None = None
+) -> ServiceMetrics:
+    """Jobs that ended within the last ``period_seconds``, and the load right now.
+
+    ``scope`` limits every figure to some jobs (a caller's own: ``caller.owns()``);
+    None counts the whole service, which only staff may see.
+    """
     now = now or timezone.now()
-    ended = Job.objects.filter(finished_at__gte=now - timedelta(seconds=period_seconds), finished_at__lte=now)
+    jobs = Job.objects.filter(scope) if scope is not None else Job.objects.all()
+    ended = jobs.filter(finished_at__gte=now - timedelta(seconds=period_seconds), finished_at__lte=now)
     counts = ended.aggregate(
         total=Count("pk"),
         completed=Count("pk", filter=Q(status=JobStatus.COMPLETED)),
@@ -69,7 +89,7 @@ def service_metrics(*, period_seconds: int, now: datetime | None = None) -> Serv
         timeout=Count("pk", filter=Q(status=JobStatus.TIMEOUT)),
         cancelled=Count("pk", filter=Q(status=JobStatus.CANCELLED)),
     )
-    load = Job.objects.aggregate(
+    load = jobs.aggregate(
         running=Count("pk", filter=Q(status=JobStatus.RUNNING)),
         pending=Count("pk", filter=Q(status=JobStatus.PENDING)),
     )

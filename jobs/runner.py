@@ -51,8 +51,19 @@ from jobs.attachments import AttachmentUnavailable, PlacedAttachment, attachment
 from jobs.filetypes import human_size
 from jobs.models import Job, JobStatus
 from jobs.progress import JobGone, JobProgress
+from jobs.sandbox import cli_limits, sandbox_argv
 from jobs.services import job_transition
-from jobs.workspace import OUTPUT_DIR_NAME, JobPaths, workspace_prepare, workspace_remove
+from jobs.workspace import (
+    OUTPUT_DIR_NAME,
+    JobPaths,
+    config_dir,
+    home_prepare,
+    session_home,
+    workspace_finished,
+    workspace_prepare,
+    workspace_remove,
+    workspace_sweep,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +186,34 @@ def message_event(message: Any) -> dict[str, Any]:
     return {"type": name, **(data if isinstance(data, dict) else {"value": data})}
 
 
+def init_paths_hidden(event: dict[str, Any], *, cwd: Path, private: Sequence[Path]) -> dict[str, Any]:
+    """The CLI's ``system``/``init`` event without the server's absolute paths.
+
+    Paths inside the working directory become relative (``.``, ``./out``);
+    other paths under the service's own folders (``JOBS_ROOT``, the CLI home,
+    the installation) are left out. A directory the caller named itself (a
+    Process API ``workingDirectory``) is theirs to see.
+    """
+    cwd_text = str(cwd)
+    roots = [str(p) for p in private if str(p) not in ("", "/")]
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            if value == cwd_text or value.startswith(cwd_text + "/"):
+                return "." + value[len(cwd_text) :]
+            if any(value == r or value.startswith(r + "/") for r in roots):
+                return None
+            return value
+        if isinstance(value, dict):
+            kept = {k: clean(v) for k, v in value.items()}
+            return {k: v for k, v in kept.items() if v is not None or value[k] is None}
+        if isinstance(value, list):
+            return [c for c in (clean(v) for v in value) if c is not None]
+        return value
+
+    return clean(event)
+
+
 # -- running a job ------------------------------------------------------------------------
 
 
@@ -219,16 +258,51 @@ def service_instructions(job: Job, paths: JobPaths) -> str:
     return "\n".join(lines)
 
 
+def cli_home(job: Job, paths: JobPaths) -> Path:
+    """The CLI's home: the job's own, or the one all turns of its compat session share."""
+    if job.session_id is not None:
+        return home_prepare(session_home(job.session_id))
+    return paths.home
+
+
+# Variables the launcher passes on besides CLAUDE_ENV_ALLOW: they are set here, never inherited.
+_RUNNER_ENV = [
+    "HOME",
+    "CLAUDE_CONFIG_DIR",
+    "TMPDIR",
+    "GIT_CEILING_DIRECTORIES",
+    "CLAUDE_CODE_DISABLE_AUTO_MEMORY",
+]
+
+
 def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptions:
-    cli = real_cli_path()
-    home = Path(settings.CLAUDE_HOME)
-    home.mkdir(parents=True, exist_ok=True)
+    cli = real_cli_path() or "claude"
+    home = cli_home(job, paths)
+    cwd = job_cwd(job, paths)
+    read_only = [cwd] if cwd == paths.work else [cwd, paths.work]
     env = {
         "HOME": str(home),
-        "CLAUDESVC_REAL_CLI": cli or "claude",
+        "CLAUDE_CONFIG_DIR": str(config_dir(home)),
+        "TMPDIR": str(paths.tmp),
+        # Auto-memory would keep notes per git root and feed them to every later
+        # job there as instructions: off. Git discovery stops at JOBS_ROOT, so a
+        # job folder never shows the service's own repository to the CLI.
+        "CLAUDE_CODE_DISABLE_AUTO_MEMORY": "1",
+        "GIT_CEILING_DIRECTORIES": str(Path(settings.JOBS_ROOT).resolve()),
+        "CLAUDESVC_REAL_CLI": cli,
         "CLAUDESVC_PIDFILE": str(paths.pidfile),
-        "CLAUDESVC_ENV_ALLOW": json.dumps([*settings.CLAUDE_ENV_ALLOW, "HOME"]),
+        "CLAUDESVC_ENV_ALLOW": json.dumps([*settings.CLAUDE_ENV_ALLOW, *_RUNNER_ENV]),
+        "CLAUDESVC_LIMITS": cli_limits().as_json(),
+        "CLAUDESVC_SANDBOX": json.dumps(
+            sandbox_argv(cli=cli, cwd=cwd, read_only=read_only, writable=[paths.output])
+        ),
     }
+    if cwd.resolve().is_relative_to(Path(settings.JOBS_ROOT).resolve()):
+        # The CLI looks for a git root itself (GIT_CEILING_DIRECTORIES does not
+        # stop it) and would send that repository's status and log upstream;
+        # a folder of the service's own holds no repository of the caller's.
+        # (A Process API workingDirectory keeps its git context.)
+        env["CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS"] = "1"
     opts = job.options or {}
     if opts.get("max_tokens"):
         env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(int(opts["max_tokens"]))
@@ -236,7 +310,6 @@ def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptio
     if job.system_prompt:
         appended = f"{job.system_prompt}\n\n{appended}"
     policy = dict(TOOL_POLICIES.get(job.tool_policy, TOOL_POLICIES["safe"]))
-    cwd = job_cwd(job, paths)
     if cwd != paths.work:
         # In a directory the request named, "./out/**" would be the operator's
         # folder: writes stay in the job's own output folder ("//" marks an
@@ -264,6 +337,8 @@ class _Measure:
     """Peak memory and CPU time of the CLI's process tree, sampled while it runs."""
 
     peak_rss: int = 0
+    rss: int = 0
+    processes: int = 0
     cpu_by_pid: dict[int, float] = field(default_factory=dict)
 
     def sample(self, root_pid: int) -> None:
@@ -281,6 +356,7 @@ class _Measure:
                     self.cpu_by_pid[proc.pid] = times.user + times.system
             except psutil.Error:
                 continue
+        self.rss, self.processes = rss, len(procs)
         self.peak_rss = max(self.peak_rss, rss)
 
     @property
@@ -297,6 +373,47 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+_LIMIT_SETTINGS = {
+    "memory": ("CLAUDE_MEMORY_LIMIT_MB", lambda: f"{settings.CLAUDE_MEMORY_LIMIT_MB} MB"),
+    "cpu": ("CLAUDE_CPU_LIMIT_SECONDS", lambda: f"{settings.CLAUDE_CPU_LIMIT_SECONDS} s of CPU time"),
+    "processes": ("CLAUDE_PROCESS_LIMIT", lambda: f"{settings.CLAUDE_PROCESS_LIMIT} processes"),
+    "open_files": ("CLAUDE_OPEN_FILES_LIMIT", lambda: f"{settings.CLAUDE_OPEN_FILES_LIMIT} open files"),
+}
+
+
+def limit_message(limit: str, seen: int | None = None) -> str:
+    """What a job that hit one of the CLI's limits reports: the limit, its value and setting."""
+    setting, value = _LIMIT_SETTINGS[limit]
+    what = {"memory": "memory limit", "cpu": "CPU time limit", "processes": "process limit"}.get(
+        limit, "open files limit"
+    )
+    detail = ""
+    if seen is not None:
+        detail = f" (it used {human_size(seen)})" if limit == "memory" else f" (it had {seen})"
+    return f"The Claude CLI hit its {what} of {value()}{detail} and was stopped ({setting})."
+
+
+# How a CLI that hit an rlimit ends: Bun aborts when an allocation fails
+# (RLIMIT_DATA), the kernel sends SIGXCPU and then SIGKILL at RLIMIT_CPU, and
+# "Too many open files" is EMFILE (RLIMIT_NOFILE). Under bubblewrap a signal
+# death reads as 128 + the signal number.
+_ABORT = {-signal.SIGABRT, 128 + signal.SIGABRT, -signal.SIGSEGV, 128 + signal.SIGSEGV}
+_CPU = {-signal.SIGXCPU, 128 + signal.SIGXCPU}
+_KILLED = {-signal.SIGKILL, 128 + signal.SIGKILL}
+
+
+def rlimit_hit(exit_code: int, stderr: str, *, cpu_ms: int) -> str:
+    """The limit message if the CLI's end looks like one of its rlimits, else empty."""
+    low = stderr.lower()
+    if exit_code in _CPU or (exit_code in _KILLED and cpu_ms >= settings.CLAUDE_CPU_LIMIT_SECONDS * 1000):
+        return limit_message("cpu")
+    if exit_code in _ABORT or "out of memory" in low or "bun has crashed" in low:
+        return limit_message("memory")
+    if "emfile" in low or "too many open files" in low:
+        return limit_message("open_files")
+    return ""
+
+
 class JobRun:
     """One execution of one claimed (running) job."""
 
@@ -307,7 +424,8 @@ class JobRun:
         self.stderr_lines: collections.deque[str] = collections.deque(maxlen=200)
         self.measure = _Measure()
         self.pid: int | None = None
-        self.stop_reason: str | None = None  # "timeout" | "cancelled" | "deleted"
+        self.stop_reason: str | None = None  # "timeout" | "cancelled" | "deleted" | "limit"
+        self.limit_message = ""
         self.result: ResultMessage | None = None
         self.session_id: str = ""
         self.error: BaseException | None = None
@@ -323,6 +441,8 @@ class JobRun:
 
     async def run(self) -> None:
         self.paths.pidfile.unlink(missing_ok=True)
+        if settings.JOB_KEEP_WORKDIR_SECONDS:
+            await sync_to_async(workspace_sweep)()
         try:
             placed = await sync_to_async(attachments_place)(job_id=self.job.pk, folder=self.paths.attachments)
         except AttachmentUnavailable as exc:
@@ -369,12 +489,24 @@ class JobRun:
 
     async def _relay(self, messages) -> None:
         async for message in messages:
+            event = message_event(message)
             if isinstance(message, SystemMessage) and message.subtype == "init":
                 self.session_id = message.data.get("session_id", "")
+                event = init_paths_hidden(
+                    event, cwd=job_cwd(self.job, self.paths), private=self._private_roots()
+                )
             if isinstance(message, ResultMessage):
                 self.result = message
-            event = message_event(message)
             await self.progress.aemit(event.get("type", "message"), event)
+
+    def _private_roots(self) -> list[Path]:
+        cli = real_cli_path()
+        return [
+            Path(settings.JOBS_ROOT),
+            Path(settings.CLAUDE_HOME),
+            Path(settings.BASE_DIR),
+            *([Path(cli).parent] if cli else []),
+        ]
 
     def _launch_error(self) -> str:
         return next((line.strip() for line in self.stderr_lines if "cli_launcher: cannot start" in line), "")
@@ -404,6 +536,9 @@ class JobRun:
                 self._read_pid()
             if self.pid is not None:
                 self.measure.sample(self.pid)
+                if self._tree_limit_hit():
+                    await self._stop("limit")
+                    return
             now = time.monotonic()
             if now - self.started > self.timeout:
                 await self._stop("timeout")
@@ -417,6 +552,19 @@ class JobRun:
                 if reason:
                     await self._stop(reason)
                     return
+
+    def _tree_limit_hit(self) -> bool:
+        """The CLI's process tree passed its memory, process or CPU limit
+        (rlimits bound each process; these bound the whole tree)."""
+        limits = cli_limits()
+        # The sandbox adds two small bwrap processes to the tree.
+        if self.measure.processes > limits.processes + 2:
+            self.limit_message = limit_message("processes", self.measure.processes)
+        elif self.measure.rss > limits.memory_bytes:
+            self.limit_message = limit_message("memory", self.measure.rss)
+        elif self.measure.cpu_ms > limits.cpu_seconds * 1000:
+            self.limit_message = limit_message("cpu")
+        return bool(self.limit_message)
 
     def _read_pid(self) -> None:
         try:
@@ -536,6 +684,11 @@ class JobRun:
         return 1
 
     def _error_text(self) -> str:
+        if self.limit_message:
+            return self.limit_message
+        hit = rlimit_hit(self._exit_code(), "".join(self.stderr_lines), cpu_ms=self._cpu_ms() or 0)
+        if hit:
+            return hit
         res = self.result
         if res is not None:
             parts = [res.result or "", *(res.errors or [])]
@@ -557,6 +710,7 @@ class JobRun:
             return
         # Before the final status, so a client that sees the job finished also sees its files.
         await sync_to_async(self._collect_artifacts)()
+        await sync_to_async(workspace_finished)(self.job.pk)
         outcome = self._outcome()
         status = outcome.pop("status")
         if status != JobStatus.COMPLETED and self.result is None:

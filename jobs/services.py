@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -214,7 +214,18 @@ def job_delete(*, job: Job) -> None:
     Job.objects.filter(pk=job_id).delete()
     job_files_delete(job_id, known=stored)
     workspace_remove(job_id)
+    _scrub_database()
     logger.info("job %s deleted", job_id)
+
+
+def _scrub_database() -> None:
+    """SQLite: move the write-ahead log (which still holds the deleted rows'
+    old pages) into the database, where secure_delete has zeroed them, and empty it.
+    PostgreSQL keeps dead rows until (auto)vacuum reclaims them."""
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def job_delete_expired(*, batch: int = 200) -> int:

@@ -33,7 +33,7 @@ from claudesvc.auth import Caller
 from claudesvc.errors import Conflict, NotFound, ServiceError
 from jobs.inline_files import inline_files_write
 from jobs.models import ACTIVE_STATUSES, ClaudeSession, Job, JobStatus
-from jobs.workspace import OUTPUT_DIR_NAME, job_paths
+from jobs.workspace import OUTPUT_DIR_NAME, job_paths, session_home
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ def session_delete(*, session: ClaudeSession) -> None:
     pk, cwd = session.pk, session.cwd
     ClaudeSession.objects.filter(pk=pk).delete()
     _remove_files(cwd, claude_ids)
+    shutil.rmtree(session_home(pk), ignore_errors=True)  # the session's CLI home (issue 11)
     logger.info("session %s deleted", pk)
 
 

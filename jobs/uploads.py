@@ -30,7 +30,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser, DataAndFiles
 
 from claudesvc.errors import ServiceError
-from jobs.filetypes import FileSniffer, UnsupportedFileType, human_size
+from jobs.filetypes import FileSniffer, ImageTooLarge, UnsupportedFileType, human_size, image_pixels_check
 
 # The seed's field is ``attachments[]``; ``attachments`` is what people type with curl -F.
 ATTACHMENT_FIELDS = ("attachments[]", "attachments")
@@ -137,6 +137,11 @@ class AttachmentUploadHandler(FileUploadHandler):
         self.file.size = file_size
         self.file.flush()
         self.file.seek(0)
+        if self.file.content_type.startswith("image/"):
+            try:
+                image_pixels_check(self.file, name=self.file_name)
+            except ImageTooLarge as exc:
+                raise self._error(str(exc), status=413, code="file_too_large") from None
         return self.file
 
     def upload_interrupted(self):

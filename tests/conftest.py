@@ -70,6 +70,10 @@ def _job_folders(settings, tmp_path):
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
     settings.WHITENOISE_USE_FINDERS = True
+    # Login failures count in the cache, which in the scale-out run is Redis and
+    # outlives a test run; tests/security sets real limits with names of its own.
+    settings.LOGIN_MAX_FAILURES_PER_USERNAME = 10_000
+    settings.LOGIN_MAX_FAILURES_PER_ADDRESS = 10_000
 
 
 @dataclass

@@ -10,6 +10,7 @@ open anything else.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import time
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import ffmpeg
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 # Demuxers of the accepted formats: mp3, wav, m4a (mov), ogg, flac, webm (matroska).
 AUDIO_DEMUXERS = ("mp3", "wav", "mov", "ogg", "flac", "matroska")
@@ -68,16 +71,29 @@ def run_tool(
                 if stop:
                     raise MediaStopped(args[0]) from None
                 raise MediaError(
-                    f"{Path(args[0]).name} took longer than {limit:.0f} s and was stopped"
+                    f"{Path(args[0]).name} took longer than {limit:.0f} s and was stopped "
+                    "(TRANSCRIPTION_FFMPEG_TIMEOUT_SECONDS)"
                 ) from None
     if proc.returncode != 0:
         raise MediaError(last_lines(err) or f"{Path(args[0]).name} exited with status {proc.returncode}")
     return out, err
 
 
+_PATH = re.compile(r"(?:file:)?/[^\s:'\"]+")
+_CONTEXT = re.compile(r"\[[^\]]*@ ?0x[0-9a-f]+\]\s*")
+
+
 def last_lines(text: str, n: int = 3) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return "; ".join(lines[-n:])[:500]
+    """ffmpeg's last words, summarised for the caller: server paths and
+    internal context (``[mp3 @ 0x55…]``) removed; the full text goes to the log."""
+    if text.strip():
+        logger.info("ffmpeg said: %s", text.strip()[-2000:])
+    lines = []
+    for line in text.strip().splitlines():
+        line = _PATH.sub("<file>", _CONTEXT.sub("", line)).strip()
+        if line and line not in lines:
+            lines.append(line)
+    return "; ".join(lines[-n:])[:300]
 
 
 def probe_audio(path: Path, *, timeout: float | None = None, should_stop=None) -> AudioProbe:
@@ -126,16 +142,36 @@ def _seconds(value) -> float | None:
     return seconds if seconds > 0 else None
 
 
+def duration_problem(seconds: float | None) -> str | None:
+    """Why audio this long is refused (``TRANSCRIPTION_MAX_DURATION_SECONDS``), or None."""
+    limit = settings.TRANSCRIPTION_MAX_DURATION_SECONDS
+    if seconds is None or seconds <= limit:
+        return None
+    return (
+        f"the audio is {_hms(seconds)} long, more than the limit of {_hms(limit)} "
+        "(TRANSCRIPTION_MAX_DURATION_SECONDS)"
+    )
+
+
+def _hms(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
 def normalise(src: Path, dst: Path, *, demuxer: str, should_stop=None) -> tuple[float, str]:
     """Decode the first audio stream to 16 kHz mono 16-bit WAV.
 
     Returns the decoded duration (exact: counted in samples, so it is known even
     when the container's header had none) and ffmpeg's error output, which is
-    empty for a clean file.
+    empty for a clean file. Decoding stops one second past
+    ``TRANSCRIPTION_MAX_DURATION_SECONDS``, whatever the header claimed, so a
+    small file cannot expand into hours of audio on the worker's disk; the
+    caller refuses a result longer than the limit (``duration_problem``).
     """
+    cap = settings.TRANSCRIPTION_MAX_DURATION_SECONDS + 1
     args = (
         ffmpeg.input(f"file:{src}", f=demuxer, protocol_whitelist="file")
-        .output(str(dst), map="0:a:0", vn=None, ac=1, ar=SAMPLE_RATE, acodec="pcm_s16le", f="wav")
+        .output(str(dst), map="0:a:0", vn=None, ac=1, ar=SAMPLE_RATE, acodec="pcm_s16le", f="wav", t=cap)
         .global_args("-nostdin", "-hide_banner", "-nostats", "-v", "error")
         .overwrite_output()
         .compile()

@@ -283,6 +283,9 @@ class Probe(Step):
             self.ctx.probe = media.probe_audio(self.ctx.source, should_stop=self.ctx.watch.should_stop)
         except media.MediaError as exc:
             raise PipelineError(f"The audio file cannot be used: {exc}") from exc
+        too_long = media.duration_problem(self.ctx.probe.duration)
+        if too_long:
+            raise PipelineError(f"The audio file cannot be used: {too_long}")
 
 
 class Normalise(Step):
@@ -304,6 +307,9 @@ class Normalise(Step):
                 "The audio file could not be decoded: it holds no audible audio"
                 + (f" ({media.last_lines(errors)})" if errors.strip() else "")
             )
+        too_long = media.duration_problem(decoded)
+        if too_long:
+            raise PipelineError(f"The audio file cannot be used: {too_long}")
         header = ctx.probe.duration
         if errors.strip() and header and decoded < header * _DAMAGED_SHARE:
             raise PipelineError(

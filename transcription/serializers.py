@@ -98,9 +98,12 @@ class TranscriptionCreateInput(serializers.Serializer):
     def validate(self, attrs: dict) -> dict:
         # Last, so a request with another bad field never costs an ffprobe run.
         try:
-            probe_upload(attrs["file"])
+            probe = probe_upload(attrs["file"])
         except media.MediaError as exc:
             raise serializers.ValidationError({"file": [f"Not a usable audio file: {exc}"]}) from None
+        too_long = media.duration_problem(probe.duration)
+        if too_long:
+            raise serializers.ValidationError({"file": [f"Not accepted: {too_long}."]})
         return attrs
 
 

@@ -11,12 +11,12 @@ errors; only these handlers build error bodies.
 
 from __future__ import annotations
 
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from claudesvc.errors import ServiceError
 from claudesvc.exceptions import Problem, classify, unexpected
+from claudesvc.parsers import BoundedJSONParser as JSONParser
 
 
 class ClaudeExecutionError(ServiceError):

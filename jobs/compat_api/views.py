@@ -24,6 +24,7 @@ from claudesvc.auth import jwt_issue
 from claudesvc.errors import NotFound, ServiceError
 from claudesvc.fields import iso_utc
 from claudesvc.negotiation import AnyAcceptNegotiation
+from claudesvc.login_throttle import client_address, login_failed, login_succeeded, login_throttle_check
 from jobs.compat_api import anthropic_format, openai_format
 from jobs.compat_api import serializers as s
 from jobs.compat_api.answers import AnswerTracker, Failure, answer_of, answer_pieces
@@ -339,13 +340,13 @@ class LoginView(OpenAIView):
     def post(self, request):
         data = s.LoginInput(data=request.data)
         data.is_valid(raise_exception=True)
-        user = authenticate(
-            request._request,
-            username=data.validated_data["username"],
-            password=data.validated_data["password"],
-        )
+        username, address = data.validated_data["username"], client_address(request)
+        login_throttle_check(username=username, address=address)
+        user = authenticate(request._request, username=username, password=data.validated_data["password"])
         if user is None:
+            login_failed(username=username, address=address)
             raise ServiceError("Invalid username or password", status=401, code="invalid_credentials")
+        login_succeeded(username=username, address=address)
         name = user.get_full_name() or user.get_username()
         return Response({"token": jwt_issue(user), "user": {"id": user.get_username(), "name": name}})
 

@@ -8,11 +8,12 @@ from collections.abc import Mapping
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
-from rest_framework.parsers import FormParser, JSONParser
+from rest_framework.parsers import FormParser
 from rest_framework.response import Response
 
 from claudesvc.errors import ServiceError
 from claudesvc.negotiation import AnyAcceptNegotiation
+from claudesvc.parsers import BoundedJSONParser as JSONParser
 from jobs.attachments import job_create_with_attachments
 from jobs.jobs_api import serializers as s
 from jobs.jobs_api.downloads import artifact_response

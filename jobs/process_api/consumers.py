@@ -47,6 +47,7 @@ from rest_framework.exceptions import Throttled
 from claudesvc.auth import Caller, caller_for_credential, credentials_from_headers
 from claudesvc.errors import ServiceError
 from claudesvc.exceptions import classify, unexpected
+from claudesvc.parsers import json_depth_check
 from claudesvc.ratelimit import rate_limit_count
 from jobs.models import Job, JobEvent
 from jobs.process_api import serializers as s
@@ -154,7 +155,8 @@ class ProcessConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None) -> None:
         try:
             message = json.loads(text_data if text_data is not None else bytes_data)
-        except (TypeError, ValueError):
+            json_depth_check(message)  # JsonTooDeep is a ValueError
+        except (TypeError, ValueError, RecursionError):
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("event"), str):
             if self.caller is None:

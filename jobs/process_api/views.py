@@ -13,7 +13,7 @@ from rest_framework.permissions import AllowAny
 
 from claudesvc.fields import iso_utc
 from jobs.fallback import fallback_available
-from jobs.metrics import service_metrics
+from jobs.metrics import caller_is_staff, service_metrics
 from jobs.models import Job, JobStatus
 from jobs.process_api import serializers as s
 from jobs.process_api.envelope import ProcessAPIView, meta, ok
@@ -221,7 +221,8 @@ class MetricsView(ProcessAPIView):
         tags=TAG,
         summary="Service metrics: outcomes, load, duration percentiles",
         description=(
-            "Counts and durations cover every job of the service that ended within `periodSeconds`; "
+            "Counts and durations cover the caller's own jobs that ended within `periodSeconds` "
+            "(every job of the service for staff: a JWT of a staff user, or a key a staff user owns); "
             "`recentMetrics` lists the caller's own most recently ended processes, with the peak memory "
             "and CPU time of their Claude CLI process tree as the worker measured them."
         ),
@@ -231,7 +232,9 @@ class MetricsView(ProcessAPIView):
     def get(self, request):
         query = s.MetricsQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        m = service_metrics(period_seconds=query.validated_data["periodSeconds"])
+        # Service-wide totals are for staff; a key sees its own jobs' figures.
+        scope = None if caller_is_staff(request.user) else request.user.owns()
+        m = service_metrics(period_seconds=query.validated_data["periodSeconds"], scope=scope)
         data = {
             "totalProcesses": m.total,
             "successfulProcesses": m.successful,

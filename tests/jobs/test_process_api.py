@@ -508,7 +508,15 @@ def ended_job(key, status, duration_ms, *, ago=timedelta(minutes=1), **fields) -
     return job
 
 
+def make_staff(key) -> None:
+    from django.contrib.auth import get_user_model
+
+    key.row.owner = get_user_model().objects.create_user("operator", password="x" * 12, is_staff=True)
+    key.row.save(update_fields=["owner"])
+
+
 def test_metrics_count_outcomes_and_give_real_percentiles(client_for, owner_key, other_key):
+    make_staff(owner_key)  # service-wide totals are for staff
     durations = list(range(100, 2100, 100))  # 20 values, 100 … 2000
     statuses = [JobStatus.COMPLETED] * 16 + [JobStatus.FAILED] * 2 + [JobStatus.TIMEOUT, JobStatus.CANCELLED]
     for status, duration in zip(statuses, durations, strict=True):
@@ -530,6 +538,9 @@ def test_metrics_count_outcomes_and_give_real_percentiles(client_for, owner_key,
     assert data["p95DurationMs"] == 1905
     assert data["p99DurationMs"] == 1981
     assert data["successRate"] == 0.8
+    # A key that is not staff's sees its own figures only.
+    theirs = client_for(other_key).get(f"{BASE}/metrics").json()["data"]
+    assert (theirs["totalProcesses"], theirs["activeProcesses"], theirs["queuedProcesses"]) == (10, 0, 0)
 
 
 def test_metrics_with_recent_processes_list_only_the_callers(client_for, owner_key, other_key):
@@ -549,7 +560,7 @@ def test_metrics_with_recent_processes_list_only_the_callers(client_for, owner_k
         .get(f"{BASE}/metrics", {"includeRecent": "true", "recentLimit": 10})
         .json()["data"]
     )
-    assert data["totalProcesses"] == 3
+    assert data["totalProcesses"] == 2  # its own, not the other key's
     recent = data["recentMetrics"]
     assert [r["processId"] for r in recent] == [process_id(mine), process_id(older)]
     assert recent[0] == {

@@ -79,6 +79,7 @@ def test_the_safe_policy_reads_only_inside_the_job_folder(tmp_path):
 
 
 def test_the_safe_policy_writes_only_to_the_output_folder(settings):
+    settings.JOB_KEEP_WORKDIR_SECONDS = 3600  # to look at the folder after the job
     job_id_holder = {}
 
     def prompt_for(path):
@@ -252,6 +253,7 @@ def test_a_working_directory_is_readable_and_stays_unwritten(settings, tmp_path)
     (project / "out").mkdir(parents=True)
     (project / "notes.txt").write_text("NOTES-IN-THE-PROJECT")
     settings.PROCESS_ALLOWED_WORKDIRS = [allowed]
+    settings.JOB_KEEP_WORKDIR_SECONDS = 3600  # to look at the job's folder after it
     key, _ = api_key_create(name="wd")
     caller = Caller(api_key=key)
 

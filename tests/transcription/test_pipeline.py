@@ -290,6 +290,7 @@ def test_each_output_alone(key, voxtral, tmp_path, output):
 @pytest.mark.usefixtures("upstream")
 def test_a_transcript_too_long_for_a_prompt_is_handed_to_claude_as_a_file(key, voxtral, tmp_path, settings):
     settings.MAX_PROMPT_CHARS = 400
+    settings.JOB_KEEP_WORKDIR_SECONDS = 3600  # to look at the child job's folder after it
     script = random_script(27, 60, sentence=(8, 8))
     tone_audio(tmp_path / "long.flac", script)
     job = run(submit(key, tmp_path / "long.flac", outputs=["compact"]))

@@ -1,0 +1,361 @@
+"""Latency benchmark: what the service costs a caller over running the CLI by hand.
+
+Starts the fake Anthropic API (``tests/fakes/anthropic_upstream.py``: it answers
+at once, or in 8 chunks 50 ms apart for the first-token paths) and the service
+as ``make run`` does (``manage.py serve``: HTTP server + worker cluster) on a
+throw-away database, then takes interleaved samples of each path, round after
+round, so that a slow moment of the machine hits every path alike:
+
+- ``bare_cli``: ``claude -p --output-format stream-json`` started cold, prompt
+  on stdin, until it exits (the yardstick: every ratio is to its median);
+- ``jobs_poll``: ``POST /jobs`` until ``GET /jobs/{id}`` says ``completed``
+  (polled every 20 ms); ``jobs_sse``: the same, followed on ``/events``;
+- ``compat``: the openai SDK's ``chat.completions.create``;
+- ``first_token`` of the bare CLI (``--include-partial-messages``), of a
+  streamed ``chat.completions`` and of a session's second turn;
+- ``session_turn2``: the second turn of a compat session (non-streaming).
+
+For the ``jobs_poll`` samples it also reads the job's own timestamps from the
+database and prints where the time went: submit → row written, row → claimed
+by a worker (broker pickup), claimed → first CLI event (work folder, CLI
+start), first → last event (the CLI's own run), last event → final status,
+final status → the client saw it.
+
+    .venv/bin/python bench/latency.py                      # embedded (SQLite, ORM broker)
+    .venv/bin/python bench/latency.py --scaleout           # PostgreSQL + Redis (make test's defaults)
+    .venv/bin/python bench/latency.py --rounds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.fakes.anthropic_upstream import FakeAnthropic  # noqa: E402 - after the path is set
+
+# What the test suite gives the CLI (tests/conftest.py): a key for the fake, no other traffic.
+CLI_ENV = {
+    "ANTHROPIC_API_KEY": "test-key",
+    "DISABLE_TELEMETRY": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+}
+
+QUICK = "Say hello"
+# Eight chunks 50 ms apart: the first token is measurable apart from the end.
+SLOW = "[[slow:0.05]] one two three four five six seven eight"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bundled_cli() -> str:
+    import claude_agent_sdk
+
+    return str(Path(claude_agent_sdk.__file__).resolve().parent / "_bundled" / "claude")
+
+
+class Service:
+    """``manage.py serve`` on a throw-away database, with an API key."""
+
+    def __init__(
+        self, upstream: FakeAnthropic, work: Path, scaleout: bool, database_url: str, redis_url: str
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            **CLI_ENV,
+            "ANTHROPIC_BASE_URL": upstream.url,
+            "CLAUDESVC_VAR_DIR": str(work / "var"),
+            "JOB_WORKERS": "2",
+            "RATE_LIMIT_ENABLE": "false",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for name in ("DATABASE_URL", "REDIS_URL"):
+            self.env.pop(name, None)
+        if scaleout:
+            self.env.update(
+                DATABASE_URL=database_url, REDIS_URL=redis_url, Q_CLUSTER_NAME=f"bench-{uuid.uuid4().hex[:6]}"
+            )
+        self.log = open(work / "service.log", "w")  # noqa: SIM115 - closed in stop()
+        manage = [sys.executable, "manage.py"]
+        subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=ROOT, env=self.env, check=True)
+        out = subprocess.run(
+            [*manage, "createapikey", f"bench-{uuid.uuid4().hex[:6]}"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        self.key = out.stdout.strip().splitlines()[-1]
+        self.proc = subprocess.Popen(
+            [*manage, "serve", "--port", str(self.port)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise SystemExit(f"the service did not start; see {self.log.name}")
+        self.http = httpx.Client(base_url=self.url, headers={"X-API-Key": self.key}, timeout=120)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+class Paths:
+    """One method per measured path; each returns seconds (and may record extra figures)."""
+
+    def __init__(self, service: Service, upstream: FakeAnthropic, home: Path) -> None:
+        from anthropic import Anthropic  # noqa: F401 - the SDKs are dev dependencies
+        from openai import OpenAI
+
+        self.service = service
+        self.upstream = upstream
+        self.home = home
+        self.openai = OpenAI(base_url=f"{service.url}/v1", api_key=service.key, max_retries=0, timeout=120)
+        self.jobs: list[
+            tuple[str, float, float]
+        ] = []  # (job id, submitted at, seen completed at), epoch seconds
+
+    # -- the yardstick ------------------------------------------------------------------
+
+    def _bare(self, prompt: str, *, first_token: bool) -> float:
+        env = {**{k: v for k, v in self.service.env.items() if k in ("PATH", "LANG")}, **CLI_ENV}
+        env.update(ANTHROPIC_BASE_URL=self.upstream.url, HOME=str(self.home))
+        cmd = [bundled_cli(), "-p", "--output-format", "stream-json", "--verbose", "--model", "sonnet"]
+        if first_token:
+            cmd.append("--include-partial-messages")
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=self.home, text=True
+        )
+        proc.stdin.write(prompt)
+        proc.stdin.close()
+        first = None
+        for line in proc.stdout:
+            if first_token and first is None and '"text_delta"' in line:
+                first = time.perf_counter() - started
+        proc.wait()
+        if proc.returncode != 0:
+            raise RuntimeError(f"bare CLI exited {proc.returncode}")
+        return first if first_token else time.perf_counter() - started
+
+    def bare_cli(self) -> float:
+        return self._bare(QUICK, first_token=False)
+
+    def bare_first_token(self) -> float:
+        return self._bare(SLOW, first_token=True)
+
+    # -- Jobs API ---------------------------------------------------------------------------
+
+    def jobs_poll(self) -> float:
+        submitted = time.time()
+        started = time.perf_counter()
+        job_id = self.service.http.post("/jobs", json={"prompt": QUICK}).json()["data"]["id"]
+        while True:
+            status = self.service.http.get(f"/jobs/{job_id}").json()["data"]["status"]
+            if status in ("completed", "failed"):
+                break
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        if status != "completed":
+            raise RuntimeError(f"job {job_id} {status}")
+        self.jobs.append((job_id, submitted, submitted + elapsed))
+        return elapsed
+
+    def jobs_sse(self) -> float:
+        started = time.perf_counter()
+        job_id = self.service.http.post("/jobs", json={"prompt": QUICK}).json()["data"]["id"]
+        with self.service.http.stream(
+            "GET", f"/jobs/{job_id}/events", headers={"Accept": "text/event-stream"}
+        ) as r:
+            for line in r.iter_lines():
+                if line == "event: done":
+                    break
+        return time.perf_counter() - started
+
+    # -- Compat API --------------------------------------------------------------------------
+
+    def compat(self) -> float:
+        started = time.perf_counter()
+        self.openai.chat.completions.create(model="sonnet", messages=[{"role": "user", "content": QUICK}])
+        return time.perf_counter() - started
+
+    def _first_token(self, messages: list[dict], headers: dict | None = None) -> float:
+        started = time.perf_counter()
+        stream = self.openai.chat.completions.create(
+            model="sonnet", messages=messages, stream=True, extra_headers=headers or {}
+        )
+        first = None
+        for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter() - started
+        return first
+
+    def compat_first_token(self) -> float:
+        return self._first_token([{"role": "user", "content": SLOW}])
+
+    def _session(self) -> tuple[dict, list[dict]]:
+        headers = {"X-Request-ID": f"bench-{uuid.uuid4().hex}"}
+        history = [{"role": "user", "content": "My name is Ada."}]
+        answer = self.openai.chat.completions.create(model="sonnet", messages=history, extra_headers=headers)
+        history.append({"role": "assistant", "content": answer.choices[0].message.content})
+        return headers, history
+
+    def session_turn2(self) -> float:
+        headers, history = self._session()
+        started = time.perf_counter()
+        self.openai.chat.completions.create(
+            model="sonnet", messages=[*history, {"role": "user", "content": QUICK}], extra_headers=headers
+        )
+        return time.perf_counter() - started
+
+    def session_turn2_first_token(self) -> float:
+        headers, history = self._session()
+        return self._first_token([*history, {"role": "user", "content": SLOW}], headers)
+
+
+def breakdown(service: Service, jobs: list[tuple[str, float, float]]) -> dict[str, float]:
+    """Median seconds per stage of the ``jobs_poll`` samples, from the job's own rows."""
+    os.environ.update(
+        {k: v for k, v in service.env.items() if k in ("DATABASE_URL", "CLAUDESVC_VAR_DIR", "REDIS_URL")}
+    )
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "claudesvc.settings")
+    import django
+
+    django.setup()
+    from jobs.models import Job
+
+    stages = defaultdict(list)
+    for job_id, submitted, seen in jobs:
+        job = Job.objects.get(pk=job_id)
+        times = list(job.events.order_by("seq").values_list("created_at", flat=True))
+        if not (times and job.started_at and job.finished_at):
+            continue
+        t = {
+            "created": job.created_at.timestamp(),
+            "claimed": job.started_at.timestamp(),
+            "first": times[0].timestamp(),
+            "last": times[-1].timestamp(),
+            "finished": job.finished_at.timestamp(),
+        }
+        stages["submit → row written"].append(t["created"] - submitted)
+        stages["row → claimed by a worker"].append(t["claimed"] - t["created"])
+        stages["claimed → first CLI event"].append(t["first"] - t["claimed"])
+        stages["first → last CLI event"].append(t["last"] - t["first"])
+        stages["last event → final status"].append(t["finished"] - t["last"])
+        stages["final status → client saw it"].append(seen - t["finished"])
+    return {name: statistics.median(values) for name, values in stages.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--scaleout", action="store_true", help="PostgreSQL + Redis instead of SQLite")
+    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/claudesvc_bench")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="claudesvc-latency-"))
+    home = work / "home"
+    home.mkdir()
+    if args.scaleout:
+        name = args.database_url.rsplit("/", 1)[-1]
+        subprocess.run(
+            [
+                "psql",
+                args.database_url.rsplit("/", 1)[0] + "/postgres",
+                "-qc",
+                f"DROP DATABASE IF EXISTS {name}",
+            ],
+            check=True,
+        )
+        subprocess.run(
+            ["psql", args.database_url.rsplit("/", 1)[0] + "/postgres", "-qc", f"CREATE DATABASE {name}"],
+            check=True,
+        )
+    with FakeAnthropic() as upstream:
+        service = Service(upstream, work, args.scaleout, args.database_url, args.redis_url)
+        paths = Paths(service, upstream, home)
+        order: list[tuple[str, Callable[[], float]]] = [
+            ("bare_cli", paths.bare_cli),
+            ("jobs_poll", paths.jobs_poll),
+            ("jobs_sse", paths.jobs_sse),
+            ("compat", paths.compat),
+            ("session_turn2", paths.session_turn2),
+            ("bare_first_token", paths.bare_first_token),
+            ("compat_first_token", paths.compat_first_token),
+            ("session_turn2_first_token", paths.session_turn2_first_token),
+        ]
+        samples: dict[str, list[float]] = defaultdict(list)
+        try:
+            for _, fn in order:  # warm-up: page cache, first connections, the CLI's first run
+                fn()
+            paths.jobs.clear()
+            for _ in range(args.rounds):
+                for name, fn in order:
+                    samples[name].append(fn())
+            stages = breakdown(service, paths.jobs)
+        finally:
+            service.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+    setup = "scale-out (PostgreSQL + Redis)" if args.scaleout else "embedded (SQLite, ORM broker)"
+    print(f"# {setup}, {args.rounds} interleaved rounds, medians")
+    print("| path | median | vs bare CLI |")
+    print("| --- | --- | --- |")
+    cold = statistics.median(samples["bare_cli"])
+    first = statistics.median(samples["bare_first_token"])
+    for name, _ in order:
+        median = statistics.median(samples[name])
+        base = first if name.endswith("first_token") else cold
+        print(f"| {name} | {median * 1000:.0f} ms | {median / base:.2f}x |")
+    print("\n| stage of a Jobs API job (jobs_poll) | median |")
+    print("| --- | --- |")
+    for name, value in stages.items():
+        print(f"| {name} | {value * 1000:.0f} ms |")
+    print(json.dumps({name: statistics.median(v) for name, v in samples.items()}))
+
+
+if __name__ == "__main__":
+    main()
