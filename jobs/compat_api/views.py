@@ -23,8 +23,8 @@ from rest_framework.response import Response
 from claudesvc.auth import jwt_issue
 from claudesvc.errors import NotFound, ServiceError
 from claudesvc.fields import iso_utc
-from claudesvc.negotiation import AnyAcceptNegotiation
 from claudesvc.login_throttle import client_address, login_failed, login_succeeded, login_throttle_check
+from claudesvc.negotiation import AnyAcceptNegotiation
 from jobs.compat_api import anthropic_format, openai_format
 from jobs.compat_api import serializers as s
 from jobs.compat_api.answers import AnswerTracker, Failure, answer_of, answer_pieces
