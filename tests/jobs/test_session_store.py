@@ -5,7 +5,10 @@ jsonb cannot hold, and deletion with the owner."""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import uuid
+from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -14,6 +17,7 @@ from claude_agent_sdk.testing import run_session_store_conformance
 from django.db import connections
 
 from claudesvc.auth import Caller
+from jobs import tasks
 from jobs.models import ClaudeSession, Job, JobStatus, TranscriptEntry
 from jobs.services import job_create, job_delete
 from jobs.session_store import WORKDIR_PROJECT, DatabaseSessionStore
@@ -21,6 +25,7 @@ from jobs.sessions import session_delete, session_for_call
 
 # The store's ORM calls run on sync_to_async's thread: the test's rows must be committed.
 pytestmark = pytest.mark.django_db(transaction=True)
+
 
 @pytest.fixture(autouse=True)
 async def _close_store_connections():
@@ -167,3 +172,76 @@ def test_lines_go_with_their_session_or_job(caller):
     assert list(TranscriptEntry.objects.values_list("job_id", flat=True)) == [job.pk]
     job_delete(job=job)
     assert not TranscriptEntry.objects.exists()
+
+
+# -- resumes through the store, with the real CLI --------------------------------------------
+
+
+def said(upstream) -> str:
+    """Everything the conversation's last request to the upstream carried, as text."""
+    return json.dumps(upstream.main_requests()[-1]["body"]["messages"])
+
+
+def run_turn(caller: Caller, session: ClaudeSession, prompt: str) -> Job:
+    job = job_create(caller=caller, prompt=prompt, session=session, enqueue=False)
+    assert tasks.run_next_job() == str(job.pk)
+    job.refresh_from_db()
+    return job
+
+
+def move_host(settings, tmp_path, name: str) -> None:
+    """What another worker host looks like: its own JOBS_ROOT and CLI home, nothing shared."""
+    settings.JOBS_ROOT = tmp_path / name / "jobs"
+    settings.CLAUDE_HOME = tmp_path / name / "claude-home"
+
+
+@pytest.mark.usefixtures("upstream")
+def test_a_session_resumes_from_the_database_when_the_cli_files_are_gone(caller, upstream, settings):
+    session = new_session(caller, "conv")
+    first = run_turn(caller, session, "My name is Ada [[reply:Noted]]")
+    assert first.status == JobStatus.COMPLETED, first.error_message
+    assert TranscriptEntry.objects.filter(session=session, writer=first).exists()
+    assert not TranscriptEntry.objects.filter(job__isnull=False).exists()
+
+    # The CLI's own transcript and the session's folder vanish (a cleaned cache, a new disk).
+    shutil.rmtree(Path(settings.CLAUDE_HOME) / ".claude" / "projects")
+    shutil.rmtree(Path(settings.JOBS_ROOT) / "sessions")
+
+    second = run_turn(caller, session, "What is my name?")
+    assert second.status == JobStatus.COMPLETED, second.error_message
+    assert "My name is Ada" in said(upstream) and "Noted" in said(upstream)
+    assert second.claude_session_id
+
+
+@pytest.mark.usefixtures("upstream")
+def test_turns_on_other_hosts_keep_the_context_and_a_failed_turn_leaves_nothing(
+    caller, upstream, settings, tmp_path
+):
+    session = new_session(caller, "conv")
+    move_host(settings, tmp_path, "host-a")
+    assert run_turn(caller, session, "Remember the word PELICAN [[reply:OK]]").status == JobStatus.COMPLETED
+
+    move_host(settings, tmp_path, "host-b")
+    failed = run_turn(caller, session, "Forget it, say BANANA [[error:400]]")
+    assert failed.status == JobStatus.FAILED
+    # Its lines reached the store (the SDK flushes when the CLI ends) ...
+    assert "BANANA" in json.dumps(list(TranscriptEntry.objects.filter(writer=failed).values_list("data")))
+
+    move_host(settings, tmp_path, "host-c")
+    third = run_turn(caller, session, "Which word?")
+    assert third.status == JobStatus.COMPLETED, third.error_message
+    assert "PELICAN" in said(upstream)
+    # ... but they are not part of the conversation the next turn resumed.
+    assert "BANANA" not in said(upstream)
+
+
+@pytest.mark.usefixtures("upstream")
+def test_a_job_without_a_session_keeps_its_transcript_until_it_is_deleted(caller):
+    job = new_job(caller)
+    assert tasks.run_next_job() == str(job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.COMPLETED, job.error_message
+    lines = TranscriptEntry.objects.filter(job=job)
+    assert lines.filter(session_key=job.claude_session_id, project_key=WORKDIR_PROJECT).exists()
+    job_delete(job=job)
+    assert not lines.exists()
