@@ -201,7 +201,8 @@ def running_service(
             for host in hosts.values():
                 host.start()
                 svc.processes.append(host.process)
-        if not wait_until_healthy(svc.url):
+        # Generous: on a busy machine the first request (Django start, the CLI version probe) is slow.
+        if not wait_until_healthy(svc.url, timeout=90):
             raise RuntimeError(f"the service did not start:\n{svc.logs()}")
         _STARTED.append(svc)
         yield svc
