@@ -38,7 +38,7 @@ from django.utils import timezone
 from claudesvc.auth import Caller
 from claudesvc.errors import Conflict, NotFound, ServiceError
 from jobs.inline_files import inline_files_write
-from jobs.models import ACTIVE_STATUSES, ClaudeSession, Job, JobStatus
+from jobs.models import ACTIVE_STATUSES, FINAL_STATUSES, ClaudeSession, Job, JobStatus, TranscriptEntry
 from jobs.session_store import DatabaseSessionStore
 from jobs.workspace import OUTPUT_DIR_NAME, job_paths
 
@@ -219,6 +219,8 @@ def session_job_start(job: Job) -> None:
     options = dict(job.options or {})
     prompt = job.prompt
     if session is not None:
+        # A turn whose host died was failed by the reaper, not by its worker: its lines go now.
+        session_prune_unfinished(session.pk)
         cwd = session_workdir(session.pk)
         options["cwd"] = str(cwd)
         resume = session_resume_id(session.pk, exclude_job=job.pk)
@@ -244,6 +246,8 @@ def session_job_finished(job: Job) -> None:
     if job.session_id is None:
         return
     finished = Job.objects.filter(pk=job.pk).values("status", "claude_session_id").first()
+    if finished and finished["status"] != JobStatus.COMPLETED:
+        session_prune_unfinished(job.session_id)
     updates = {"last_activity": timezone.now()}
     if finished and finished["status"] == JobStatus.COMPLETED and finished["claude_session_id"]:
         updates["claude_session_id"] = finished["claude_session_id"]
@@ -251,6 +255,23 @@ def session_job_finished(job: Job) -> None:
     if Job.objects.filter(session_id=job.session_id, status=JobStatus.PENDING).exists():
         # Its token may have found the session busy and gone: hand the broker a new one.
         job_enqueue()
+
+
+def session_prune_unfinished(session_id: uuid.UUID) -> int:
+    """Delete the stored lines of the session's turns that ended without completing.
+
+    A resume already skips them (``DatabaseSessionStore``); deleting them keeps
+    it so once their jobs are gone too (retention, deletion), when nothing
+    would tell them apart from the completed turns' lines any more.
+    """
+    deleted, _ = TranscriptEntry.objects.filter(
+        session_id=session_id, writer__status__in=[s for s in FINAL_STATUSES if s != JobStatus.COMPLETED]
+    ).delete()
+    if deleted:
+        logger.info(
+            "session %s: dropped %s transcript line(s) of turns that did not complete", session_id, deleted
+        )
+    return deleted
 
 
 def session_store_options(job: Job, options: ClaudeAgentOptions) -> ClaudeAgentOptions:
