@@ -232,7 +232,9 @@ def test_a_session_resumes_from_the_database_when_the_cli_files_are_gone(caller,
     second = run_turn(caller, session, "What is my name?")
     assert second.status == JobStatus.COMPLETED, second.error_message
     assert "My name is Ada" in said(upstream) and "Noted" in said(upstream)
-    assert second.claude_session_id
+    # Each turn stored only its own lines: the conversation is in the database once.
+    users = TranscriptEntry.objects.filter(session=session, data__type="user")
+    assert [w for w in users.values_list("writer_id", flat=True)] == [first.pk, second.pk]
 
 
 @pytest.mark.usefixtures("upstream")
