@@ -178,9 +178,11 @@ class ClaudeSession(models.Model):
 
     ``external_id`` is what the caller names it by (``X-Request-ID``,
     ``metadata.user_id`` or one made up); it is unique per owner only, so two
-    callers who pick the same id never share a conversation. Each session has
-    its own working directory (``cwd``): the CLI finds a conversation to resume
-    only from the directory it was started in.
+    callers who pick the same id never share a conversation. Its conversation
+    is kept in the database (``TranscriptEntry``), so any worker host can run
+    its next turn; each host runs the turns in a folder of its own named after
+    the session (``sessions.session_workdir``; ``cwd`` is that folder on the
+    host that made the session).
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)

@@ -5,6 +5,7 @@ jsonb cannot hold, and deletion with the owner."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import uuid
@@ -21,7 +22,7 @@ from jobs import tasks
 from jobs.models import ClaudeSession, Job, JobStatus, TranscriptEntry
 from jobs.services import job_create, job_delete
 from jobs.session_store import WORKDIR_PROJECT, DatabaseSessionStore
-from jobs.sessions import session_delete, session_for_call, session_job_start
+from jobs.sessions import session_delete, session_for_call, session_job_start, session_store_options
 
 # The store's ORM calls run on sync_to_async's thread: the test's rows must be committed.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -194,6 +195,29 @@ def test_lines_go_with_their_session_or_job(caller):
     assert list(TranscriptEntry.objects.values_list("job_id", flat=True)) == [job.pk]
     job_delete(job=job)
     assert not TranscriptEntry.objects.exists()
+
+
+def test_the_runner_options_name_the_store_and_the_cli_config_folder(caller, settings):
+    from jobs.runner import build_options
+    from jobs.workspace import workspace_prepare
+
+    session = new_session(caller, "conv")
+    turn = new_job(caller, session=session)
+    plain = build_options(turn, workspace_prepare(turn.pk), stderr_sink=print)
+    options = session_store_options(turn, plain)
+    assert repr(options.session_store) == f"<DatabaseSessionStore session_id={session.pk}>"
+    assert options.session_store_flush == "batched"
+    # The SDK finds the transcripts it mirrors there, and the CLI may see the variable.
+    assert options.env["CLAUDE_CONFIG_DIR"] == str(Path(settings.CLAUDE_HOME) / ".claude")
+    assert "CLAUDE_CONFIG_DIR" in json.loads(options.env["CLAUDESVC_ENV_ALLOW"])
+    assert "CLAUDE_CONFIG_DIR" not in plain.env  # the runner's own options are left alone
+
+    # A CLI config folder of the job's own is kept; a job without a session owns its lines.
+    alone = new_job(caller)
+    own = dataclasses.replace(plain, env={**plain.env, "CLAUDE_CONFIG_DIR": "/jobs/x/cli-home"})
+    options = session_store_options(alone, own)
+    assert options.env["CLAUDE_CONFIG_DIR"] == "/jobs/x/cli-home"
+    assert repr(options.session_store) == f"<DatabaseSessionStore job_id={alone.pk}>"
 
 
 # -- resumes through the store, with the real CLI --------------------------------------------
