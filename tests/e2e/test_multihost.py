@@ -131,6 +131,8 @@ class Conversation:
         return Job.objects.filter(session__external_id=self.session).order_by("-created_at").first()
 
 
+# Starting a cluster is most of the time here (tens of seconds each on a busy machine).
+@pytest.mark.timeout(1200)
 def test_a_conversation_keeps_its_context_across_hosts_and_a_dead_host_loses_only_its_turn(
     multihost, key, upstream
 ):
@@ -139,8 +141,8 @@ def test_a_conversation_keeps_its_context_across_hosts_and_a_dead_host_loses_onl
     from jobs.models import Job, JobStatus
 
     talk = Conversation(multihost, key)
-    facts = [marker() for _ in range(4)]
-    for i, name in enumerate(["host-a", "host-b", "host-a", "host-b"]):
+    facts = [marker() for _ in range(3)]
+    for i, name in enumerate(["host-a", "host-b", "host-a"]):
         with only(multihost, name) as host:
             assert talk.say(f"Remember {facts[i]} [[reply:Noted {i}]]") == f"Noted {i}"
             job = talk.last_job()
@@ -154,7 +156,7 @@ def test_a_conversation_keeps_its_context_across_hosts_and_a_dead_host_loses_onl
         assert positions == sorted(positions), said
         assert all(f"Noted {n}" in said for n in range(i))
 
-    # Host A dies in the middle of a turn.
+    # Host A dies in the middle of the next turn.
     doomed = marker()
     with only(multihost, "host-a") as host_a:
         outcome: dict = {}
@@ -196,13 +198,13 @@ def test_a_conversation_keeps_its_context_across_hosts_and_a_dead_host_loses_onl
         job = talk.last_job()
         assert job.status == JobStatus.COMPLETED and ran_on(job, host_b), (job.worker, multihost.logs())
     said = "\n".join(text for _, text in sent_upstream(upstream, last))
-    # Resumed from the last completed turn: all four facts, nothing of the lost turn.
+    # Resumed from the last completed turn: every fact, nothing of the lost turn.
     assert all(fact in said for fact in facts)
     assert doomed not in said
 
     # Nothing of the conversation is on the web server's disk, and the hosts hold only caches.
     assert not (Path(multihost.env["JOBS_ROOT"]) / "sessions").exists()
-    assert Job.objects.filter(session__external_id=talk.session).count() == 6
+    assert Job.objects.filter(session__external_id=talk.session).count() == 5
 
 
 def _alive(pid: int | None) -> bool:
@@ -226,7 +228,8 @@ def _wait_done(client, job_id: str, timeout: float = 120) -> dict:
     raise AssertionError(f"job {job_id} did not finish")
 
 
-@pytest.mark.parametrize("name", HOSTS)
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", ["host-b", "host-a"])  # host-b first: it is still up from the test above
 def test_attachment_and_transcription_jobs_run_on_either_host(
     multihost, key, upstream, voxtral_server, tmp_path, name
 ):
