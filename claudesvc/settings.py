@@ -186,6 +186,30 @@ STORAGES = {
     # hashed names); uncompressed, because gzipping the docs bundles made collectstatic take 25 s.
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"},
 }
+# S3-compatible object storage (AWS S3, MinIO, Ceph, R2 …) through django-storages
+# (`uv sync --extra s3`), so worker hosts share no disk: STORAGE_BACKEND=storages.backends.s3.S3Storage.
+S3_STORAGE = "storages.backends.s3.S3Storage"
+if STORAGES["default"]["BACKEND"] == S3_STORAGE:
+    if not env_str("STORAGE_S3_BUCKET"):
+        raise ImproperlyConfigured(
+            f"STORAGE_BACKEND={S3_STORAGE} needs STORAGE_S3_BUCKET (the bucket's name)"
+        )
+    _s3_options = {
+        "bucket_name": env_str("STORAGE_S3_BUCKET"),
+        "endpoint_url": env_str("STORAGE_S3_ENDPOINT_URL"),
+        "region_name": env_str("STORAGE_S3_REGION"),
+        "access_key": env_str("STORAGE_S3_ACCESS_KEY_ID"),
+        "secret_key": env_str("STORAGE_S3_SECRET_ACCESS_KEY"),
+        "location": env_str("STORAGE_S3_PREFIX"),
+    }
+    STORAGES["default"]["OPTIONS"] = {
+        **{name: value for name, value in _s3_options.items() if value},
+        # Two files of a job with one name must get two objects, as on a local disk.
+        "file_overwrite": False,
+        # Downloads stream through the service (it checks the caller's key); nothing is public.
+        "default_acl": "private",
+        "querystring_auth": True,
+    }
 
 # Uploads (POST /jobs attachments[]): received into FILE_UPLOAD_TEMP_DIR, then
 # moved into storage. On the same filesystem as MEDIA_ROOT the move is a rename.

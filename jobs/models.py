@@ -178,9 +178,11 @@ class ClaudeSession(models.Model):
 
     ``external_id`` is what the caller names it by (``X-Request-ID``,
     ``metadata.user_id`` or one made up); it is unique per owner only, so two
-    callers who pick the same id never share a conversation. Each session has
-    its own working directory (``cwd``): the CLI finds a conversation to resume
-    only from the directory it was started in.
+    callers who pick the same id never share a conversation. Its conversation
+    is kept in the database (``TranscriptEntry``), so any worker host can run
+    its next turn; each host runs the turns in a folder of its own named after
+    the session (``sessions.session_workdir``; ``cwd`` is that folder on the
+    host that made the session).
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -220,3 +222,64 @@ class ClaudeSession(models.Model):
 
     def __str__(self) -> str:
         return f"session {self.external_id}"
+
+
+class TranscriptEntry(models.Model):
+    """One line of a Claude Code transcript, mirrored by ``jobs.session_store``.
+
+    The CLI writes its conversation to a local JSONL file; claude-agent-sdk's
+    ``SessionStore`` hands every line to the database as well, and a resume
+    rebuilds the file from here on whichever host runs the next turn. A line is
+    owned by the compat session it belongs to, or by the job that wrote it when
+    the job has no session, and goes when its owner is deleted.
+    """
+
+    id = models.BigAutoField(primary_key=True)  # the order lines were appended in
+    session = models.ForeignKey(
+        ClaudeSession, null=True, blank=True, on_delete=models.CASCADE, related_name="transcript_entries"
+    )
+    job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.CASCADE, related_name="transcript_entries"
+    )
+    # The turn that wrote it: a session's resume skips lines of turns that did
+    # not complete, so a killed or failed turn leaves no half of itself behind.
+    writer = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    project_key = models.CharField(max_length=255)
+    session_key = models.CharField(max_length=128)  # the SDK's session_id (the CLI's conversation)
+    subpath = models.CharField(max_length=255, blank=True)  # "" is the main transcript
+    # The line's own uuid, its idempotency key; lines without one ("") are never deduplicated.
+    uuid = models.CharField(max_length=64, blank=True)
+    data = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(
+                fields=["session", "project_key", "session_key", "subpath", "id"],
+                name="transcript_session_idx",
+            ),
+            models.Index(
+                fields=["job", "project_key", "session_key", "subpath", "id"], name="transcript_job_idx"
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(session__isnull=False, job__isnull=True)
+                | models.Q(session__isnull=True, job__isnull=False),
+                name="transcriptentry_one_owner",
+            ),
+            models.UniqueConstraint(
+                fields=["session", "project_key", "session_key", "subpath", "uuid"],
+                condition=models.Q(session__isnull=False) & ~models.Q(uuid=""),
+                name="transcriptentry_unique_in_session",
+            ),
+            models.UniqueConstraint(
+                fields=["job", "project_key", "session_key", "subpath", "uuid"],
+                condition=models.Q(job__isnull=False) & ~models.Q(uuid=""),
+                name="transcriptentry_unique_in_job",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"transcript line {self.session_key}/{self.subpath or '-'} #{self.id}"

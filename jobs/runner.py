@@ -53,6 +53,7 @@ from jobs.models import Job, JobStatus
 from jobs.progress import JobGone, JobProgress
 from jobs.sandbox import cli_limits, sandbox_argv
 from jobs.services import job_transition
+from jobs.sessions import session_store_options
 from jobs.workspace import (
     OUTPUT_DIR_NAME,
     JobPaths,
@@ -480,6 +481,8 @@ class JobRun:
                 return
         first_seq = self.progress.next_seq
         options = build_options(self.job, self.paths, stderr_sink=self.stderr_lines.append)
+        # The conversation is mirrored to (and resumed from) the database: any host can run the next turn.
+        options = session_store_options(self.job, options)
         try:
             await self._relay(claude_agent_sdk.query(prompt=self.prompt, options=options))
         except (CLIConnectionError, ProcessError) as exc:

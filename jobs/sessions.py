@@ -6,17 +6,22 @@ the session. The worker:
 
 - runs a session's jobs one after the other (``services.job_claim_next`` does
   not start a session's job while another of its jobs runs);
-- starts each job in the session's own working directory and resumes the
-  Claude Code conversation the session's latest completed job left
+- starts each job in the session's working directory on that host and resumes
+  the Claude Code conversation the session's latest completed job left
   (``session_job_start``), so only the new turn has to be sent;
+- keeps the conversation in the database (``session_store_options``: the
+  SDK's ``SessionStore`` on ``TranscriptEntry`` rows), so any worker host can
+  run the next turn; the CLI's files on a host are only a cache;
 - wakes the next waiting turn when one ends (``session_job_finished``).
 
-Sessions idle for ``COMPAT_SESSION_IDLE_MINUTES`` are removed with their files
-by a schedule (``session_clean_idle``).
+Sessions idle for ``COMPAT_SESSION_IDLE_MINUTES`` are removed with their
+conversation by a schedule (``session_clean_idle``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import re
 import shutil
@@ -24,6 +29,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+from claude_agent_sdk import ClaudeAgentOptions
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
@@ -32,7 +38,8 @@ from django.utils import timezone
 from claudesvc.auth import Caller
 from claudesvc.errors import Conflict, NotFound, ServiceError
 from jobs.inline_files import inline_files_write
-from jobs.models import ACTIVE_STATUSES, ClaudeSession, Job, JobStatus
+from jobs.models import ACTIVE_STATUSES, FINAL_STATUSES, ClaudeSession, Job, JobStatus, TranscriptEntry
+from jobs.session_store import DatabaseSessionStore
 from jobs.workspace import OUTPUT_DIR_NAME, job_paths, session_home
 
 logger = logging.getLogger(__name__)
@@ -55,7 +62,8 @@ def _new_external_id() -> str:
     return f"sess_{uuid.uuid4().hex}"
 
 
-def _session_dir(pk: uuid.UUID) -> Path:
+def session_workdir(pk: uuid.UUID) -> Path:
+    """Where a session's turns run on this host (under this host's ``JOBS_ROOT``)."""
     return Path(settings.JOBS_ROOT) / "sessions" / str(pk)
 
 
@@ -66,7 +74,7 @@ def _new_session(*, caller: Caller, external_id: str, model: str) -> ClaudeSessi
         **caller.owner_fields(),
         external_id=external_id,
         model=model,
-        cwd=str(_session_dir(pk)),
+        cwd=str(session_workdir(pk)),
         last_activity=timezone.now(),
     )
 
@@ -125,7 +133,9 @@ def session_busy_ids(sessions: list[ClaudeSession]) -> set[uuid.UUID]:
 
 
 def _remove_files(cwd: str, claude_ids: set[str]) -> None:
-    """The session's working directory and the CLI's transcripts of its conversations."""
+    """This host's cache of the session: its working directory and the CLI's own
+    transcript files. The conversation itself (``TranscriptEntry`` rows) goes with
+    the session's row; what other hosts cached is theirs to lose."""
     shutil.rmtree(cwd, ignore_errors=True)
     projects = Path(settings.CLAUDE_HOME) / ".claude" / "projects"
     for claude_id in claude_ids:
@@ -157,7 +167,7 @@ def session_delete(*, session: ClaudeSession) -> None:
     )
     if session.claude_session_id:
         claude_ids.add(session.claude_session_id)
-    pk, cwd = session.pk, session.cwd
+    pk, cwd = session.pk, str(session_workdir(session.pk))
     ClaudeSession.objects.filter(pk=pk).delete()
     _remove_files(cwd, claude_ids)
     shutil.rmtree(session_home(pk), ignore_errors=True)  # the session's CLI home (issue 11)
@@ -200,12 +210,19 @@ def session_resume_id(session_id: uuid.UUID, *, exclude_job: uuid.UUID | None = 
 
 
 def session_job_start(job: Job) -> None:
-    """Prepare a claimed job of a session: working directory, inline files, what to resume."""
+    """Prepare a claimed job of a session: working directory, inline files, what to resume.
+
+    The working directory is this host's (``session_workdir``), not the one the
+    session was made with: the conversation comes from the database
+    (``session_store_options``), so the turn needs nothing another host left on disk.
+    """
     session = ClaudeSession.objects.filter(pk=job.session_id).first()
     options = dict(job.options or {})
     prompt = job.prompt
     if session is not None:
-        cwd = Path(session.cwd)
+        # A turn whose host died was failed by the reaper, not by its worker: its lines go now.
+        session_prune_unfinished(session.pk)
+        cwd = session_workdir(session.pk)
         options["cwd"] = str(cwd)
         resume = session_resume_id(session.pk, exclude_job=job.pk)
         if resume:
@@ -230,6 +247,8 @@ def session_job_finished(job: Job) -> None:
     if job.session_id is None:
         return
     finished = Job.objects.filter(pk=job.pk).values("status", "claude_session_id").first()
+    if finished and finished["status"] != JobStatus.COMPLETED:
+        session_prune_unfinished(job.session_id)
     updates = {"last_activity": timezone.now()}
     if finished and finished["status"] == JobStatus.COMPLETED and finished["claude_session_id"]:
         updates["claude_session_id"] = finished["claude_session_id"]
@@ -237,3 +256,46 @@ def session_job_finished(job: Job) -> None:
     if Job.objects.filter(session_id=job.session_id, status=JobStatus.PENDING).exists():
         # Its token may have found the session busy and gone: hand the broker a new one.
         job_enqueue()
+
+
+def session_prune_unfinished(session_id: uuid.UUID) -> int:
+    """Delete the stored lines of the session's turns that ended without completing.
+
+    A resume already skips them (``DatabaseSessionStore``); deleting them keeps
+    it so once their jobs are gone too (retention, deletion), when nothing
+    would tell them apart from the completed turns' lines any more.
+    """
+    deleted, _ = TranscriptEntry.objects.filter(
+        session_id=session_id, writer__status__in=[s for s in FINAL_STATUSES if s != JobStatus.COMPLETED]
+    ).delete()
+    if deleted:
+        logger.info(
+            "session %s: dropped %s transcript line(s) of turns that did not complete", session_id, deleted
+        )
+    return deleted
+
+
+def session_store_options(job: Job, options: ClaudeAgentOptions) -> ClaudeAgentOptions:
+    """The runner's options for ``job``, with its conversation kept in the database.
+
+    Every transcript line the CLI writes is mirrored into ``TranscriptEntry``
+    rows owned by the job's session (or by the job itself when it has none),
+    flushed before the turn's result reaches the runner. A resume
+    (``options.resume``, set by ``session_job_start``) is rebuilt from those
+    rows in a temporary config directory by the SDK, so it works on any host
+    and whether or not this host still has the CLI's own files.
+    """
+    if job.session_id is not None:
+        store = DatabaseSessionStore(session_id=job.session_id, writer_id=job.pk, workdir=options.cwd)
+    else:
+        store = DatabaseSessionStore(job_id=job.pk, writer_id=job.pk, workdir=options.cwd)
+    env = dict(options.env)
+    # The SDK finds the transcript files it mirrors under CLAUDE_CONFIG_DIR (else
+    # the worker's own ~/.claude), and a resume copies the CLI's settings and
+    # credentials from there: name the config directory the CLI really uses.
+    env.setdefault("CLAUDE_CONFIG_DIR", str(Path(env.get("HOME") or settings.CLAUDE_HOME) / ".claude"))
+    allowed = json.loads(env.get("CLAUDESVC_ENV_ALLOW") or "[]")
+    if "CLAUDE_CONFIG_DIR" not in allowed:
+        # A resume points the CLI at the SDK's temporary config directory through it.
+        env["CLAUDESVC_ENV_ALLOW"] = json.dumps([*allowed, "CLAUDE_CONFIG_DIR"])
+    return dataclasses.replace(options, session_store=store, session_store_flush="batched", env=env)
