@@ -207,10 +207,12 @@ def test_the_runner_options_name_the_store_and_the_cli_config_folder(caller, set
     options = session_store_options(turn, plain)
     assert repr(options.session_store) == f"<DatabaseSessionStore session_id={session.pk}>"
     assert options.session_store_flush == "batched"
-    # The SDK finds the transcripts it mirrors there, and the CLI may see the variable.
-    assert options.env["CLAUDE_CONFIG_DIR"] == str(Path(settings.CLAUDE_HOME) / ".claude")
+    # The SDK finds the transcripts it mirrors in the session's own CLI config folder
+    # (not the service's CLAUDE_HOME), and the CLI may see the variable.
+    assert options.env["CLAUDE_CONFIG_DIR"] == plain.env["CLAUDE_CONFIG_DIR"]
+    assert str(session.pk) in options.env["CLAUDE_CONFIG_DIR"]
+    assert not options.env["CLAUDE_CONFIG_DIR"].startswith(str(settings.CLAUDE_HOME))
     assert "CLAUDE_CONFIG_DIR" in json.loads(options.env["CLAUDESVC_ENV_ALLOW"])
-    assert "CLAUDE_CONFIG_DIR" not in plain.env  # the runner's own options are left alone
 
     # A CLI config folder of the job's own is kept; a job without a session owns its lines.
     alone = new_job(caller)
@@ -249,9 +251,11 @@ def test_a_session_resumes_from_the_database_when_the_cli_files_are_gone(caller,
     assert TranscriptEntry.objects.filter(session=session, writer=first).exists()
     assert not TranscriptEntry.objects.filter(job__isnull=False).exists()
 
-    # The CLI's own transcript and the session's folder vanish (a cleaned cache, a new disk).
-    shutil.rmtree(Path(settings.CLAUDE_HOME) / ".claude" / "projects")
-    shutil.rmtree(Path(settings.JOBS_ROOT) / "sessions")
+    # The CLI's own transcript (in the session's CLI home) and the session's folder
+    # vanish (a cleaned cache, a new disk).
+    sessions_root = Path(settings.JOBS_ROOT) / "sessions"
+    assert list(sessions_root.glob("**/projects/**/*.jsonl"))
+    shutil.rmtree(sessions_root)
 
     second = run_turn(caller, session, "What is my name?")
     assert second.status == JobStatus.COMPLETED, second.error_message
