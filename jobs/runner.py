@@ -45,13 +45,13 @@ from django.db import connections
 from django.utils import timezone
 
 from claudesvc.errors import NotFound
-from jobs import fallback
+from jobs import fallback, worker
 from jobs.artifacts import artifacts_collect
 from jobs.attachments import AttachmentUnavailable, PlacedAttachment, attachments_place
 from jobs.filetypes import human_size
 from jobs.models import Job, JobStatus
 from jobs.progress import JobGone, JobProgress
-from jobs.services import job_transition
+from jobs.services import job_requeue, job_transition
 from jobs.workspace import OUTPUT_DIR_NAME, JobPaths, workspace_prepare, workspace_remove
 
 logger = logging.getLogger(__name__)
@@ -307,7 +307,9 @@ class JobRun:
         self.stderr_lines: collections.deque[str] = collections.deque(maxlen=200)
         self.measure = _Measure()
         self.pid: int | None = None
-        self.stop_reason: str | None = None  # "timeout" | "cancelled" | "deleted"
+        self.stop_reason: str | None = None  # "timeout" | "cancelled" | "deleted" | "shutdown"
+        # Whether the model said anything yet (any event but the CLI's own "system" ones).
+        self.model_answered = False
         self.result: ResultMessage | None = None
         self.session_id: str = ""
         self.error: BaseException | None = None
@@ -374,6 +376,8 @@ class JobRun:
             if isinstance(message, ResultMessage):
                 self.result = message
             event = message_event(message)
+            if event.get("type") != "system":
+                self.model_answered = True
             await self.progress.aemit(event.get("type", "message"), event)
 
     def _launch_error(self) -> str:
@@ -408,6 +412,9 @@ class JobRun:
             if now - self.started > self.timeout:
                 await self._stop("timeout")
                 return
+            if worker.shutdown_grace_over():
+                await self._stop("shutdown")
+                return
             if now >= next_control:
                 next_control = now + _CONTROL_INTERVAL
                 beat = now - last_beat >= settings.JOB_HEARTBEAT_SECONDS
@@ -423,6 +430,7 @@ class JobRun:
             self.pid = int(self.paths.pidfile.read_text())
         except (OSError, ValueError):
             return
+        worker.cli_started(self.pid)
         logger.info("job %s: CLI started with pid %s", self.job.pk, self.pid)
 
     def _control(self, beat: bool) -> str | None:
@@ -445,7 +453,11 @@ class JobRun:
         while time.monotonic() < deadline and self._group_alive():
             await asyncio.sleep(0.1)
         self._signal_group(signal.SIGKILL)
-        await asyncio.sleep(2)
+        # The SDK notices the CLI's end by itself; give it a moment, no more
+        # (a graceful stop has JOB_KILL_GRACE_SECONDS + 5 s for all of this).
+        deadline = time.monotonic() + 1
+        while self._consumer and not self._consumer.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         if self._consumer and not self._consumer.done():
             self._consumer.cancel()
 
@@ -512,6 +524,16 @@ class JobRun:
                 "exit_code": -signal.SIGTERM,
                 "error_message": "Cancelled by the caller",
             }
+        if self.stop_reason == "shutdown" and res is None:
+            if not self.model_answered:
+                # Nothing of it was seen: it runs again from the start on the next worker.
+                return {**fields, "status": JobStatus.PENDING}
+            return {
+                **fields,
+                "status": JobStatus.FAILED,
+                "exit_code": -signal.SIGTERM,
+                "error_message": worker.shutdown_message(),
+            }
         if res is not None and not res.is_error:
             return {**fields, "status": JobStatus.COMPLETED, "exit_code": 0}
         return {
@@ -555,10 +577,15 @@ class JobRun:
             logger.info("job %s was deleted while running; CLI stopped", self.job.pk)
             await sync_to_async(workspace_remove)(self.job.pk)
             return
-        # Before the final status, so a client that sees the job finished also sees its files.
-        await sync_to_async(self._collect_artifacts)()
         outcome = self._outcome()
         status = outcome.pop("status")
+        if status == JobStatus.PENDING:
+            await sync_to_async(job_requeue)(
+                job_id=self.job.pk, reason="worker shut down before the model answered"
+            )
+            return
+        # Before the final status, so a client that sees the job finished also sees its files.
+        await sync_to_async(self._collect_artifacts)()
         if status != JobStatus.COMPLETED and self.result is None:
             try:
                 await self.progress.aemit(

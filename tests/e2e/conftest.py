@@ -29,7 +29,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_healthy(url: str, timeout: float = 30) -> bool:
+def wait_until_healthy(url: str, timeout: float = 90) -> bool:
     """Whether ``url``/health answered 200 within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,13 +108,16 @@ def service(
             log = open(work / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
             processes.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         svc = Service(url=f"http://127.0.0.1:{port}", env=env, processes=processes, log_dir=work)
-        if not wait_until_healthy(svc.url):
-            raise RuntimeError(f"the service did not start:\n{svc.logs()}")
-        yield svc
-        for proc in processes:
-            proc.terminate()
-        for proc in processes:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        try:
+            if not wait_until_healthy(svc.url):
+                raise RuntimeError(f"the service did not start:\n{svc.logs()}")
+            yield svc
+        finally:
+            # Also when it did not start: nothing may outlive the test session.
+            for proc in processes:
+                proc.terminate()
+            for proc in processes:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
