@@ -262,6 +262,13 @@ JOB_HEARTBEAT_SECONDS = env_int("JOB_HEARTBEAT_SECONDS", 5, minimum=1)
 JOB_STALE_SECONDS = env_int("JOB_STALE_SECONDS", 30, minimum=3)
 # Seconds between SIGTERM and SIGKILL when a job's CLI is stopped.
 JOB_KILL_GRACE_SECONDS = env_int("JOB_KILL_GRACE_SECONDS", 3, minimum=0)
+# A dead or failing upstream fails a job fast: the CLI tries a request this many
+# more times (its default is 10, with backoff) and gives each attempt at most
+# CLAUDE_API_TIMEOUT_MS to answer. Worst case about (retries + 1) x timeout plus
+# a few seconds of backoff: under 30 s with the defaults. Passed to the CLI as
+# CLAUDE_CODE_MAX_RETRIES and API_TIMEOUT_MS.
+CLAUDE_API_MAX_RETRIES = env_int("CLAUDE_API_MAX_RETRIES", 2, minimum=0, maximum=20)
+CLAUDE_API_TIMEOUT_MS = env_int("CLAUDE_API_TIMEOUT_MS", 8000, minimum=1000, maximum=3_600_000)
 MAX_PROMPT_CHARS = env_int("MAX_PROMPT_CHARS", 100_000, minimum=1)
 # Streaming readers re-check the event table this often (ms) when no live push arrives.
 STREAM_POLL_MS = env_int("STREAM_POLL_MS", 250, minimum=20)

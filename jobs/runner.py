@@ -227,7 +227,10 @@ def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptio
         "HOME": str(home),
         "CLAUDESVC_REAL_CLI": cli or "claude",
         "CLAUDESVC_PIDFILE": str(paths.pidfile),
-        "CLAUDESVC_ENV_ALLOW": json.dumps([*settings.CLAUDE_ENV_ALLOW, "HOME"]),
+        "CLAUDESVC_ENV_ALLOW": json.dumps([*settings.CLAUDE_ENV_ALLOW, "HOME", "API_TIMEOUT_MS"]),
+        # A dead upstream fails the job in seconds, not after ten retries (issue 10).
+        "CLAUDE_CODE_MAX_RETRIES": str(settings.CLAUDE_API_MAX_RETRIES),
+        "API_TIMEOUT_MS": str(settings.CLAUDE_API_TIMEOUT_MS),
     }
     opts = job.options or {}
     if opts.get("max_tokens"):
