@@ -63,6 +63,23 @@ class Service:
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-6000:] for p in sorted(self.log_dir.glob("*.log")))
 
+    def stop_worker(self) -> None:
+        """Stop its worker cluster (gracefully: it is idle between tests)."""
+        for proc in [p for p in self.processes if "qcluster" in p.args]:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            self.processes.remove(proc)
+
+    def start_worker(self) -> None:
+        log = open(self.log_dir / "qcluster.log", "a")  # noqa: SIM115 - closed with the process
+        cmd = [sys.executable, "manage.py", "qcluster"]
+        self.processes.append(
+            subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        )
+
 
 @pytest.fixture(scope="session")
 def service_extra_env(voxtral_server) -> dict[str, str]:
@@ -71,15 +88,12 @@ def service_extra_env(voxtral_server) -> dict[str, str]:
     return {"VOXTRAL_BASE_URL": voxtral_server.url, "MISTRAL_API_KEY": voxtral_server.api_key}
 
 
-@pytest.fixture(scope="session")
-def service(
-    django_db_setup, django_db_blocker, upstream, service_extra_env, tmp_path_factory
-) -> Iterator[Service]:
-    work = tmp_path_factory.mktemp("service")
-    port = _free_port()
-    env = {
+def service_env(work: Path, extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a service under test, its files under ``work``."""
+    (work / "workdirs").mkdir(parents=True, exist_ok=True)
+    return {
         **os.environ,
-        **service_extra_env,
+        **extra,
         "DATABASE_URL": _database_url(),
         "Q_CLUSTER_NAME": f"e2e-{uuid.uuid4().hex[:8]}",
         "JOBS_ROOT": str(work / "jobs"),
@@ -98,7 +112,21 @@ def service(
         "RATE_LIMIT_PROCESS_STATUS": "100000/15m",
         "PYTHONUNBUFFERED": "1",
     }
-    (work / "workdirs").mkdir()
+
+
+# The session's shared service, while it runs: tests that start services of
+# their own pause it (its workers would claim their jobs: every worker on the
+# database serves the one queue).
+RUNNING_SERVICES: list[Service] = []
+
+
+@pytest.fixture(scope="session")
+def service(
+    django_db_setup, django_db_blocker, upstream, service_extra_env, tmp_path_factory
+) -> Iterator[Service]:
+    work = tmp_path_factory.mktemp("service")
+    port = _free_port()
+    env = service_env(work, service_extra_env)
     processes = []
     with django_db_blocker.unblock():
         for name, cmd in {
@@ -111,8 +139,11 @@ def service(
         try:
             if not wait_until_healthy(svc.url):
                 raise RuntimeError(f"the service did not start:\n{svc.logs()}")
+            RUNNING_SERVICES.append(svc)
             yield svc
         finally:
+            if svc in RUNNING_SERVICES:
+                RUNNING_SERVICES.remove(svc)
             # Also when it did not start: nothing may outlive the test session.
             for proc in processes:
                 proc.terminate()
