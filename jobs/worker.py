@@ -123,6 +123,11 @@ def on_worker_start(sender=None, proc_name: str = "", **_kwargs) -> None:
     """django-q2's ``post_spawn``: runs in each new worker process."""
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    # Now, not when the first wake-up arrives: importing the runner and the
+    # pipelines takes seconds on a busy machine, and the process counts as idle
+    # (and asks for work) until its task has started.
+    import jobs.tasks  # noqa: F401
+
     state.agent = threading.Thread(target=_agent, name="claudesvc-worker-agent", daemon=True)
     state.agent.start()
 
@@ -135,10 +140,28 @@ def sweep(*, idle: bool) -> bool:
     from jobs.services import job_claimable_exists, job_enqueue, job_reap_stale
 
     job_reap_stale()
-    if idle and job_claimable_exists():
+    if idle and job_claimable_exists() and not _wake_ups_waiting():
         job_enqueue()
         return True
     return False
+
+
+def _wake_ups_waiting() -> bool:
+    """Whether the broker holds messages no worker has taken yet: then one will
+    reach an idle worker anyway, and another would only pile up."""
+    global _broker
+    from django_q.brokers import get_broker
+
+    if _broker is None:
+        _broker = get_broker()
+    try:
+        return bool(_broker.queue_size())
+    except Exception:
+        _broker = None
+        raise
+
+
+_broker = None
 
 
 def _agent() -> None:

@@ -11,6 +11,7 @@ stops its workers meanwhile: every worker on the database serves the one queue.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -100,15 +101,11 @@ class Deployment:
 
     def kill_all(self) -> None:
         for proc in self.tree():
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
         for proc in self.procs.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-5000:] for p in sorted(self.work.glob("*.log")))
@@ -129,7 +126,6 @@ def deploy(upstream, others_paused, tmp_path) -> Iterator:
 
     def make(**extra: str) -> Deployment:
         deployment = Deployment(tmp_path / f"d{len(made)}", extra)
-        deployment.work.mkdir()
         made.append(deployment)
         return deployment
 
@@ -196,7 +192,7 @@ def test_a_restart_with_running_and_queued_jobs_runs_every_job_exactly_once(depl
     d.procs["serve"].send_signal(signal.SIGTERM)
     d.procs["serve"].wait(timeout=60)
     took = time.monotonic() - started
-    assert took <= STOP_LIMIT, f"the stop took {took:.1f} s"
+    assert took <= STOP_LIMIT, f"the stop took {took:.1f} s:\n{d.logs()}"
     wait_for(lambda: not gone(processes), 3, f"left behind: {gone(processes)}")
     for job in Job.objects.filter(pk__in=ids):
         assert job.status != JobStatus.RUNNING, "nothing may stay running after a graceful stop"

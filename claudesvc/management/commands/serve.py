@@ -155,7 +155,11 @@ class Command(BaseCommand):
                 return 0
             time.sleep(0.1)
         left = self._descendants()
-        self.stderr.write(f"{len(left)} process(es) still running after the grace period; killing them")
+        names = []
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                names.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+        self.stderr.write(f"still running after the grace period, killed: {'; '.join(names)}")
         for proc in left:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
