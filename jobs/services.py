@@ -24,6 +24,7 @@ from django_q.tasks import async_task
 
 from claudesvc.auth import Caller
 from claudesvc.errors import Conflict, ServiceError
+from jobs.kinds import job_kind
 from jobs.models import (
     FINAL_STATUSES,
     TRANSITIONS,
@@ -229,10 +230,9 @@ def job_delete(*, job: Job) -> None:
     directory). A running CLI is killed by its worker, which notices within a
     heartbeat that the row is gone."""
     job_id = job.pk
-    if job.kind == JobKind.TRANSCRIPTION:
-        from transcription.services import transcription_discard
-
-        transcription_discard(job_id=job_id)
+    cleanup = job_kind(job.kind).cleanup
+    if cleanup is not None:
+        cleanup(job_id)
     stored = [
         *Attachment.objects.filter(job_id=job_id).values_list("file", flat=True),
         *Artifact.objects.filter(job_id=job_id).values_list("file", flat=True),

@@ -15,11 +15,11 @@ import time
 
 from django.conf import settings
 
-from jobs import runner, worker
-from jobs.models import JobKind, JobStatus
+from jobs import worker
+from jobs.kinds import job_kind
+from jobs.models import JobStatus
 from jobs.services import job_claim_next, job_delete_expired, job_enqueue, job_reap_stale, job_transition
 from jobs.sessions import session_clean_idle, session_job_finished, session_job_start
-from transcription.pipeline import run_transcription
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +75,7 @@ def _run(job) -> None:
             session_job_finished(job)
             return
     try:
-        if job.kind == JobKind.TRANSCRIPTION:
-            run_transcription(job.pk)
-        else:
-            runner.run_job(job.pk)
+        job_kind(job.kind).execute(job.pk)
     finally:
         # Whatever happened, the session's next turn must not wait for a wake-up that never comes.
         session_job_finished(job)

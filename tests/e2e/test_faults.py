@@ -222,8 +222,13 @@ def test_a_restart_with_running_and_queued_jobs_runs_every_job_exactly_once(depl
         else:
             assert job.result == "a b c d e f g h"
     assert_ran_once_with_every_event_once(ids)
-    d.procs["serve"].send_signal(signal.SIGTERM)
+    # Ctrl-C (what a terminal sends to make run) leaves nothing behind either.
+    processes = d.tree()
+    started = time.monotonic()
+    d.procs["serve"].send_signal(signal.SIGINT)
     d.procs["serve"].wait(timeout=60)
+    assert time.monotonic() - started <= STOP_LIMIT
+    wait_for(lambda: not gone(processes), 3, f"left behind: {gone(processes)}")
 
 
 # -- a worker dies ------------------------------------------------------------------------------
