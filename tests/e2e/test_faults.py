@@ -166,7 +166,13 @@ def assert_ran_once_with_every_event_once(job_ids) -> None:
 
 
 def gone(procs: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    """Those of ``procs`` still running (despite the name: what is not gone yet)."""
+    alive = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+    return alive
 
 
 # -- restart ------------------------------------------------------------------------------------
