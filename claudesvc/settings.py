@@ -109,6 +109,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL
             "timeout": env_int("DB_POOL_TIMEOUT", 30, minimum=1),
         }
     }
+    # Each pooled connection is checked as it is handed out (Django passes psycopg's
+    # check_connection to the pool): after a PostgreSQL restart the pool drops its
+    # dead connections instead of failing one request for each.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

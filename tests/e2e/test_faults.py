@@ -58,9 +58,9 @@ class Deployment:
                 "SHUTDOWN_GRACE_SECONDS": str(GRACE),
                 "JOB_SWEEP_SECONDS": "1",
                 "HEALTH_WORKER_MAX_AGE_SECONDS": "30",
-                **extra,
             },
         )
+        self.env.update(extra)  # last: a test may point the service elsewhere (DATABASE_URL …)
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
@@ -453,3 +453,32 @@ def test_a_redis_restart_strands_no_job(deploy, key, private_redis):
     assert_ran_once_with_every_event_once([*before, *during, after])
     d.procs["serve"].send_signal(signal.SIGTERM)
     d.procs["serve"].wait(timeout=60)
+
+
+# -- the database is away --------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="the scale-out deployment (PostgreSQL) only")
+def test_a_web_server_whose_database_is_away_answers_a_clear_503(deploy, key):
+    """The shared PostgreSQL is not restarted here (other suites use it): the server is
+    pointed at a port where no database listens, which is what it sees while one restarts."""
+    d = deploy(DATABASE_URL=f"postgres://postgres@127.0.0.1:{_free_port()}/gone", DB_POOL_TIMEOUT="2")
+    d.web()
+    deadline = time.monotonic() + 120
+    health = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            health = httpx.get(f"{d.url}/health", timeout=30)
+            break
+        time.sleep(0.3)
+    assert health is not None and health.status_code == 503
+    assert health.json()["checks"]["database"]["ok"] is False
+    for path, headers in [
+        ("/jobs", {"X-API-Key": key.secret}),
+        ("/api/v1/claude/processes", {"X-API-Key": key.secret}),
+        ("/v1/models", {"Authorization": f"Bearer {key.secret}"}),
+    ]:
+        response = httpx.get(f"{d.url}{path}", headers=headers, timeout=30)
+        assert response.status_code == 503, (path, response.text)
+        assert response.headers["Retry-After"] == "5"
+        assert "database or broker" in response.text
