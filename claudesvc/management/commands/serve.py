@@ -137,7 +137,12 @@ class Command(BaseCommand):
                     stopping = True
             self._reap_orphans(children)
             time.sleep(0.3)
-        sys.exit(self._stop_all(children) or exit_code)
+        code = self._stop_all(children) or exit_code
+        # Everything is down. Exit at once: the interpreter's own teardown was
+        # seen to take seconds on a busy machine, and a supervisor waits for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
     def _stop_all(self, children: dict[str, subprocess.Popen]) -> int:
         for child in children.values():
