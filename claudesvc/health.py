@@ -96,14 +96,13 @@ def _workers() -> dict[str, Any]:
         "max_age_seconds": settings.HEALTH_WORKER_MAX_AGE_SECONDS,
     }
     limit = settings.HEALTH_WORKER_MAX_AGE_SECONDS
+    if data["live"] or time.time() - STARTED <= limit:
+        # A live worker; or this server has just started, and its workers may be starting too.
+        return data
     if age is None:
-        # None ever seen: fine while this server has just started (its worker may be starting too).
-        if time.time() - STARTED > limit:
-            raise CheckFailed(f"no worker has sent a heartbeat (for {limit} s); jobs cannot run", data)
-    elif age > limit:
-        raise CheckFailed(
-            f"no worker has sent a heartbeat for {age:g} s (limit {limit} s); jobs cannot run", data
-        )
+        raise CheckFailed(f"no worker has sent a heartbeat (for {limit} s); jobs cannot run", data)
+    if age > limit:
+        raise CheckFailed(f"no worker has sent a heartbeat for {age:g} s (limit {limit} s); jobs cannot run", data)
     return data
 
 
