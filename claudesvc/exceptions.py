@@ -79,7 +79,29 @@ def classify(exc: Exception) -> Problem | None:
         return Problem(429, "rate_limited", str(exc.detail), headers=headers)
     if isinstance(exc, drf.APIException):
         return Problem(exc.status_code, "error", str(exc.detail))
+    if _unavailable(exc):
+        # The database or Redis is away (a restart): say so, and when to retry, instead of a bare 500.
+        logger.warning("dependency unavailable: %s", exc)
+        return Problem(
+            503,
+            "service_unavailable",
+            "The service cannot reach its database or broker right now; retry in a few seconds",
+            headers={"Retry-After": "5"},
+        )
     return None
+
+
+def _unavailable(exc: Exception) -> bool:
+    from django.db import InterfaceError, OperationalError
+
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return False
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError))
 
 
 def unexpected(exc: Exception) -> Problem:

@@ -41,6 +41,8 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
+    # Before django_q: its ``qcluster`` command is claudesvc's (a graceful stop that reaches the workers).
+    "claudesvc",
     "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -53,7 +55,6 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_q",
     "channels",
-    "claudesvc",
     "apikeys",
     "jobs",
     "transcription",
@@ -108,6 +109,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL
             "timeout": env_int("DB_POOL_TIMEOUT", 30, minimum=1),
         }
     }
+    # Each pooled connection is checked as it is handed out (Django passes psycopg's
+    # check_connection to the pool): after a PostgreSQL restart the pool drops its
+    # dead connections instead of failing one request for each.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -150,22 +155,42 @@ else:
     # process: streaming readers fall back to polling the event table.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# -- the queue, workers and shutdown (jobs/tasks.py, jobs/worker.py) ----------------------
+#
+# The jobs table is the queue; a broker message only wakes a worker up, and a
+# worker that wakes runs pending jobs until none is left. So a lost, duplicated
+# or never-sent message delays nothing for longer than JOB_SWEEP_SECONDS.
+
+# How often each worker process sweeps: fails jobs whose worker died, and wakes
+# an idle worker when pending jobs wait.
+JOB_SWEEP_SECONDS = env_int("JOB_SWEEP_SECONDS", 5, minimum=1, maximum=300)
+# SIGTERM/Ctrl-C: running jobs get this long to finish; then their CLIs are
+# stopped (JOB_KILL_GRACE_SECONDS more at most) and the jobs end with a reason
+# naming the shutdown (or go back to pending if the model had not answered yet).
+SHUTDOWN_GRACE_SECONDS = env_int("SHUTDOWN_GRACE_SECONDS", 10, minimum=0, maximum=3600)
+# /health answers 503 when no worker has sent a heartbeat for this long.
+HEALTH_WORKER_MAX_AGE_SECONDS = env_int("HEALTH_WORKER_MAX_AGE_SECONDS", 60, minimum=5)
+
 Q_CLUSTER = {
     "name": Q_CLUSTER_NAME,
     "workers": JOB_WORKERS,
     "recycle": 50,
-    # A job may run for JOB_TIMEOUT_SECONDS; the runner enforces that itself.
-    # django-q2 must never kill or redeliver a task that is still legitimately
-    # running, so its timeout sits above the job's and retry above that (its
-    # docs require timeout < retry). max_attempts=1: a job is never re-run by
-    # the broker; the stale-job reaper fails jobs whose worker died.
-    "timeout": JOB_TIMEOUT_SECONDS + 120,
-    "retry": JOB_TIMEOUT_SECONDS + 300,
+    # A wake-up task (jobs.tasks.run_pending_jobs) runs jobs one after another
+    # and claims no new one once it has run for JOB_TIMEOUT_SECONDS, so it ends
+    # within twice that; the runner enforces each job's own timeout. django-q2
+    # must never kill a task that is still legitimately running, so its timeout
+    # sits above that and retry above the timeout (its docs require timeout <
+    # retry). A redelivered or lost message is harmless: it is only a wake-up.
+    "timeout": 2 * JOB_TIMEOUT_SECONDS + 120,
+    "retry": 2 * JOB_TIMEOUT_SECONDS + 420,
     "max_attempts": 1,
     "ack_failures": True,
     "catch_up": False,
     "save_limit": 1000,
     "poll": 0.2,
+    # Prefetch at most one message per worker: what a cluster holds in memory
+    # dies with it (harmless now, but an idle cluster elsewhere should get it).
+    "queue_limit": JOB_WORKERS,
     "label": "Task queue",
 }
 if REDIS_URL:
@@ -279,9 +304,16 @@ JOB_TOOL_POLICY_DEFAULT = env_choice("JOB_TOOL_POLICY_DEFAULT", "safe", {"read_o
 # How often a running job's worker proves it is alive, and after how long
 # without that the reaper declares the job lost.
 JOB_HEARTBEAT_SECONDS = env_int("JOB_HEARTBEAT_SECONDS", 5, minimum=1)
-JOB_STALE_SECONDS = env_int("JOB_STALE_SECONDS", 90, minimum=10)
+JOB_STALE_SECONDS = env_int("JOB_STALE_SECONDS", 30, minimum=3)
 # Seconds between SIGTERM and SIGKILL when a job's CLI is stopped.
 JOB_KILL_GRACE_SECONDS = env_int("JOB_KILL_GRACE_SECONDS", 3, minimum=0)
+# A dead or failing upstream fails a job fast: the CLI tries a request this many
+# more times (its default is 10, with backoff) and gives each attempt at most
+# CLAUDE_API_TIMEOUT_MS to answer. Worst case about (retries + 1) x timeout plus
+# a few seconds of backoff: under 30 s with the defaults. Passed to the CLI as
+# CLAUDE_CODE_MAX_RETRIES and API_TIMEOUT_MS.
+CLAUDE_API_MAX_RETRIES = env_int("CLAUDE_API_MAX_RETRIES", 2, minimum=0, maximum=20)
+CLAUDE_API_TIMEOUT_MS = env_int("CLAUDE_API_TIMEOUT_MS", 8000, minimum=1000, maximum=3_600_000)
 MAX_PROMPT_CHARS = env_int("MAX_PROMPT_CHARS", 100_000, minimum=1)
 # Streaming readers re-check the event table this often (ms) when no live push arrives.
 STREAM_POLL_MS = env_int("STREAM_POLL_MS", 250, minimum=20)

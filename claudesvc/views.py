@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import psutil
 from django.conf import settings
 from django.http import JsonResponse
 from django.shortcuts import render
@@ -16,37 +15,79 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from claudesvc.fields import iso_utc
+from claudesvc.health import STARTED, service_health
 from jobs.models import Job, JobStatus
 from jobs.runner import cli_info
 
 
+class HealthCheckOutput(serializers.Serializer):
+    ok = serializers.BooleanField()
+    latency_ms = serializers.FloatField(required=False)
+    error = serializers.CharField(required=False, help_text="Why the check failed")
+
+
+class DatabaseCheckOutput(HealthCheckOutput):
+    engine = serializers.CharField(required=False, help_text="postgresql or sqlite")
+
+
+class BrokerCheckOutput(HealthCheckOutput):
+    kind = serializers.CharField(required=False, help_text="redis or orm (the database)")
+
+
+class WorkersCheckOutput(HealthCheckOutput):
+    live = serializers.IntegerField(required=False, help_text="Worker processes with a recent heartbeat")
+    busy = serializers.IntegerField(required=False, help_text="Of those, running a job")
+    stopping = serializers.IntegerField(
+        required=False, help_text="Of those, finishing their job before exiting"
+    )
+    last_heartbeat_age_seconds = serializers.FloatField(
+        required=False, allow_null=True, help_text="Seconds since the newest heartbeat of any worker"
+    )
+    max_age_seconds = serializers.IntegerField(required=False, help_text="HEALTH_WORKER_MAX_AGE_SECONDS")
+
+
+class HealthChecksOutput(serializers.Serializer):
+    database = DatabaseCheckOutput()
+    broker = BrokerCheckOutput()
+    workers = WorkersCheckOutput()
+
+
 class HealthOutput(serializers.Serializer):
-    status = serializers.CharField()
+    status = serializers.CharField(help_text='"ok", or "error" (with HTTP 503) when jobs cannot run')
     version = serializers.CharField()
     claude_cli = serializers.CharField(allow_null=True)
     timestamp = serializers.CharField(help_text="Now, ISO 8601 UTC")
     uptime = serializers.FloatField(help_text="Seconds since this server process started")
-
-
-# When this process started (not when this module was imported).
-_STARTED = psutil.Process().create_time()
+    checks = HealthChecksOutput()
 
 
 class HealthView(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    @extend_schema(operation_id="health", summary="Health check (no API key)", responses={200: HealthOutput})
+    @extend_schema(
+        operation_id="health",
+        summary="Health check (no API key)",
+        description=(
+            "Seed 000's fields, plus `checks`: the database, the broker and the workers (their newest "
+            "heartbeat). 503 with `status: error` when jobs cannot run: the database or the broker does "
+            "not answer, or no worker has sent a heartbeat for HEALTH_WORKER_MAX_AGE_SECONDS."
+        ),
+        responses={200: HealthOutput, 503: HealthOutput},
+    )
     def get(self, request):
         cli = cli_info()
+        health = service_health()
         return Response(
             {
-                "status": "ok",
+                "status": "ok" if health.ok else "error",
                 "version": settings.SERVICE_VERSION,
                 "claude_cli": cli.version,
                 "timestamp": iso_utc(timezone.now()),
-                "uptime": round(time.time() - _STARTED, 3),
-            }
+                "uptime": round(time.time() - STARTED, 3),
+                "checks": health.checks,
+            },
+            status=200 if health.ok else 503,
         )
 
 

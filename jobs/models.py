@@ -21,9 +21,16 @@ class JobStatus(models.TextChoices):
 ACTIVE_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING)
 FINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.CANCELLED)
 # The only moves a job makes; services change status by compare-and-set along these.
+# running -> pending: a graceful stop hands back a job whose model had not answered yet.
 TRANSITIONS = {
     JobStatus.PENDING: {JobStatus.RUNNING, JobStatus.CANCELLED},
-    JobStatus.RUNNING: {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.CANCELLED},
+    JobStatus.RUNNING: {
+        JobStatus.COMPLETED,
+        JobStatus.FAILED,
+        JobStatus.TIMEOUT,
+        JobStatus.CANCELLED,
+        JobStatus.PENDING,
+    },
 }
 
 
@@ -283,3 +290,27 @@ class TranscriptEntry(models.Model):
 
     def __str__(self) -> str:
         return f"transcript line {self.session_key}/{self.subpath or '-'} #{self.id}"
+
+
+class Worker(models.Model):
+    """A django-q2 worker process, one row each, kept fresh by its heartbeat
+    (``jobs.worker``). ``/health`` reads these; a row whose heartbeat stopped
+    belongs to a process that is gone."""
+
+    # "host:pid", as in Job.worker.
+    name = models.CharField(max_length=200, unique=True)
+    host = models.CharField(max_length=200)
+    pid = models.IntegerField()
+    cluster = models.CharField(max_length=100)
+    started_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField(db_index=True)
+    # The job it is running, if any.
+    job_id = models.UUIDField(null=True, blank=True)
+    # It got SIGTERM/SIGINT and is finishing its job within SHUTDOWN_GRACE_SECONDS.
+    stopping = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["host", "pid"]
+
+    def __str__(self) -> str:
+        return f"worker {self.name}"

@@ -45,14 +45,14 @@ from django.db import connections
 from django.utils import timezone
 
 from claudesvc.errors import NotFound
-from jobs import fallback
+from jobs import fallback, worker
 from jobs.artifacts import artifacts_collect
 from jobs.attachments import AttachmentUnavailable, PlacedAttachment, attachments_place
 from jobs.filetypes import human_size
 from jobs.models import Job, JobStatus
 from jobs.progress import JobGone, JobProgress
 from jobs.sandbox import cli_limits, sandbox_argv
-from jobs.services import job_transition
+from jobs.services import job_requeue, job_transition
 from jobs.sessions import session_store_options
 from jobs.workspace import (
     OUTPUT_DIR_NAME,
@@ -273,6 +273,7 @@ _RUNNER_ENV = [
     "TMPDIR",
     "GIT_CEILING_DIRECTORIES",
     "CLAUDE_CODE_DISABLE_AUTO_MEMORY",
+    "API_TIMEOUT_MS",
 ]
 
 
@@ -297,6 +298,9 @@ def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptio
         "CLAUDESVC_SANDBOX": json.dumps(
             sandbox_argv(cli=cli, cwd=cwd, read_only=read_only, writable=[paths.output])
         ),
+        # A dead upstream fails the job in seconds, not after ten retries (issue 10).
+        "CLAUDE_CODE_MAX_RETRIES": str(settings.CLAUDE_API_MAX_RETRIES),
+        "API_TIMEOUT_MS": str(settings.CLAUDE_API_TIMEOUT_MS),
     }
     if cwd.resolve().is_relative_to(Path(settings.JOBS_ROOT).resolve()):
         # The CLI looks for a git root itself (GIT_CEILING_DIRECTORIES does not
@@ -425,8 +429,10 @@ class JobRun:
         self.stderr_lines: collections.deque[str] = collections.deque(maxlen=200)
         self.measure = _Measure()
         self.pid: int | None = None
-        self.stop_reason: str | None = None  # "timeout" | "cancelled" | "deleted" | "limit"
+        self.stop_reason: str | None = None  # "timeout" | "cancelled" | "deleted" | "limit" | "shutdown"
         self.limit_message = ""
+        # Whether the model said anything yet (any event but the CLI's own "system" ones).
+        self.model_answered = False
         self.result: ResultMessage | None = None
         self.session_id: str = ""
         self.error: BaseException | None = None
@@ -500,6 +506,8 @@ class JobRun:
                 )
             if isinstance(message, ResultMessage):
                 self.result = message
+            if event.get("type") != "system":
+                self.model_answered = True
             await self.progress.aemit(event.get("type", "message"), event)
 
     def _private_roots(self) -> list[Path]:
@@ -546,6 +554,9 @@ class JobRun:
             if now - self.started > self.timeout:
                 await self._stop("timeout")
                 return
+            if worker.shutdown_grace_over():
+                await self._stop("shutdown")
+                return
             if now >= next_control:
                 next_control = now + _CONTROL_INTERVAL
                 beat = now - last_beat >= settings.JOB_HEARTBEAT_SECONDS
@@ -574,6 +585,7 @@ class JobRun:
             self.pid = int(self.paths.pidfile.read_text())
         except (OSError, ValueError):
             return
+        worker.cli_started(self.pid)
         logger.info("job %s: CLI started with pid %s", self.job.pk, self.pid)
 
     def _control(self, beat: bool) -> str | None:
@@ -596,7 +608,11 @@ class JobRun:
         while time.monotonic() < deadline and self._group_alive():
             await asyncio.sleep(0.1)
         self._signal_group(signal.SIGKILL)
-        await asyncio.sleep(2)
+        # The SDK notices the CLI's end by itself; give it a moment, no more
+        # (a graceful stop has JOB_KILL_GRACE_SECONDS + 5 s for all of this).
+        deadline = time.monotonic() + 1
+        while self._consumer and not self._consumer.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         if self._consumer and not self._consumer.done():
             self._consumer.cancel()
 
@@ -663,6 +679,16 @@ class JobRun:
                 "exit_code": -signal.SIGTERM,
                 "error_message": "Cancelled by the caller",
             }
+        if self.stop_reason == "shutdown" and res is None:
+            if not self.model_answered:
+                # Nothing of it was seen: it runs again from the start on the next worker.
+                return {**fields, "status": JobStatus.PENDING}
+            return {
+                **fields,
+                "status": JobStatus.FAILED,
+                "exit_code": -signal.SIGTERM,
+                "error_message": worker.shutdown_message(),
+            }
         if res is not None and not res.is_error:
             return {**fields, "status": JobStatus.COMPLETED, "exit_code": 0}
         return {
@@ -711,11 +737,18 @@ class JobRun:
             logger.info("job %s was deleted while running; CLI stopped", self.job.pk)
             await sync_to_async(workspace_remove)(self.job.pk)
             return
+        outcome = self._outcome()
+        status = outcome.pop("status")
+        if status == JobStatus.PENDING:
+            # It starts over from a clean folder wherever it runs next.
+            await sync_to_async(workspace_remove)(self.job.pk)
+            await sync_to_async(job_requeue)(
+                job_id=self.job.pk, reason="worker shut down before the model answered"
+            )
+            return
         # Before the final status, so a client that sees the job finished also sees its files.
         await sync_to_async(self._collect_artifacts)()
         await sync_to_async(workspace_finished)(self.job.pk)
-        outcome = self._outcome()
-        status = outcome.pop("status")
         if status != JobStatus.COMPLETED and self.result is None:
             try:
                 await self.progress.aemit(

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import socket
 import uuid
 from datetime import timedelta
 from typing import Any
 
+import psutil
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -22,6 +24,7 @@ from django_q.tasks import async_task
 
 from claudesvc.auth import Caller
 from claudesvc.errors import Conflict, ServiceError
+from jobs.kinds import job_kind
 from jobs.models import (
     FINAL_STATUSES,
     TRANSITIONS,
@@ -29,8 +32,10 @@ from jobs.models import (
     Attachment,
     ClaudeSession,
     Job,
+    JobEvent,
     JobKind,
     JobStatus,
+    Worker,
 )
 from jobs.progress import JobProgress
 from jobs.storage import job_files_delete
@@ -63,8 +68,18 @@ def worker_name() -> str:
 
 
 def job_enqueue() -> None:
-    """Hand the broker one token to run the next pending job (see tasks.run_next_job)."""
-    async_task("jobs.tasks.run_next_job", group="jobs")
+    """Wake a worker up: one broker message saying that there is work.
+
+    The jobs table is the queue; the message carries no job. If the broker
+    cannot take it (Redis restarting), nothing is lost: every idle worker's
+    sweep (``jobs.worker``) finds pending jobs within ``JOB_SWEEP_SECONDS``.
+    """
+    try:
+        async_task("jobs.tasks.run_pending_jobs", group="jobs")
+    except Exception:
+        logger.warning(
+            "could not send a wake-up to the broker; the workers' sweep will start the job", exc_info=True
+        )
 
 
 def job_create(
@@ -113,11 +128,25 @@ def _claimable():
     return Job.objects.filter(status=JobStatus.PENDING).exclude(session_id__in=busy_sessions)
 
 
+def _next_claimable_id() -> uuid.UUID | None:
+    """Which pending job starts next: highest priority first, ties first-come.
+
+    The queue's order lives here alone (the claim and the sweep's "is there
+    work?" both ask this), so changing it is one edit.
+    """
+    return _claimable().order_by("-priority", "created_at", "pk").values_list("pk", flat=True).first()
+
+
+def job_claimable_exists() -> bool:
+    """Whether a pending job could start now (the sweep wakes a worker if so)."""
+    return _next_claimable_id() is not None
+
+
 def job_claim_next(*, worker: str | None = None) -> Job | None:
     """Move the best pending job to running, or return None if there is none.
 
-    Highest priority first, ties first-come. The compare-and-set makes a job
-    start at most once even when two workers (or a redelivered task) race.
+    The compare-and-set makes a job start at most once even when two workers
+    (or a redelivered wake-up) race.
 
     The turns of one session run one after the other: a session's job is not
     claimed while another of its jobs runs, and since every worker picks the
@@ -127,9 +156,7 @@ def job_claim_next(*, worker: str | None = None) -> Job | None:
     """
     worker = worker or worker_name()
     for _ in range(20):
-        candidate = (
-            _claimable().order_by("-priority", "created_at", "pk").values_list("pk", flat=True).first()
-        )
+        candidate = _next_claimable_id()
         if candidate is None:
             return None
         now = timezone.now()
@@ -203,10 +230,9 @@ def job_delete(*, job: Job) -> None:
     directory). A running CLI is killed by its worker, which notices within a
     heartbeat that the row is gone."""
     job_id = job.pk
-    if job.kind == JobKind.TRANSCRIPTION:
-        from transcription.services import transcription_discard
-
-        transcription_discard(job_id=job_id)
+    cleanup = job_kind(job.kind).cleanup
+    if cleanup is not None:
+        cleanup(job_id)
     stored = [
         *Attachment.objects.filter(job_id=job_id).values_list("file", flat=True),
         *Artifact.objects.filter(job_id=job_id).values_list("file", flat=True),
@@ -246,20 +272,119 @@ def job_delete_expired(*, batch: int = 200) -> int:
     return deleted
 
 
-def job_reap_stale() -> int:
-    """Fail running jobs whose worker stopped proving it is alive (it died)."""
-    cutoff = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
-    stale = list(
-        Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff).values_list("pk", flat=True)
+def job_requeue(*, job_id: uuid.UUID, reason: str) -> bool:
+    """Hand a running job back to the queue (compare-and-set running -> pending).
+
+    Only for a job stopped before its model answered anything (a graceful
+    stop): nothing of it was seen, so it runs again from the start, in its
+    place in the queue.
+    """
+    moved = job_transition(
+        job_id=job_id,
+        frm=JobStatus.RUNNING,
+        to=JobStatus.PENDING,
+        started_at=None,
+        heartbeat_at=None,
+        worker="",
+        cli_pid=None,
     )
+    if moved:
+        logger.info("job %s handed back to the queue (%s)", job_id, reason)
+    return moved
+
+
+STALE_MESSAGE = "The worker running this job stopped responding; the job was abandoned."
+
+
+def _process_started_before(pid: int, moment) -> bool:
+    """Whether a process ``pid`` exists on this host and was started before ``moment``
+    (a process started later only reuses the number)."""
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return False
+    return moment is None or created <= moment.timestamp() + 1
+
+
+def _dead_local_workers(running: list[dict[str, Any]]) -> set[str]:
+    """Workers on this host whose process is gone, among the running jobs' workers.
+
+    A worker beats every JOB_HEARTBEAT_SECONDS; one that missed two beats and
+    whose process no longer exists here died (SIGKILL, OOM): its jobs need not
+    wait out JOB_STALE_SECONDS. (Two beats, so that a same-named host with
+    another process namespace never loses a live job to this shortcut.)
+    """
+    host = socket.gethostname()
+    quiet = timezone.now() - timedelta(seconds=2 * settings.JOB_HEARTBEAT_SECONDS + 1)
+    dead = set()
+    for job in running:
+        name, _, pid = job["worker"].rpartition(":")
+        if name != host or not pid.isdigit() or job["heartbeat_at"] is None or job["heartbeat_at"] > quiet:
+            continue
+        if not _process_started_before(int(pid), job["started_at"]):
+            dead.add(job["worker"])
+    return dead
+
+
+def _kill_orphaned_cli(job: dict[str, Any]) -> None:
+    """The CLI of a job whose worker died on this host, if it still runs (its group)."""
+    pid = job.get("cli_pid")
+    if not pid or not job["worker"].startswith(f"{socket.gethostname()}:"):
+        return
+    if not _process_started_before(pid, None):
+        return
+    try:
+        created = psutil.Process(pid).create_time()
+        if job["started_at"] is not None and created < job["started_at"].timestamp() - 1:
+            return  # another process that got the number
+        os.killpg(pid, signal.SIGKILL)
+    except (psutil.Error, OSError):
+        return
+
+
+def job_reap_stale() -> int:
+    """Fail running jobs whose worker died.
+
+    A job whose heartbeat is older than JOB_STALE_SECONDS lost its worker,
+    wherever it ran; a job whose worker process on this host is gone is failed
+    at once (see ``_dead_local_workers``). Its CLI, if it still runs here, is
+    killed with its process group.
+    """
+    cutoff = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
+    running = list(
+        Job.objects.filter(status=JobStatus.RUNNING).values(
+            "pk", "worker", "heartbeat_at", "started_at", "cli_pid"
+        )
+    )
+    dead_workers = _dead_local_workers(running)
     reaped = 0
-    for job_id in stale:
+    for job in running:
+        if job["worker"] in dead_workers:
+            message = f"The worker running this job ({job['worker']}) died; the job was abandoned."
+        elif job["heartbeat_at"] is None or job["heartbeat_at"] < cutoff:
+            message = STALE_MESSAGE
+        else:
+            continue
         if job_transition(
-            job_id=job_id,
-            frm=JobStatus.RUNNING,
-            to=JobStatus.FAILED,
-            error_message="The worker running this job stopped responding; the job was abandoned.",
+            job_id=job["pk"], frm=JobStatus.RUNNING, to=JobStatus.FAILED, error_message=message
         ):
             reaped += 1
-            logger.warning("job %s reaped: worker lost", job_id)
+            logger.warning("job %s reaped: %s", job["pk"], message)
+            _kill_orphaned_cli(job)
+            _emit_reaped(job["pk"], message)
+    if reaped:
+        # Turns that waited for a lost job's session can start now.
+        job_enqueue()
+    Worker.objects.filter(heartbeat_at__lt=timezone.now() - timedelta(hours=1)).delete()
     return reaped
+
+
+def _emit_reaped(job_id: uuid.UUID, message: str) -> None:
+    """The error event a reader waits for (the job's worker can no longer write it)."""
+    try:
+        last = JobEvent.objects.filter(job_id=job_id).order_by("-seq").values_list("seq", flat=True).first()
+        JobProgress(job_id, start_seq=0 if last is None else last + 1).emit(
+            "error", {"type": "error", "error": JobStatus.FAILED, "message": message}
+        )
+    except Exception:  # a reader still sees the final status
+        logger.warning("job %s: could not record why it was reaped", job_id, exc_info=True)

@@ -1,29 +1,66 @@
-"""django-q2 tasks. Thin: they take plain data and call services and the runner."""
+"""django-q2 tasks. Thin: they take plain data and call services and the runner.
+
+The jobs table is the queue. ``run_pending_jobs`` is the only message the
+broker carries for jobs, and it names none: it is a wake-up, sent when a job
+is submitted, when a session's turn ends, and by idle workers' sweeps
+(``jobs.worker``) while pending jobs wait. The worker that gets it runs
+pending jobs one after the other until none is left, so a lost message costs
+nothing and a duplicated one finds nothing to do.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 
-from jobs import runner
-from jobs.models import Job, JobKind, JobStatus
+from django.conf import settings
+
+from jobs import worker
+from jobs.kinds import job_kind
+from jobs.models import JobStatus
 from jobs.services import job_claim_next, job_delete_expired, job_enqueue, job_reap_stale, job_transition
 from jobs.sessions import session_clean_idle, session_job_finished, session_job_start
-from transcription.pipeline import run_transcription
 
 logger = logging.getLogger(__name__)
 
 
-def run_next_job() -> str | None:
-    """Run the best pending job, if any.
+def run_pending_jobs() -> int:
+    """Run pending jobs, best first, until none can start or this worker stops; the number run.
 
-    One of these is enqueued per submitted job. It claims whichever pending job
-    comes first by priority rather than a fixed id, which is what makes
-    priority work with a FIFO broker; the compare-and-set claim makes a
-    redelivered task harmless (it finds nothing, or another pending job).
+    It claims no new job once it has run for ``JOB_TIMEOUT_SECONDS`` (so the
+    task stays within django-q2's own timeout) and hands the rest to a fresh
+    wake-up instead.
     """
+    started = time.monotonic()
+    ran = 0
+    with worker.running_task():
+        while not worker.stopping():
+            if time.monotonic() - started > settings.JOB_TIMEOUT_SECONDS:
+                job_enqueue()
+                break
+            if run_next_job() is None:
+                break
+            ran += 1
+    return ran
+
+
+def run_next_job() -> str | None:
+    """Claim the best pending job and run it; its id, or None if none could start.
+
+    The claim is a compare-and-set on the row (``services.job_claim_next``),
+    so no job starts twice, whoever else is claiming.
+    """
+    if worker.stopping():
+        return None
     job = job_claim_next()
     if job is None:
         return None
+    with worker.running_task(), worker.running_job(job.pk):
+        _run(job)
+    return str(job.pk)
+
+
+def _run(job) -> None:
     if job.session_id is not None:
         try:
             session_job_start(job)
@@ -36,24 +73,17 @@ def run_next_job() -> str | None:
                 error_message=f"The job's session could not be prepared: {exc}",
             )
             session_job_finished(job)
-            return str(job.pk)
+            return
     try:
-        if job.kind == JobKind.TRANSCRIPTION:
-            run_transcription(job.pk)
-        else:
-            runner.run_job(job.pk)
+        job_kind(job.kind).execute(job.pk)
     finally:
         # Whatever happened, the session's next turn must not wait for a wake-up that never comes.
         session_job_finished(job)
-    return str(job.pk)
 
 
 def reap_stale_jobs() -> int:
-    reaped = job_reap_stale()
-    if reaped and Job.objects.filter(status=JobStatus.PENDING, session__isnull=False).exists():
-        # Turns that waited for a lost job's session can start now.
-        job_enqueue()
-    return reaped
+    """The minutely schedule: a backstop behind the workers' own sweeps."""
+    return job_reap_stale()
 
 
 def delete_expired_jobs() -> int:

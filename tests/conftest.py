@@ -105,3 +105,16 @@ def client_for():
         return client
 
     return make
+
+
+@pytest.fixture
+def live_worker(db):
+    """A worker process that sent a heartbeat just now (what /health looks for)."""
+    from django.utils import timezone
+
+    from jobs.models import Worker
+
+    now = timezone.now()
+    return Worker.objects.create(
+        name="testhost:1", host="testhost", pid=1, cluster="test", started_at=now, heartbeat_at=now
+    )

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
+from jobs import worker
 from jobs.models import Job, JobStatus
 from jobs.progress import JobGone, JobProgress
 from jobs.services import job_delete, job_transition
@@ -153,6 +154,8 @@ class JobWatch:
     def _poll(self, *, beat: bool) -> str | None:
         if time.monotonic() - self.started > self.timeout_seconds:
             return "timeout"
+        if worker.shutdown_grace_over():
+            return "shutdown"
         row = Job.objects.filter(pk=self.job_id).values("cancel_requested_at").first()
         if row is None:
             return "deleted"
@@ -684,6 +687,8 @@ def _stopped(job: Job, reason: str) -> dict[str, Any]:
         }
     if reason == "cancelled":
         return {"status": JobStatus.CANCELLED, "error_message": "Cancelled by the caller"}
+    if reason == "shutdown":
+        return {"status": JobStatus.FAILED, "error_message": worker.shutdown_message()}
     return {"status": "deleted"}
 
 

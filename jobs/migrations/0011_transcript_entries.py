@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0004_claude_sessions'),
+        ('jobs', '0005_worker_heartbeats'),
     ]
 
     operations = [

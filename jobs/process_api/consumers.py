@@ -186,6 +186,7 @@ class ProcessConsumer(AsyncWebsocketConsumer):
             "claude:execute": self.on_execute,
             "claude:cancel": self.on_cancel,
             "claude:status": self.on_status,
+            "claude:resume": self.on_resume,
         }.get(event)
         if handler is None:
             await self.send_error(ServiceError(f"Unknown event {event!r}", field="event"), request_id)
@@ -246,6 +247,21 @@ class ProcessConsumer(AsyncWebsocketConsumer):
             request_id,
         )
 
+    async def on_resume(self, data, request_id) -> None:
+        """Follow a process again after a reconnect: its output after the event
+        numbered ``after`` (the ``seq`` of the last ``claude:progress`` output
+        received; -1 or none for all of it), then ``claude:complete``. Nothing
+        is lost or repeated, whichever server answers."""
+        job = await self._own(data)
+        after = data.get("after", -1) if isinstance(data, dict) else -1
+        if isinstance(after, bool) or not isinstance(after, int) or after < -1:
+            raise ServiceError("after must be an integer, -1 or more", field="after")
+        old = self.follows.pop(job.pk, None)
+        if old is not None:
+            old.cancel()
+        partial = bool((job.options or {}).get("partial_messages"))
+        self._follow(job.pk, offset=after + 1, partial=partial, request_id=request_id)
+
     async def _own(self, data) -> Job:
         """The caller's process named by ``data``; another caller's is simply not found."""
         pid = data.get("processId") if isinstance(data, dict) else data
@@ -260,7 +276,8 @@ class ProcessConsumer(AsyncWebsocketConsumer):
     def _follow(self, job_id: uuid.UUID, *, offset: int, partial: bool, request_id) -> None:
         task = asyncio.create_task(self._relay(job_id, offset=offset, partial=partial, request_id=request_id))
         self.follows[job_id] = task
-        task.add_done_callback(lambda _t: self.follows.pop(job_id, None))
+        # Only its own entry: a resumed follow may have replaced it meanwhile.
+        task.add_done_callback(lambda t: self.follows.pop(job_id) if self.follows.get(job_id) is t else None)
 
     async def _send_owned(self, job_id: uuid.UUID, event: str, data: dict, request_id) -> None:
         # The ownership check every relayed message passes, not only the first.
@@ -292,7 +309,14 @@ class ProcessConsumer(AsyncWebsocketConsumer):
                     await self._send_owned(
                         job_id,
                         "claude:progress",
-                        {"processId": pid, "status": "running", "type": "output", "output": text},
+                        # seq: where a client that reconnects resumes (claude:resume "after").
+                        {
+                            "processId": pid,
+                            "status": "running",
+                            "type": "output",
+                            "output": text,
+                            "seq": item.seq,
+                        },
                         request_id,
                     )
         except asyncio.CancelledError:

@@ -7,6 +7,7 @@ from rest_framework import serializers
 
 from claudesvc.errors import ServiceError
 from claudesvc.fields import StrictCharField, StrictIntegerField, iso_utc
+from claudesvc.views import HealthChecksOutput
 from jobs.fields import ModelField
 from jobs.models import Job, JobStatus
 from jobs.process_api.selectors import PROCESS_STATUSES
@@ -286,6 +287,7 @@ class ProcessCliOutput(serializers.Serializer):
 
 class ProcessHealthOutput(serializers.Serializer):
     healthy = serializers.BooleanField()
+    checks = HealthChecksOutput(help_text="The checks of GET /health: database, broker, workers")
     cli = ProcessCliOutput()
     apiFallbackAvailable = serializers.BooleanField()
     activeProcesses = serializers.IntegerField()

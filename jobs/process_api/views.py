@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -12,6 +13,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.permissions import AllowAny
 
 from claudesvc.fields import iso_utc
+from claudesvc.health import service_health
 from jobs.fallback import fallback_available
 from jobs.metrics import caller_is_staff, service_metrics
 from jobs.models import Job, JobStatus
@@ -188,22 +190,28 @@ class HealthView(ProcessAPIView):
         tags=TAG,
         summary="Whether processes can run (no authentication)",
         description=(
-            "Healthy when the Claude CLI runs, or when it cannot but the Anthropic API fallback is "
-            "configured (processes then run through the Messages API). 503 otherwise."
+            "Healthy when jobs can run (the same `checks` as `/health`: database, broker, workers) and "
+            "the Claude CLI runs, or it cannot but the Anthropic API fallback is configured (processes "
+            "then run through the Messages API). 503 otherwise. `cli.path` is the binary's name only."
         ),
         responses={200: s.HealthEnvelope, 503: s.UnhealthyEnvelope},
     )
     def get(self, request):
         cli = cli_info()
         fallback = fallback_available()
+        # The binary's name, never its absolute path (no server paths to callers without a key).
+        name = os.path.basename(cli.path) or "claude"
         cli_data = (
-            {"installed": True, "path": cli.path, "version": cli.version}
+            {"installed": True, "path": name, "version": cli.version}
             if cli.installed
-            else {"installed": False, "error": cli.error}
+            else {"installed": False, "path": name, "error": (cli.error or "").replace(cli.path, name)}
         )
-        healthy = cli.installed or fallback
+        # The same checks as /health: processes run only where jobs can run at all.
+        service = service_health()
+        healthy = (cli.installed or fallback) and service.ok
         data = {
             "healthy": healthy,
+            "checks": service.checks,
             "cli": cli_data,
             "apiFallbackAvailable": fallback,
             "activeProcesses": Job.objects.filter(status=JobStatus.RUNNING).count(),

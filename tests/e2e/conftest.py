@@ -127,37 +127,31 @@ class Service:
 
     @contextlib.contextmanager
     def workers_paused(self) -> Iterator[None]:
-        """Stop this service's worker hosts for a while (SIGSTOP/SIGCONT). Another service
-        started on the same database pauses the ones before it: the jobs table is one
-        queue and the schedules are shared, so an idle cluster could otherwise take its work."""
-        for host in self.hosts.values():
-            host.signal(signal.SIGSTOP)
+        """Stop this service's worker hosts for a while, then start them again. Another
+        service started on the same database pauses the ones before it: the jobs table
+        is one queue and the schedules are shared, so an idle cluster could otherwise
+        take its work. A graceful stop (they are idle between tests), not SIGSTOP: a
+        frozen worker's heartbeat would go stale and read as a dead host."""
+        stopped = [host for host in self.hosts.values() if host.process is not None]
+        for host in stopped:
+            host.stop()
         try:
             yield
         finally:
-            for host in self.hosts.values():
-                host.signal(signal.SIGCONT)
+            for host in stopped:
+                host.start()
 
 
 # Services started in this test session, so that a later one can pause the earlier ones' workers.
 _STARTED: list[Service] = []
 
 
-@contextlib.contextmanager
-def running_service(
-    work: Path, extra_env: dict[str, str], *, worker_hosts: Sequence[str] = (), start_hosts: bool = True
-) -> Iterator[Service]:
-    """The HTTP server and its worker host(s), on the test database.
-
-    Without ``worker_hosts``, one cluster shares the server's folders (the embedded
-    layout). With names, each worker host gets folders of its own under ``work/<name>``
-    and only ``MEDIA_ROOT`` (the storage backend, standing in for object storage)
-    is shared; ``start_hosts=False`` leaves starting them to the test.
-    """
-    port = _free_port()
-    env = {
+def service_env(work: Path, extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a service under test, its files under ``work``."""
+    (work / "workdirs").mkdir(parents=True, exist_ok=True)
+    return {
         **os.environ,
-        **extra_env,
+        **extra,
         "DATABASE_URL": _database_url(),
         "Q_CLUSTER_NAME": f"e2e-{uuid.uuid4().hex[:8]}",
         "JOBS_ROOT": str(work / "jobs"),
@@ -176,7 +170,21 @@ def running_service(
         "RATE_LIMIT_PROCESS_STATUS": "100000/15m",
         "PYTHONUNBUFFERED": "1",
     }
-    (work / "workdirs").mkdir()
+
+
+@contextlib.contextmanager
+def running_service(
+    work: Path, extra_env: dict[str, str], *, worker_hosts: Sequence[str] = (), start_hosts: bool = True
+) -> Iterator[Service]:
+    """The HTTP server and its worker host(s), on the test database.
+
+    Without ``worker_hosts``, one cluster shares the server's folders (the embedded
+    layout). With names, each worker host gets folders of its own under ``work/<name>``
+    and only ``MEDIA_ROOT`` (the storage backend, standing in for object storage)
+    is shared; ``start_hosts=False`` leaves starting them to the test.
+    """
+    port = _free_port()
+    env = service_env(work, extra_env)
     hosts = {}
     for name in worker_hosts:
         own = work / name

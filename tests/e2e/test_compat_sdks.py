@@ -6,6 +6,7 @@ curl examples, with a key added, through httpx."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -143,20 +144,38 @@ def test_openai_sdk_streams_text_as_it_is_generated(service, key):
     assert all(c.usage is None for c in chunks[:-1])
 
 
-def test_openai_max_tokens_ends_with_length_and_stops_the_job(service, key):
+def _cli_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.killpg(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def test_openai_max_tokens_ends_with_length_and_stops_the_job(service, key, upstream):
+    mark = marker()
     client = oai(service, key.secret)
     raw = client.chat.completions.with_raw_response.create(
         model="haiku",
-        messages=[{"role": "user", "content": "Talk [[reply:a b c d e f g h i j]]"}],
+        messages=[{"role": "user", "content": f"Talk {mark} [[reply:a b c d e f g h i j]]"}],
         max_tokens=3,
     )
     completion = raw.parse()
     assert completion.choices[0].message.content == "a b c "
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage.completion_tokens == 3
-    # The CLI would ask the model to go on (and give up after a few tries); the answer
-    # is complete, so the job is stopped, whichever comes first.
-    assert wait_final(raw.headers["x-job-id"]).status in ("cancelled", "failed")
+    # The behaviour, not the CLI's timing: whether this CLI version asks the
+    # model to go on (the service then stops it) or ends by itself, the job
+    # ends, its CLI is gone, and nothing more is asked of the model afterwards.
+    job = wait_final(raw.headers["x-job-id"])
+    assert job.status in ("completed", "cancelled", "failed")
+    assert not _cli_alive(job.cli_pid)
+    asked = len([r for r in upstream.main_requests() if mark in json.dumps(r["body"])])
+    assert asked >= 1
+    time.sleep(1.5)
+    assert len([r for r in upstream.main_requests() if mark in json.dumps(r["body"])]) == asked
     streamed = list(
         client.chat.completions.create(
             model="haiku",

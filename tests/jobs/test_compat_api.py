@@ -420,7 +420,7 @@ def test_a_session_with_a_waiting_turn_is_busy_and_deleting_it_cancels_the_turn(
 # -- shared routes ---------------------------------------------------------------------------
 
 
-def test_health_has_the_seed_001_fields_too(client_for):
+def test_health_has_the_seed_001_fields_too(client_for, live_worker):
     body = client_for(None).get("/health").json()
     assert body["status"] == "ok" and body["claude_cli"]
     assert body["timestamp"].endswith("Z") and isinstance(body["uptime"], float) and body["uptime"] >= 0

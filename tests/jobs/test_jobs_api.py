@@ -21,7 +21,7 @@ def make_job(key, **kwargs):
 # -- auth ----------------------------------------------------------------------
 
 
-def test_health_needs_no_key(client_for):
+def test_health_needs_no_key(client_for, live_worker):
     body = client_for(None).get("/health").json()
     assert body["status"] == "ok"
     assert body["version"]

@@ -450,7 +450,7 @@ def test_bad_list_parameters_name_the_field(client_for, owner_key, params, field
 # -- health ------------------------------------------------------------------------------
 
 
-def test_health_needs_no_key_and_reports_the_cli(client_for, settings):
+def test_health_needs_no_key_and_reports_the_cli(client_for, settings, live_worker):
     settings.ANTHROPIC_API_KEY = "sk-test"
     settings.MAX_CONCURRENT_PROCESSES = 5
     response = client_for(None).get(f"{BASE}/health")
@@ -460,12 +460,14 @@ def test_health_needs_no_key_and_reports_the_cli(client_for, settings):
     data = body["data"]
     assert data["healthy"] is True
     assert data["cli"]["installed"] is True
-    assert os.path.exists(data["cli"]["path"]) and data["cli"]["version"].count(".") == 2
+    # The version, and the binary's name: never a server path to a caller without a key.
+    assert data["cli"]["path"] == "claude" and data["cli"]["version"].count(".") == 2
+    assert data["checks"]["database"]["ok"] and data["checks"]["workers"]["live"] == 1
     assert data["apiFallbackAvailable"] is True
     assert (data["activeProcesses"], data["queueSize"], data["maxConcurrentProcesses"]) == (0, 0, 5)
 
 
-def test_health_counts_running_and_waiting_jobs(client_for, owner_key):
+def test_health_counts_running_and_waiting_jobs(client_for, owner_key, live_worker):
     make_process(owner_key)
     make_process(owner_key)
     job_claim_next()
@@ -473,7 +475,9 @@ def test_health_counts_running_and_waiting_jobs(client_for, owner_key):
     assert (data["activeProcesses"], data["queueSize"]) == (1, 1)
 
 
-def test_health_is_503_when_the_cli_cannot_run_and_there_is_no_fallback(client_for, settings, tmp_path):
+def test_health_is_503_when_the_cli_cannot_run_and_there_is_no_fallback(
+    client_for, settings, tmp_path, live_worker
+):
     settings.CLAUDE_CLI_PATH = str(tmp_path / "no-such-claude")
     settings.ANTHROPIC_API_KEY = ""
     response = client_for(None).get(f"{BASE}/health")
@@ -483,18 +487,29 @@ def test_health_is_503_when_the_cli_cannot_run_and_there_is_no_fallback(client_f
     assert body["data"]["healthy"] is False
     assert body["data"]["cli"] == {
         "installed": False,
-        "error": f"Claude CLI not found at {tmp_path / 'no-such-claude'}",
+        "path": "no-such-claude",
+        "error": "Claude CLI not found at no-such-claude",
     }
+    assert str(tmp_path) not in response.content.decode()
     assert body["data"]["apiFallbackAvailable"] is False
 
 
-def test_health_stays_healthy_on_the_api_fallback(client_for, settings, tmp_path):
+def test_health_stays_healthy_on_the_api_fallback(client_for, settings, tmp_path, live_worker):
     settings.CLAUDE_CLI_PATH = str(tmp_path / "no-such-claude")
     settings.ANTHROPIC_API_KEY = "sk-test"
     data = client_for(None).get(f"{BASE}/health").json()["data"]
     assert (data["healthy"], data["cli"]["installed"], data["apiFallbackAvailable"]) == (True, False, True)
     settings.CLAUDE_API_FALLBACK = False
     assert client_for(None).get(f"{BASE}/health").status_code == 503
+
+
+def test_health_agrees_with_the_service_health_when_no_worker_is_alive(client_for, settings, live_worker):
+    settings.ANTHROPIC_API_KEY = "sk-test"
+    settings.HEALTH_WORKER_MAX_AGE_SECONDS = 5
+    type(live_worker).objects.update(heartbeat_at=timezone.now() - timedelta(seconds=30))
+    response = client_for(None).get(f"{BASE}/health")
+    assert response.status_code == 503 and client_for(None).get("/health").status_code == 503
+    assert response.json()["data"]["checks"]["workers"]["ok"] is False
 
 
 # -- metrics ---------------------------------------------------------------------------------
