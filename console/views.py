@@ -175,15 +175,21 @@ def _usage(job) -> dict | None:
     }
 
 
+def _base_type(content_type: str) -> str:
+    """``text/markdown; charset=utf-8`` -> ``text/markdown``."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 def _artifact_previews(job) -> list[dict]:
     previews = []
     for artifact in job.artifacts.order_by("name"):
         item = {"artifact": artifact, "kind": None, "text": None}
-        if artifact.content_type.startswith("image/") and artifact.content_type in PREVIEW_TYPES:
+        ctype = _base_type(artifact.content_type)
+        if ctype.startswith("image/") and ctype in PREVIEW_TYPES:
             item["kind"] = "image"
-        elif artifact.content_type == "application/pdf":
+        elif ctype == "application/pdf":
             item["kind"] = "pdf"
-        elif artifact.content_type in TEXT_TYPES:
+        elif ctype in TEXT_TYPES:
             with artifact.file.open("rb") as fh:
                 raw = fh.read(TEXT_PREVIEW_BYTES + 1)
             item["kind"] = "text"
@@ -226,7 +232,7 @@ def artifact_preview_view(request, caller, job_id, filename):
         artifact = artifact_get(job=job, name=filename)
     except NotFound:
         raise Http404(_("No such file")) from None
-    if artifact.content_type not in PREVIEW_TYPES:
+    if _base_type(artifact.content_type) not in PREVIEW_TYPES:
         raise Http404(_("No preview for this type"))
     response = FileResponse(artifact.file.open("rb"), content_type=artifact.content_type)
     response["Content-Disposition"] = "inline"
