@@ -5,6 +5,7 @@ with the progress bar reaching 100 %, cancel a running job, chat two turns."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -116,12 +117,12 @@ def test_transcribe_a_recording_with_the_progress_bar_reaching_100(
         " if (last < 100) requestAnimationFrame(tick); }; tick(); }"
     )
     page.wait_for_function("() => document.getElementById('tprogress').value >= 100", timeout=90_000)
-    screenshot(page, "transcription")
     assert seen[-1] == 100 and any(0 < v < 100 for v in seen), seen
     page.wait_for_selector("#files-title", timeout=60_000)
     assert page.locator("#status").text_content() == "completed"
     names = page.locator(".artifacts a").all_text_contents()
     assert {"transcript.txt", "transcript.srt", "transcript.vtt"} <= set(names)
+    screenshot(page, "transcription")
     assert len(voxtral_server.requests) >= 3
 
 
@@ -135,7 +136,7 @@ def test_cancel_a_running_job(service, browser_page, upstream):
     page.wait_for_selector("#status.s-failed", timeout=30_000)
     assert "cancel" in page.locator(".error").text_content().lower()
     # Listed as failed in my jobs, filterable.
-    page.get_by_role("link", name="My jobs").click()
+    page.get_by_role("link", name="My jobs", exact=True).click()
     page.get_by_label("Status").select_option("failed")
     page.get_by_role("button", name="Filter").click()
     assert "Count slowly" in page.locator("table.jobs").text_content()
@@ -162,8 +163,8 @@ def test_chat_two_turns_keep_the_context(service, browser_page, upstream):
         " document.querySelectorAll('.turn.claude div')[1].getAttribute('aria-busy') === 'false'"
     )
     # The second turn resumed the first: the CLI sent the whole conversation upstream.
-    last = upstream.main_requests()[-1]["body"]["messages"]
-    assert "My name is Grace" in str(last) and "What is my name?" in str(last[-1])
+    sent = json.dumps(upstream.main_requests()[-1]["body"]["messages"])
+    assert "My name is Grace" in sent and "Nice to meet you, Grace." in sent and "What is my name?" in sent
     assert re.search(r"session=([^&]+)", page.url).group(1) == session
     # The session is listed with its turns after a reload, and can be deleted.
     page.reload()

@@ -42,6 +42,13 @@
     if (li) li.classList.add(block.is_error ? "tool-error" : "tool-done");
   }
 
+  function running() {
+    if (!finished && status.textContent === "pending") {
+      status.textContent = "running";
+      status.className = "status s-running";
+    }
+  }
+
   function onEvent(type, data) {
     if (type === "stream_event") {
       const inner = data.event || {};
@@ -60,17 +67,18 @@
       const blocks = (data.message || {}).content;
       if (Array.isArray(blocks)) blocks.filter((b) => b.type === "tool_result").forEach(markToolResult);
     } else if (type === "progress" && bar) {
+      running();
       if (typeof data.percent === "number") {
         bar.value = data.percent;
         document.getElementById("tpercent").textContent = Math.round(data.percent) + " %";
       }
       if (data.message) document.getElementById("tmessage").textContent = data.message;
-    } else if (type === "system" && data.subtype === "init" && !finished) {
-      status.textContent = "running";
-      status.className = "status s-running";
+    } else if (type === "system" && data.subtype === "init") {
+      running();
     }
   }
 
+  const cancel = document.getElementById("cancel-form");
   const source = new EventSource("/jobs/" + job.dataset.id + "/events");
   const types = ["stream_event", "assistant", "user", "result", "system", "progress", "error"];
   types.forEach((type) => source.addEventListener(type, (e) => {
@@ -81,6 +89,7 @@
     if (live) live.setAttribute("aria-busy", "false");
     if (!finished) {
       const result = JSON.parse(e.data);
+      if (cancel) cancel.hidden = true;
       status.textContent = result.status;
       // The final page renders the answer's Markdown, the files and the usage.
       window.setTimeout(() => window.location.reload(), 300);
@@ -91,7 +100,6 @@
     if (finished) source.close();
   });
 
-  const cancel = document.getElementById("cancel-form");
   if (cancel) {
     cancel.addEventListener("submit", (e) => {
       if (!window.confirm(kit.t("Cancel this job?"))) e.preventDefault();
