@@ -185,3 +185,13 @@ class SessionCallerAuthentication(authentication.SessionAuthentication):
             return None
         self.enforce_csrf(request)
         return caller, None
+
+
+def caller_for_live_session(user, session) -> Caller | None:
+    """``caller_for_session`` for a connection that outlives its request (a
+    WebSocket): the session must still be in the store, so signing out (which
+    deletes it) ends the connection's rights too."""
+    key = getattr(session, "session_key", None)
+    if not key or not session.exists(key):
+        return None
+    return caller_for_session(user, session)

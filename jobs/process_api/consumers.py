@@ -44,7 +44,7 @@ from django.utils.datastructures import CaseInsensitiveMapping
 from rest_framework import serializers as drf_serializers
 from rest_framework.exceptions import Throttled
 
-from claudesvc.auth import Caller, caller_for_credential, caller_for_session, credentials_from_headers
+from claudesvc.auth import Caller, caller_for_credential, caller_for_live_session, credentials_from_headers
 from claudesvc.errors import ServiceError
 from claudesvc.exceptions import classify, unexpected
 from claudesvc.ratelimit import rate_limit_count
@@ -125,7 +125,7 @@ class ProcessConsumer(AsyncWebsocketConsumer):
         return True
 
     async def _session_caller(self) -> Caller | None:
-        return await database_sync_to_async(caller_for_session)(
+        return await database_sync_to_async(caller_for_live_session)(
             self.scope.get("user"), self.scope.get("session")
         )
 
