@@ -56,6 +56,16 @@ def _owner_label(request, caller: Caller) -> str:
     return request.user.get_username()
 
 
+def _status_labels() -> dict[str, str]:
+    """The Jobs API's four states, as the page's language says them."""
+    return {
+        "pending": _("pending"),
+        "running": _("running"),
+        "completed": _("completed"),
+        "failed": _("failed"),
+    }
+
+
 # Strings the pages' scripts show, translated here (the page carries them as JSON).
 def _script_strings() -> dict[str, str]:
     return {
@@ -64,6 +74,7 @@ def _script_strings() -> dict[str, str]:
         "Cancel this job?": _("Cancel this job?"),
         "Delete this conversation?": _("Delete this conversation?"),
         "The upload failed: the connection was lost.": _("The upload failed: the connection was lost."),
+        **{f"status:{name}": label for name, label in _status_labels().items()},
     }
 
 
@@ -136,6 +147,10 @@ def jobs_view(request, caller):
     if query:
         jobs = jobs.filter(prompt__icontains=query[:200])
     page = Paginator(jobs, PAGE_SIZE).get_page(request.GET.get("page"))
+    labels = _status_labels()
+    for job in page.object_list:
+        job.public_status = PUBLIC_STATUS[job.status]
+        job.status_label = labels[job.public_status]
     params = request.GET.copy()
     params.pop("page", None)
     return render(
@@ -149,8 +164,8 @@ def jobs_view(request, caller):
             status=status,
             kind=kind,
             q=query,
-            statuses=STATUS_FILTERS,
-            public_status=PUBLIC_STATUS,
+            statuses=list(_status_labels().items()),
+            status_labels=_status_labels(),
             filter_query=params.urlencode(),
         ),
     )
@@ -212,6 +227,7 @@ def job_view(request, caller, job_id):
             "jobs",
             job=job,
             public_status=PUBLIC_STATUS[job.status],
+            status_label=_status_labels()[PUBLIC_STATUS[job.status]],
             finished=finished,
             answer_html=render_markdown(job.result) if finished and job.result else "",
             usage=_usage(job),

@@ -108,7 +108,7 @@ def service(
             log = open(work / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
             processes.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         svc = Service(url=f"http://127.0.0.1:{port}", env=env, processes=processes, log_dir=work)
-        if not wait_until_healthy(svc.url, timeout=90):  # a busy machine starts slowly
+        if not wait_until_healthy(svc.url, timeout=180):  # a busy machine starts slowly
             raise RuntimeError(f"the service did not start:\n{svc.logs()}")
         yield svc
         for proc in processes:

@@ -42,11 +42,15 @@
     if (li) li.classList.add(block.is_error ? "tool-error" : "tool-done");
   }
 
+  function setStatus(name) {
+    status.dataset.status = name;
+    const label = kit.t("status:" + name);
+    status.textContent = label.startsWith("status:") ? name : label;
+    status.className = "status s-" + name;
+  }
+
   function running() {
-    if (!finished && status.textContent === "pending") {
-      status.textContent = "running";
-      status.className = "status s-running";
-    }
+    if (!finished && status.dataset.status === "pending") setStatus("running");
   }
 
   function onEvent(type, data) {
@@ -90,7 +94,7 @@
     if (!finished) {
       const result = JSON.parse(e.data);
       if (cancel) cancel.hidden = true;
-      status.textContent = result.status;
+      setStatus(result.status);
       // The final page renders the answer's Markdown, the files and the usage.
       window.setTimeout(() => window.location.reload(), 300);
     }
