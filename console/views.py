@@ -11,6 +11,7 @@ import functools
 from django.conf import settings
 from django.contrib.auth import login, logout
 from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
@@ -44,7 +45,7 @@ def console_caller(view):
     def wrapper(request, *args, **kwargs):
         caller = caller_for_session(request.user, request.session)
         if caller is None:
-            return redirect(f"{reverse('console:login')}?next={request.get_full_path()}")
+            return redirect_to_login(request.get_full_path(), reverse("console:login"))
         return view(request, caller, *args, **kwargs)
 
     return wrapper
