@@ -37,9 +37,10 @@ def make_job(caller: Caller, **fields) -> Job:
 
 
 def test_pages_ask_for_sign_in_first(client):
-    response = client.get("/console/jobs")
+    response = client.get("/console/jobs?status=failed&page=2")
     assert response.status_code == 302
-    assert response["Location"].startswith("/console/login?next=/console/jobs")
+    # The whole address comes back after signing in, query included.
+    assert response["Location"] == "/console/login?next=/console/jobs%3Fstatus%3Dfailed%26page%3D2"
 
 
 def test_sign_in_with_a_password_then_the_console_acts_for_that_user(user):
