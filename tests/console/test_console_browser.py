@@ -77,9 +77,17 @@ def test_upload_a_file_and_download_what_the_job_wrote(service, browser_page, up
     page.get_by_label("Files for Claude (up to 10)").set_input_files(str(notes))
     assert "notes.txt" in page.locator("#claude-form .files").text_content()
     screenshot(page, "submit")
+    # The upload's progress bar, as the page writes it (the page moves on once the job exists).
+    uploaded = []
+    page.expose_function("recordUpload", lambda text: uploaded.append(text))
+    page.evaluate(
+        "() => { const pct = document.querySelector('#claude-form .pct');"
+        " new MutationObserver(() => window.recordUpload(pct.textContent))"
+        ".observe(pct, {childList: true, characterData: true, subtree: true}); }"
+    )
     page.get_by_role("button", name="Run").click()
     page.wait_for_url(re.compile(r"/console/jobs/[0-9a-f-]{36}$"))
-    # The upload's progress bar was filled before the page moved on.
+    assert uploaded and uploaded[-1] == "100 %", uploaded
     page.wait_for_selector("#files-title", timeout=60_000)
     assert "notes.txt" in page.text_content("article")
     assert "Write" in page.locator("#tools").text_content()
