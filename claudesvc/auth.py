@@ -146,3 +146,52 @@ class JwtAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="claudesvc"'
+
+
+# -- the browser: a signed-in session (the console, /docs, EventSource, WebSocket) --------
+
+# Where the console keeps the id of an API key its visitor pasted (the secret is never stored).
+SESSION_API_KEY = "console_api_key_id"
+
+
+def caller_for_session(user, session) -> Caller | None:
+    """The caller a browser session stands for: the signed-in, active Django user
+    (like a JWT caller), else the API key pasted into the console for this session
+    while it is not revoked. Checked against the database on every call."""
+    if user is not None and getattr(user, "is_authenticated", False):
+        active = get_user_model().objects.filter(pk=user.pk, is_active=True).exists()
+        return Caller(user_id=user.pk) if active else None
+    key_id = session.get(SESSION_API_KEY) if session is not None else None
+    if key_id is None:
+        return None
+    key = ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).first()
+    return Caller(api_key=key) if key else None
+
+
+class SessionCallerAuthentication(authentication.SessionAuthentication):
+    """The session cookie of this origin: a signed-in user or a console API key.
+
+    Listed after the header credentials, so a request that presents a key or a
+    JWT is judged by that alone. Writes (POST, DELETE …) need the CSRF token,
+    as everywhere in Django; reads (SSE, downloads) need only the cookie.
+    """
+
+    def authenticate(self, request):
+        django_request = request._request
+        caller = caller_for_session(
+            getattr(django_request, "user", None), getattr(django_request, "session", None)
+        )
+        if caller is None:
+            return None
+        self.enforce_csrf(request)
+        return caller, None
+
+
+def caller_for_live_session(user, session) -> Caller | None:
+    """``caller_for_session`` for a connection that outlives its request (a
+    WebSocket): the session must still be in the store, so signing out (which
+    deletes it) ends the connection's rights too."""
+    key = getattr(session, "session_key", None)
+    if not key or not session.exists(key):
+        return None
+    return caller_for_session(user, session)

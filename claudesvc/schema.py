@@ -34,3 +34,21 @@ class JwtScheme(OpenApiAuthenticationExtension):
             "bearerFormat": "JWT",
             "description": "`Authorization: Bearer <token>` with the token from `POST /auth/login`.",
         }
+
+
+class SessionCallerScheme(OpenApiAuthenticationExtension):
+    target_class = "claudesvc.auth.SessionCallerAuthentication"
+    name = "SessionCookie"
+
+    def get_security_definition(self, auto_schema):
+        from django.conf import settings
+
+        return {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": settings.SESSION_COOKIE_NAME,
+            "description": (
+                "Pages of this origin: the session of a console sign-in (`/console/login`). "
+                "Writes also need the CSRF token in `X-CSRFToken`."
+            ),
+        }

@@ -55,17 +55,26 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_q",
     "channels",
+    "corsheaders",
+    "claudesvc",
     "apikeys",
     "jobs",
     "transcription",
+    "console",
 ]
 
 MIDDLEWARE = [
+    # First, so its headers reach every answer (429s and errors too); does nothing
+    # while CORS_ALLOWED_ORIGINS is empty.
+    "corsheaders.middleware.CorsMiddleware",
     "claudesvc.middleware.RequestIdMiddleware",
     "claudesvc.ratelimit.RateLimitHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # After sessions, before CommonMiddleware: on the landing page and the console the
+    # browser's Accept-Language picks English or German; the APIs stay English.
+    "console.middleware.PageLocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -453,6 +462,23 @@ SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
+# -- CORS (django-cors-headers) ---------------------------------------------------------
+
+# Origins (scheme://host[:port]) whose pages may call the APIs from a browser. Empty: none
+# (same-origin pages, like the console, need nothing). Credentials are headers (X-API-Key,
+# Authorization), never cookies: another origin cannot ride a signed-in session.
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", [])
+CORS_ALLOW_CREDENTIALS = False
+CORS_ALLOW_HEADERS = ["accept", "authorization", "content-type", "x-api-key", "x-request-id", "last-event-id"]
+CORS_EXPOSE_HEADERS = [
+    "x-request-id",
+    "x-session-id",
+    "retry-after",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+]
+
 # -- REST framework and schema ------------------------------------------------------
 
 # JSON bodies nested deeper than this are 400 invalid_json (claudesvc/parsers.py).
@@ -462,6 +488,8 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "claudesvc.auth.ApiKeyAuthentication",
         "claudesvc.auth.JwtAuthentication",
+        # The browser on this origin (console, EventSource): session cookie, CSRF for writes.
+        "claudesvc.auth.SessionCallerAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": [
@@ -519,6 +547,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ProcessStatusEnum": "jobs.process_api.selectors.PROCESS_STATUSES",
         "TranscriptionTypeEnum": ["transcription"],
+        "JobTypeEnum": ["claude", "transcription"],
     },
 }
 
@@ -527,7 +556,10 @@ SPECTACULAR_SETTINGS = {
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
-LANGUAGE_CODE = "en-us"
+LANGUAGE_CODE = "en"
+# The landing page and the console speak both; the browser's Accept-Language picks (English otherwise).
+LANGUAGES = [("en", "English"), ("de", "Deutsch")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -10,6 +10,7 @@ urlpatterns = [
     path("openapi.yaml", SpectacularAPIView.as_view(), name="openapi"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
     path("admin/", admin.site.urls),
+    path("console/", include("console.urls")),
     path("", include("jobs.jobs_api.urls")),
     path("api/v1/claude/", include("jobs.process_api.urls")),
     path("", include("jobs.compat_api.urls")),

@@ -28,6 +28,15 @@ class JobCreateInput(serializers.Serializer):
         max_length=settings.MAX_PROMPT_CHARS, trim_whitespace=False, help_text="The prompt for Claude"
     )
     model = ModelField()
+    # Forms send "true"/"false"; the plain BooleanField reads both forms and JSON booleans.
+    partial_messages = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text=(
+            "Also store the CLI's partial messages: `stream_event` events whose "
+            "`event.delta.text` is the answer as Claude writes it (see GET /jobs/{id}/events)"
+        ),
+    )
 
     def validate_prompt(self, value: str) -> str:
         if not value.strip():

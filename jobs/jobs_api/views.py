@@ -7,7 +7,8 @@ from collections.abc import Mapping
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
 from rest_framework.parsers import FormParser
 from rest_framework.response import Response
 
@@ -40,6 +41,43 @@ UPLOAD_ERRORS = {
 }
 
 
+def _form_schema() -> type[serializers.Serializer]:
+    """The multipart body of POST /jobs for the schema: one flat form whose files are
+    ``format: binary``, so /docs shows file pickers (a ``oneOf`` renders as a JSON box)."""
+    claude = s.JobCreateMultipartInput().fields
+    audio = TranscriptionCreateInput().fields
+    fields = {
+        "type": serializers.ChoiceField(
+            choices=["claude", "transcription"],
+            default="claude",
+            help_text="claude (default): prompt, model, attachments[]. transcription: file, output, language",
+        ),
+        "prompt": serializers.CharField(
+            required=False, help_text="The prompt for Claude (type=claude: required)"
+        ),
+        "model": claude["model"].__class__(help_text=claude["model"].help_text),
+        "partial_messages": serializers.BooleanField(
+            required=False, default=False, help_text=claude["partial_messages"].help_text
+        ),
+        "attachments[]": serializers.ListField(
+            child=serializers.FileField(), required=False, help_text=claude["attachments[]"].help_text
+        ),
+        "file": serializers.FileField(
+            required=False, help_text=f"type=transcription: {audio['file'].help_text}"
+        ),
+        "output": serializers.CharField(
+            required=False, help_text=f"type=transcription: {audio['output'].help_text}"
+        ),
+        "language": serializers.CharField(
+            required=False, help_text=f"type=transcription: {audio['language'].help_text}"
+        ),
+    }
+    return type("JobCreateForm", (serializers.Serializer,), fields)
+
+
+JobCreateForm = _form_schema()
+
+
 class JobListCreateView(JobsAPIView):
     parser_classes = [JSONParser, AttachmentMultiPartParser, FormParser]
 
@@ -56,11 +94,7 @@ class JobListCreateView(JobsAPIView):
         ),
         request={
             "application/json": s.JobCreateInput,
-            "multipart/form-data": PolymorphicProxySerializer(
-                component_name="JobCreateForm",
-                serializers=[s.JobCreateMultipartInput, TranscriptionCreateInput],
-                resource_type_field_name=None,
-            ),
+            "multipart/form-data": JobCreateForm,
         },
         responses={202: s.JobCreatedEnvelope, **ERRORS, **UPLOAD_ERRORS},
     )
@@ -97,6 +131,7 @@ class JobListCreateView(JobsAPIView):
                     prompt=data.validated_data["prompt"],
                     model=data.validated_data["model"],
                     uploads=uploads,
+                    options={"partial_messages": True} if data.validated_data["partial_messages"] else None,
                 )
             else:
                 raise ServiceError('type must be "claude" (the default) or "transcription"', field="type")

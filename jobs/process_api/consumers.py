@@ -44,7 +44,7 @@ from django.utils.datastructures import CaseInsensitiveMapping
 from rest_framework import serializers as drf_serializers
 from rest_framework.exceptions import Throttled
 
-from claudesvc.auth import Caller, caller_for_credential, credentials_from_headers
+from claudesvc.auth import Caller, caller_for_credential, caller_for_live_session, credentials_from_headers
 from claudesvc.errors import ServiceError
 from claudesvc.exceptions import classify, unexpected
 from claudesvc.parsers import json_depth_check
@@ -99,6 +99,10 @@ class ProcessConsumer(AsyncWebsocketConsumer):
         await self.accept(SUBPROTOCOL if SUBPROTOCOL in offered else None)
         if credential:
             await self._authenticate(credential)
+        elif (session_caller := await self._session_caller()) is not None:
+            # A browser page of this origin: its session cookie (see asgi.py) stands for the caller.
+            self.caller = session_caller
+            await self.send_event("claude:authenticated", {"userId": self.caller.label})
         else:
             self.auth_deadline = asyncio.create_task(self._close_unless_authenticated())
 
@@ -120,6 +124,16 @@ class ProcessConsumer(AsyncWebsocketConsumer):
             self.auth_deadline.cancel()
         await self.send_event("claude:authenticated", {"userId": caller.label})
         return True
+
+    async def _session_caller(self) -> Caller | None:
+        return await database_sync_to_async(caller_for_live_session)(
+            self.scope.get("user"), self.scope.get("session")
+        )
+
+    async def _still_valid(self) -> bool:
+        if self.credential is None:
+            return await self._session_caller() is not None
+        return await database_sync_to_async(caller_for_credential)(self.credential) is not None
 
     async def _close_unless_authenticated(self) -> None:
         from django.conf import settings
@@ -179,7 +193,7 @@ class ProcessConsumer(AsyncWebsocketConsumer):
             return
         # The credential is checked again on every request: a key revoked or a
         # token expired while the socket is open stops working at once.
-        if await database_sync_to_async(caller_for_credential)(self.credential) is None:
+        if not await self._still_valid():
             await self._reject(BAD_CREDENTIALS)
             return
         handler = {
