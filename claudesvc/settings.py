@@ -56,7 +56,6 @@ INSTALLED_APPS = [
     "django_q",
     "channels",
     "corsheaders",
-    "claudesvc",
     "apikeys",
     "jobs",
     "transcription",
