@@ -8,6 +8,7 @@ configuration table.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 from pathlib import Path
@@ -60,6 +61,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First and last: HTTP requests, latencies and responses per view for /metrics.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "claudesvc.middleware.RequestIdMiddleware",
     "claudesvc.ratelimit.RateLimitHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -70,6 +73,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "claudesvc.urls"
@@ -450,3 +454,25 @@ LOGGING = {
 }
 
 SERVICE_VERSION = "1.0.0"
+
+# -- operations: Prometheus at /metrics ----------------------------------------------------
+
+# Who may scrape GET /metrics (never API keys; outside every rate limit): a client
+# address inside METRICS_ALLOWED_NETWORKS (REMOTE_ADDR: behind a proxy, the proxy's),
+# and, when METRICS_TOKEN is set, "Authorization: Bearer <METRICS_TOKEN>" as well.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = []
+for _net in env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"]):
+    try:
+        METRICS_ALLOWED_NETWORKS.append(ipaddress.ip_network(_net, strict=False))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"METRICS_ALLOWED_NETWORKS: {_net!r} is not an address or network such as 10.0.0.0/8"
+        ) from None
+if not METRICS_TOKEN and not METRICS_ALLOWED_NETWORKS:
+    raise ImproperlyConfigured(
+        "METRICS_ALLOWED_NETWORKS is empty and METRICS_TOKEN unset: /metrics would be open to anyone; "
+        "set a token, or name the networks (0.0.0.0/0,::/0 for everyone, if that is really meant)"
+    )
+# django-prometheus' HTTP metrics get the service's prefix (claudesvc_django_http_…).
+PROMETHEUS_METRIC_NAMESPACE = "claudesvc"
