@@ -433,15 +433,33 @@ USE_I18N = True
 USE_TZ = True
 
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
+# "text" (default, for a terminal) or "json": one JSON object per line (timestamp, level,
+# logger, message, request_id, job_id, key_prefix) for a log collector.
+LOG_FORMAT = env_choice("LOG_FORMAT", "text", {"text", "json"})
+_LOG_FIELDS = {"request_id", "job_id", "key_prefix"}
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "claudesvc.middleware.RequestIdLogFilter"}},
+    "filters": {
+        "context": {
+            "()": "claudesvc.logcontext.LogContextFilter",
+            "empty": None if LOG_FORMAT == "json" else "-",
+        },
+    },
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s] %(message)s"},
+        "text": {
+            "format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s job=%(job_id)s key=%(key_prefix)s] "
+            "%(message)s"
+        },
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": ["levelname", "name", "message", *sorted(_LOG_FIELDS)],
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": True,
+        },
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
@@ -452,6 +470,15 @@ LOGGING = {
         "weasyprint.progress": {"level": "WARNING"},
     },
 }
+if LOG_FORMAT == "json":
+    # uvicorn sets up its own text handlers before it imports the application; these
+    # replace them, so its access and error lines are JSON objects too.
+    LOGGING["loggers"].update(
+        {
+            name: {"handlers": ["console"], "level": "INFO", "propagate": False}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        }
+    )
 
 SERVICE_VERSION = "1.0.0"
 

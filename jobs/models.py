@@ -70,6 +70,8 @@ class Job(models.Model):
     peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
     cpu_time_ms = models.PositiveIntegerField(null=True, blank=True)
 
+    # X-Request-ID of the request that submitted the job: the worker logs the job's run under it.
+    request_id = models.CharField(max_length=128, blank=True)
     worker = models.CharField(max_length=200, blank=True)
     cli_pid = models.IntegerField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)

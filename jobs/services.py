@@ -22,6 +22,7 @@ from django_q.tasks import async_task
 
 from claudesvc.auth import Caller
 from claudesvc.errors import Conflict, ServiceError
+from claudesvc.logcontext import current_request_id
 from jobs.models import (
     FINAL_STATUSES,
     TRANSITIONS,
@@ -100,6 +101,7 @@ def job_create(
         tool_policy=caller.tool_policy,
         options=options or {},
         session=session,
+        request_id=current_request_id(),
     )
     logger.info("job %s created by %s (source=%s, model=%s)", job.id, caller.label, source, job.model)
     if enqueue:

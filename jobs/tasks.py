@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from claudesvc.logcontext import bind_job
 from jobs import runner
 from jobs.models import Job, JobKind, JobStatus
 from jobs.services import job_claim_next, job_delete_expired, job_enqueue, job_reap_stale, job_transition
@@ -24,6 +25,7 @@ def run_next_job() -> str | None:
     job = job_claim_next()
     if job is None:
         return None
+    bind_job(job)  # every line of this run carries the job id and its submitting request's id
     if job.session_id is not None:
         try:
             session_job_start(job)
