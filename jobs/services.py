@@ -219,6 +219,22 @@ def job_delete(*, job: Job) -> None:
     logger.info("job %s deleted", job_id)
 
 
+def jobs_delete_for_key(*, api_key) -> int:
+    """Delete everything an API key owns that has files, through the services that remove
+    them: its sessions (their folders and transcripts), then its jobs (stored files, working
+    folders, transcription child jobs). For deleting the key itself; returns the jobs deleted."""
+    from jobs.sessions import session_delete
+
+    for session in ClaudeSession.objects.filter(api_key=api_key):
+        session_delete(session=session)
+    deleted = 0
+    # Children (a transcription's summaries) go with their parent; re-read after each delete.
+    while job := Job.objects.filter(api_key=api_key).order_by("created_at").first():
+        job_delete(job=job)
+        deleted += 1
+    return deleted
+
+
 def job_delete_expired(*, batch: int = 200) -> int:
     """Delete finished jobs older than ``JOB_RETENTION_DAYS`` with their files; 0 keeps everything."""
     if not settings.JOB_RETENTION_DAYS:
