@@ -17,5 +17,6 @@ urlpatterns = [
     path("", include("jobs.compat_api.urls")),
 ]
 
+handler400 = "claudesvc.views.bad_request"
 handler404 = "claudesvc.views.not_found"
 handler500 = "claudesvc.views.server_error"
