@@ -186,3 +186,14 @@ def test_a_host_outside_allowed_hosts_gets_a_clear_400(client, host, settings):
     response = client.get("/health", HTTP_HOST=host)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "host_not_allowed"
+
+
+def test_the_readme_links_only_inside_the_repository():
+    readme = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)]+)\)", readme)
+    assert "docs/ARCHITECTURE.md" in targets
+    for target in targets:
+        assert not target.startswith(("http:", "https:", "../", "/")), target
+        if not target.startswith("#"):
+            assert (ROOT / target).exists(), target
+    assert "../shared" not in readme
