@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import os
 import re
 import time
+from collections import defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
 
@@ -162,56 +164,208 @@ TOKEN_TYPES = {
 # How the runner names an error the Anthropic API answered ("… (upstream HTTP 429): …").
 _UPSTREAM_STATUS = re.compile(r"\(upstream HTTP (\d{3})\)")
 
+# The counters and histograms over jobs: name -> (type, help, label names, buckets).
+JOB_METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
+    "jobs_created": (
+        "counter",
+        "Jobs submitted, by API family (source), kind and model.",
+        ("source", "kind", "model"),
+        (),
+    ),
+    "jobs_finished": (
+        "counter",
+        "Jobs that ended, by final status, API family (source), kind and model.",
+        ("status", "source", "kind", "model"),
+        (),
+    ),
+    "job_duration_seconds": (
+        "histogram",
+        "How long finished jobs ran (the runner's measured duration), by kind.",
+        ("kind",),
+        DURATION_BUCKETS,
+    ),
+    "job_queue_wait_seconds": (
+        "histogram",
+        "Time from submission to a worker starting the job, by kind.",
+        ("kind",),
+        QUEUE_WAIT_BUCKETS,
+    ),
+    "tokens": ("counter", "Tokens used by jobs, by model and type.", ("model", "type"), ()),
+    "cost_usd": ("counter", "Cost in USD reported by Claude Code, by model.", ("model",), ()),
+    "cli_cpu_seconds": (
+        "counter",
+        "CPU time of the Claude CLI process trees of jobs, by model.",
+        ("model",),
+        (),
+    ),
+    "cli_peak_memory_bytes": (
+        "histogram",
+        "Peak resident memory of each job's Claude CLI process tree.",
+        (),
+        MEMORY_BUCKETS,
+    ),
+    "upstream_errors": (
+        "counter",
+        "Jobs that ended with an error from the Anthropic API, by its HTTP status.",
+        ("status",),
+        (),
+    ),
+}
 
-def _histogram(name, documentation, rows, label_names, bucket_keys, buckets, scale=1.0):
-    family = HistogramMetricFamily(f"{NAMESPACE}_{name}", documentation, labels=label_names)
-    for row in rows:
-        cumulative = [(_bound(b), row[key]) for b, key in zip(buckets, bucket_keys, strict=True)]
-        cumulative.append(("+Inf", row["n"]))
-        total = row["total"]
-        if isinstance(total, timedelta):
-            total = total.total_seconds()
-        family.add_metric([row[label] for label in label_names], cumulative, (total or 0) * scale)
-    return family
+
+class Totals:
+    """Sample values being summed: ``(series name, sorted label pairs) -> value``.
+
+    Histograms are kept as Prometheus exposes them: ``<name>_bucket`` (cumulative,
+    with ``le``), ``<name>_count`` and ``<name>_sum``.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+
+    def add(self, name: str, labels: dict[str, str], value: float) -> None:
+        self.values[(name, tuple(sorted((k, str(v)) for k, v in labels.items())))] += value
+
+    def observe(self, name: str, labels: dict[str, str], value: float, *, count: int = 1) -> None:
+        """``count`` observations of ``value`` into histogram ``name``."""
+        for bound in JOB_METRICS[name][3]:
+            self.add(f"{name}_bucket", {**labels, "le": _bound(bound)}, count if value <= bound else 0)
+        self.add(f"{name}_bucket", {**labels, "le": "+Inf"}, count)
+        self.add(f"{name}_count", labels, count)
+        self.add(f"{name}_sum", labels, value * count)
+
+    def families(self) -> Iterable:
+        for name, (kind, documentation, label_names, _buckets) in JOB_METRICS.items():
+            full = f"{NAMESPACE}_{name}"
+            if kind == "counter":
+                family = CounterMetricFamily(full, documentation, labels=label_names)
+                for (series, labels), value in sorted(self.values.items()):
+                    if series == name:
+                        family.add_metric([dict(labels)[label] for label in label_names], value)
+            else:
+                family = HistogramMetricFamily(full, documentation, labels=label_names)
+                for (series, labels), total in sorted(self.values.items()):
+                    if series != f"{name}_sum":
+                        continue
+                    buckets = sorted(
+                        (
+                            (dict(bucket_labels)["le"], value)
+                            for (bucket_series, bucket_labels), value in self.values.items()
+                            if bucket_series == f"{name}_bucket"
+                            and tuple(p for p in bucket_labels if p[0] != "le") == labels
+                        ),
+                        key=lambda pair: float(pair[0]),
+                    )
+                    family.add_metric([dict(labels)[label] for label in label_names], buckets, total)
+            yield family
 
 
 def _bound(value: float) -> str:
     return str(float(value))
 
 
+def job_contributions(job) -> Totals:
+    """What one job adds to the counters and histograms (the same numbers the
+    collector's queries count); kept when the job is deleted, see ``job_metrics_retire``."""
+    from jobs.models import FINAL_STATUSES
+
+    totals = Totals()
+    totals.add("jobs_created", {"source": job.source, "kind": job.kind, "model": job.model}, 1)
+    if job.status in FINAL_STATUSES:
+        labels = {"status": job.status, "source": job.source, "kind": job.kind, "model": job.model}
+        totals.add("jobs_finished", labels, 1)
+        if job.duration_ms is not None:
+            totals.observe("job_duration_seconds", {"kind": job.kind}, job.duration_ms / 1000)
+        match = _UPSTREAM_STATUS.search(job.error_message or "")
+        if match and job.status != "completed":
+            totals.add("upstream_errors", {"status": match.group(1)}, 1)
+    if job.started_at and job.created_at:
+        totals.observe(
+            "job_queue_wait_seconds", {"kind": job.kind}, (job.started_at - job.created_at).total_seconds()
+        )
+    if isinstance(job.usage, dict):
+        for name, key in TOKEN_TYPES.items():
+            value = job.usage.get(key)
+            totals.add("tokens", {"model": job.model, "type": name}, value if isinstance(value, int) else 0)
+    if job.cost_usd is not None:
+        totals.add("cost_usd", {"model": job.model}, job.cost_usd)
+    if job.cpu_time_ms is not None:
+        totals.add("cli_cpu_seconds", {"model": job.model}, job.cpu_time_ms / 1000)
+    if job.peak_memory_bytes is not None:
+        totals.observe("cli_peak_memory_bytes", {}, job.peak_memory_bytes)
+    return totals
+
+
+def job_metrics_retire(*, job_id) -> None:
+    """Keep what a job counted, just before it is deleted, so no counter ever goes down
+    (retention deletes old jobs every hour; Prometheus would read a drop as a reset).
+
+    Call it in the transaction that deletes the row: it locks the row, so of two
+    deletes of one job only the one that finds it counts it.
+    """
+    from jobs.models import Job, RetiredJobMetric
+
+    job = Job.objects.select_for_update().filter(pk=job_id).first()
+    if job is None:
+        return
+    contributions = {
+        (series, json.dumps(labels, separators=(",", ":"))): value
+        for (series, labels), value in job_contributions(job).values.items()
+    }
+    # Every series exists from now on (an empty histogram bucket is a 0, not a gap); one
+    # query, and a row another delete created meanwhile is left alone ...
+    RetiredJobMetric.objects.bulk_create(
+        [RetiredJobMetric(series=series, labels=labels, value=0) for series, labels in contributions],
+        ignore_conflicts=True,
+    )
+    # ... then the job's numbers are added where they are not 0, atomically in the database.
+    for (series, labels), value in contributions.items():
+        if value:
+            RetiredJobMetric.objects.filter(series=series, labels=labels).update(value=F("value") + value)
+
+
 class JobsCollector:
-    """The job facts, read from the jobs table on every scrape (see the module docstring)."""
+    """The job facts: the jobs table read at every scrape, plus what deleted jobs had
+    counted (see the module docstring)."""
 
     def describe(self) -> Iterable:
         return []  # no queries when registered
 
     def collect(self) -> Iterable:
-        from jobs.models import FINAL_STATUSES, Job, JobStatus
+        from jobs.models import FINAL_STATUSES, Job, JobStatus, RetiredJobMetric
 
         started = time.monotonic()
         jobs = Job.objects.order_by()
+        totals = Totals()
+        for row in RetiredJobMetric.objects.values_list("series", "labels", "value"):
+            series, labels, value = row
+            totals.values[(series, tuple(tuple(pair) for pair in json.loads(labels)))] += value
 
-        created = CounterMetricFamily(
-            f"{NAMESPACE}_jobs_created",
-            "Jobs submitted, by API family (source), kind and model.",
-            labels=["source", "kind", "model"],
-        )
-        finished = CounterMetricFamily(
-            f"{NAMESPACE}_jobs_finished",
-            "Jobs that ended, by final status, API family (source), kind and model.",
-            labels=["status", "source", "kind", "model"],
-        )
-        by_labels = jobs.values("status", "source", "kind", "model").annotate(n=Count("pk"))
-        created_totals: dict[tuple, int] = {}
-        for row in by_labels:
-            key = (row["source"], row["kind"], row["model"])
-            created_totals[key] = created_totals.get(key, 0) + row["n"]
+        for row in jobs.values("status", "source", "kind", "model").annotate(n=Count("pk")):
+            totals.add("jobs_created", {k: row[k] for k in ("source", "kind", "model")}, row["n"])
             if row["status"] in FINAL_STATUSES:
-                finished.add_metric([row["status"], *key], row["n"])
-        for key, n in sorted(created_totals.items()):
-            created.add_metric(list(key), n)
-        yield created
-        yield finished
+                totals.add(
+                    "jobs_finished", {k: row[k] for k in ("status", "source", "kind", "model")}, row["n"]
+                )
+        self._histogram(
+            totals,
+            "job_duration_seconds",
+            jobs.filter(status__in=FINAL_STATUSES, duration_ms__isnull=False),
+            "duration_ms",
+            lambda bound: int(bound * 1000),
+            scale=0.001,
+        )
+        wait = ExpressionWrapper(F("started_at") - F("created_at"), output_field=DurationField())
+        self._histogram(
+            totals,
+            "job_queue_wait_seconds",
+            jobs.filter(started_at__isnull=False).annotate(wait=wait),
+            "wait",
+            lambda bound: timedelta(seconds=bound),
+        )
+        self._usage(totals, jobs)
+        self._upstream_errors(totals, jobs, JobStatus)
+        yield from totals.families()
 
         load = jobs.aggregate(
             pending=Count("pk", filter=Q(status=JobStatus.PENDING)),
@@ -220,6 +374,7 @@ class JobsCollector:
                 ExpressionWrapper(_now() - F("created_at"), output_field=DurationField()),
                 filter=Q(status=JobStatus.PENDING),
             ),
+            running_peak=Max("peak_memory_bytes", filter=Q(status=JobStatus.RUNNING)),
         )
         yield GaugeMetricFamily(
             f"{NAMESPACE}_queue_depth", "Jobs waiting for a worker (pending).", value=load["pending"]
@@ -233,13 +388,11 @@ class JobsCollector:
             "How long the oldest pending job has waited (0 when none waits).",
             value=max(0.0, oldest.total_seconds()) if oldest else 0.0,
         )
-
-        yield self._durations(jobs, FINAL_STATUSES)
-        yield self._queue_wait(jobs)
-        yield from self._usage(jobs)
-        yield from self._cli_resources(jobs)
-        yield self._upstream_errors(jobs, JobStatus)
-
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_cli_running_peak_memory_bytes",
+            "Largest peak memory sampled so far among running jobs' CLI process trees.",
+            value=load["running_peak"] or 0,
+        )
         yield GaugeMetricFamily(
             f"{NAMESPACE}_metrics_collect_seconds",
             "Time this scrape spent reading the jobs table.",
@@ -247,120 +400,52 @@ class JobsCollector:
         )
 
     @staticmethod
-    def _durations(jobs, final_statuses):
-        keys = [f"le_{i}" for i in range(len(DURATION_BUCKETS))]
-        rows = (
-            jobs.filter(status__in=final_statuses, duration_ms__isnull=False)
-            .values("kind")
-            .annotate(
-                n=Count("pk"),
-                total=Sum("duration_ms"),
-                **{
-                    key: Count("pk", filter=Q(duration_ms__lte=int(bound * 1000)))
-                    for key, bound in zip(keys, DURATION_BUCKETS, strict=True)
-                },
-            )
-            .order_by("kind")
-        )
-        return _histogram(
-            "job_duration_seconds",
-            "How long finished jobs ran (the runner's measured duration), by kind.",
-            rows,
-            ["kind"],
-            keys,
-            DURATION_BUCKETS,
-            scale=0.001,
-        )
-
-    @staticmethod
-    def _queue_wait(jobs):
-        keys = [f"le_{i}" for i in range(len(QUEUE_WAIT_BUCKETS))]
-        wait = ExpressionWrapper(F("started_at") - F("created_at"), output_field=DurationField())
-        rows = (
-            jobs.filter(started_at__isnull=False)
-            .annotate(wait=wait)
-            .values("kind")
-            .annotate(
-                n=Count("pk"),
-                total=Sum("wait"),
-                **{
-                    key: Count("pk", filter=Q(wait__lte=timedelta(seconds=bound)))
-                    for key, bound in zip(keys, QUEUE_WAIT_BUCKETS, strict=True)
-                },
-            )
-            .order_by("kind")
-        )
-        return _histogram(
-            "job_queue_wait_seconds",
-            "Time from submission to a worker starting the job, by kind.",
-            rows,
-            ["kind"],
-            keys,
-            QUEUE_WAIT_BUCKETS,
-        )
-
-    @staticmethod
-    def _usage(jobs):
-        tokens = CounterMetricFamily(
-            f"{NAMESPACE}_tokens", "Tokens used by jobs, by model and type.", labels=["model", "type"]
-        )
-        cost = CounterMetricFamily(
-            f"{NAMESPACE}_cost_usd", "Cost in USD reported by Claude Code, by model.", labels=["model"]
-        )
-        sums = {name: Sum(Cast(KT(f"usage__{key}"), BigIntegerField())) for name, key in TOKEN_TYPES.items()}
-        rows = jobs.filter(usage__isnull=False).values("model").annotate(**sums).order_by("model")
-        for row in rows:
-            for name in TOKEN_TYPES:
-                tokens.add_metric([row["model"], name], row[name] or 0)
-        for row in jobs.filter(cost_usd__isnull=False).values("model").annotate(c=Sum("cost_usd")).order_by():
-            cost.add_metric([row["model"]], row["c"] or 0.0)
-        yield tokens
-        yield cost
-
-    @staticmethod
-    def _cli_resources(jobs):
-        cpu = CounterMetricFamily(
-            f"{NAMESPACE}_cli_cpu_seconds",
-            "CPU time of the Claude CLI process trees of jobs, by model.",
-            labels=["model"],
-        )
-        for row in (
-            jobs.filter(cpu_time_ms__isnull=False).values("model").annotate(ms=Sum("cpu_time_ms")).order_by()
-        ):
-            cpu.add_metric([row["model"]], (row["ms"] or 0) / 1000)
-        yield cpu
-        keys = [f"le_{i}" for i in range(len(MEMORY_BUCKETS))]
-        row = jobs.filter(peak_memory_bytes__isnull=False).aggregate(
-            n=Count("pk"),
-            total=Sum("peak_memory_bytes"),
+    def _histogram(totals: Totals, name: str, rows, field: str, bound_value, *, scale: float = 1.0) -> None:
+        buckets = JOB_METRICS[name][3]
+        label_names = JOB_METRICS[name][2]
+        keys = [f"le_{i}" for i in range(len(buckets))]
+        aggregated = rows.values(*label_names) if label_names else rows
+        counts = {
+            "n": Count("pk"),
+            "total": Sum(field),
             **{
-                key: Count("pk", filter=Q(peak_memory_bytes__lte=bound))
-                for key, bound in zip(keys, MEMORY_BUCKETS, strict=True)
+                key: Count("pk", filter=Q(**{f"{field}__lte": bound_value(bound)}))
+                for key, bound in zip(keys, buckets, strict=True)
             },
-        )
-        yield _histogram(
+        }
+        result = aggregated.annotate(**counts) if label_names else [aggregated.aggregate(**counts)]
+        for row in result:
+            if not row["n"]:
+                continue
+            labels = {label: row[label] for label in label_names}
+            for key, bound in zip(keys, buckets, strict=True):
+                totals.add(f"{name}_bucket", {**labels, "le": _bound(bound)}, row[key])
+            totals.add(f"{name}_bucket", {**labels, "le": "+Inf"}, row["n"])
+            totals.add(f"{name}_count", labels, row["n"])
+            total = row["total"]
+            if isinstance(total, timedelta):
+                total = total.total_seconds()
+            totals.add(f"{name}_sum", labels, (total or 0) * scale)
+
+    def _usage(self, totals: Totals, jobs) -> None:
+        sums = {name: Sum(Cast(KT(f"usage__{key}"), BigIntegerField())) for name, key in TOKEN_TYPES.items()}
+        for row in jobs.filter(usage__isnull=False).values("model").annotate(**sums):
+            for name in TOKEN_TYPES:
+                totals.add("tokens", {"model": row["model"], "type": name}, row[name] or 0)
+        for row in jobs.filter(cost_usd__isnull=False).values("model").annotate(c=Sum("cost_usd")):
+            totals.add("cost_usd", {"model": row["model"]}, row["c"] or 0.0)
+        for row in jobs.filter(cpu_time_ms__isnull=False).values("model").annotate(ms=Sum("cpu_time_ms")):
+            totals.add("cli_cpu_seconds", {"model": row["model"]}, (row["ms"] or 0) / 1000)
+        self._histogram(
+            totals,
             "cli_peak_memory_bytes",
-            "Peak resident memory of each job's Claude CLI process tree.",
-            [row],
-            [],
-            keys,
-            MEMORY_BUCKETS,
-        )
-        running = jobs.filter(status="running").aggregate(peak=Max("peak_memory_bytes"))["peak"]
-        yield GaugeMetricFamily(
-            f"{NAMESPACE}_cli_running_peak_memory_bytes",
-            "Largest peak memory sampled so far among running jobs' CLI process trees.",
-            value=running or 0,
+            jobs.filter(peak_memory_bytes__isnull=False),
+            "peak_memory_bytes",
+            int,
         )
 
     @staticmethod
-    def _upstream_errors(jobs, job_status):
-        family = CounterMetricFamily(
-            f"{NAMESPACE}_upstream_errors",
-            "Jobs that ended with an error from the Anthropic API, by its HTTP status.",
-            labels=["status"],
-        )
-        counts: dict[str, int] = {}
+    def _upstream_errors(totals: Totals, jobs, job_status) -> None:
         messages = jobs.filter(
             status__in=[job_status.FAILED, job_status.TIMEOUT, job_status.CANCELLED],
             error_message__contains="(upstream HTTP ",
@@ -368,10 +453,7 @@ class JobsCollector:
         for message in messages.iterator(chunk_size=500):
             match = _UPSTREAM_STATUS.search(message)
             if match:
-                counts[match.group(1)] = counts.get(match.group(1), 0) + 1
-        for status, n in sorted(counts.items()):
-            family.add_metric([status], n)
-        return family
+                totals.add("upstream_errors", {"status": match.group(1)}, 1)
 
 
 def _now() -> Value:

@@ -116,6 +116,27 @@ class JobEvent(models.Model):
         return f"{self.job_id}#{self.seq} {self.type}"
 
 
+class RetiredJobMetric(models.Model):
+    """What deleted jobs had added to one Prometheus counter or histogram series.
+
+    ``/metrics`` counts jobs from this table's rows plus these, so retention and
+    deletes never make a counter go down (Prometheus would read that as a reset).
+    ``labels`` is the series' sorted label pairs as JSON.
+    """
+
+    series = models.CharField(max_length=100)
+    labels = models.CharField(max_length=500)
+    value = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["series", "labels"], name="retiredjobmetric_unique_series")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.series}{self.labels} {self.value}"
+
+
 def _storage_name(name: str) -> str:
     """A storage-safe version of a file name; the row keeps the real name."""
     stem, dot, ext = name.rpartition(".")

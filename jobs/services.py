@@ -23,6 +23,7 @@ from django_q.tasks import async_task
 from claudesvc.auth import Caller
 from claudesvc.errors import Conflict, ServiceError
 from claudesvc.logcontext import current_request_id
+from claudesvc.prometheus import job_metrics_retire
 from jobs.models import (
     FINAL_STATUSES,
     TRANSITIONS,
@@ -213,7 +214,9 @@ def job_delete(*, job: Job) -> None:
         *Attachment.objects.filter(job_id=job_id).values_list("file", flat=True),
         *Artifact.objects.filter(job_id=job_id).values_list("file", flat=True),
     ]
-    Job.objects.filter(pk=job_id).delete()
+    with transaction.atomic():
+        job_metrics_retire(job_id=job_id)  # /metrics keeps counting it: counters never go down
+        Job.objects.filter(pk=job_id).delete()
     job_files_delete(job_id, known=stored)
     workspace_remove(job_id)
     logger.info("job %s deleted", job_id)

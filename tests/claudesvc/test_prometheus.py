@@ -211,3 +211,71 @@ async def test_open_sse_and_websocket_connections_are_counted_while_open():
     release.set()
     await asyncio.gather(*tasks)
     assert (sse._value.get(), ws._value.get()) == (base_sse, base_ws)
+
+
+def test_deleting_jobs_never_makes_a_counter_go_down(client, owner_key, settings):
+    from claudesvc.prometheus import JOB_METRICS
+    from jobs.services import job_delete, job_delete_expired
+
+    now = timezone.now()
+    key = owner_key.row
+    jobs = [
+        _job(
+            key,
+            status=status,
+            model=model,
+            duration_ms=duration,
+            cost_usd=0.02,
+            cpu_time_ms=1200,
+            peak_memory_bytes=200 * 2**20,
+            usage={"input_tokens": 5, "output_tokens": 9},
+            error_message=error,
+            started_at=now,
+            finished_at=now - timedelta(days=40),
+        )
+        for status, model, duration, error in [
+            (JobStatus.COMPLETED, "haiku", 800, ""),
+            (JobStatus.COMPLETED, "haiku", 70_000, ""),
+            (
+                JobStatus.FAILED,
+                "opus",
+                3_000,
+                "Claude Code reported an error (upstream HTTP 529): overloaded",
+            ),
+        ]
+    ]
+    _job(key, status=JobStatus.PENDING)
+
+    def job_series(samples):
+        names = set()
+        for name, (kind, *_rest) in JOB_METRICS.items():
+            full = f"claudesvc_{name}"
+            names |= (
+                {f"{full}_total"} if kind == "counter" else {f"{full}_bucket", f"{full}_count", f"{full}_sum"}
+            )
+        return {k: pytest.approx(v) for k, v in samples.items() if k[0] in names}
+
+    before = job_series(scrape(client))
+    assert value(scrape(client), "claudesvc_upstream_errors_total", status="529") == 1
+    job_delete(job=jobs[0])
+    settings.JOB_RETENTION_DAYS = 30
+    assert job_delete_expired() == 2
+    assert Job.objects.count() == 1
+    after = job_series(scrape(client))
+    assert after == before
+    # And new jobs add on top of what was kept.
+    _job(key, status=JobStatus.COMPLETED, model="haiku", duration_ms=500, finished_at=now)
+    s = scrape(client)
+    assert (
+        value(
+            s,
+            "claudesvc_jobs_finished_total",
+            status="completed",
+            source="jobs",
+            kind="claude",
+            model="haiku",
+        )
+        == 3
+    )
+    assert value(s, "claudesvc_job_duration_seconds_count", kind="claude") == 4
+    assert value(s, "claudesvc_job_duration_seconds_bucket", kind="claude", le="1.0") == 2
