@@ -134,8 +134,9 @@ class ConnectionMetrics:
         async def watch(message):
             nonlocal counted
             if message["type"] == "http.response.start" and counted is None:
-                headers = dict(message.get("headers") or [])
-                if headers.get(b"content-type", b"").startswith(b"text/event-stream"):
+                # Header names as the application wrote them (Django: "Content-Type").
+                types = [v for k, v in message.get("headers") or [] if k.lower() == b"content-type"]
+                if types and types[0].lower().startswith(b"text/event-stream"):
                     counted = OPEN_CONNECTIONS.labels(
                         protocol="sse", family=api_family(scope.get("path", ""))
                     )

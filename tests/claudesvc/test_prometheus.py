@@ -183,7 +183,7 @@ async def test_open_sse_and_websocket_connections_are_counted_while_open():
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")],
+                    "headers": [(b"Content-Type", b"text/event-stream")],
                 }
             )
         started.set()

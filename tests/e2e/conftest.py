@@ -108,7 +108,8 @@ def service(
             log = open(work / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
             processes.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         svc = Service(url=f"http://127.0.0.1:{port}", env=env, processes=processes, log_dir=work)
-        if not wait_until_healthy(svc.url):
+        # The first /health runs `claude --version`: slow on a busy machine.
+        if not wait_until_healthy(svc.url, timeout=120):
             raise RuntimeError(f"the service did not start:\n{svc.logs()}")
         yield svc
         for proc in processes:
