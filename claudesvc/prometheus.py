@@ -34,6 +34,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.db.models import (
@@ -62,7 +63,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 NAMESPACE = "claudesvc"
 # No "<name>_created" twin per counter: they double the output and Prometheus has no use for them.
@@ -468,9 +469,29 @@ class _InProcess:
         return REGISTRY.collect()
 
 
+def _forget_dead_processes(directory: str) -> None:
+    """Drop the live gauges (open connections) of server processes that have exited.
+
+    prometheus_client expects a process manager to call ``mark_process_dead``
+    when a worker exits; uvicorn has no such hook, so the scrape does it.
+    """
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1]) if path.stem.rsplit("_", 1)[1].isdigit() else None
+        if pid is None or pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, directory)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 def metrics_text() -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        _forget_dead_processes(directory)
         MultiProcessCollector(registry)
     else:
         registry.register(_InProcess())

@@ -279,3 +279,53 @@ def test_deleting_jobs_never_makes_a_counter_go_down(client, owner_key, settings
     )
     assert value(s, "claudesvc_job_duration_seconds_count", kind="claude") == 4
     assert value(s, "claudesvc_job_duration_seconds_bucket", kind="claude", le="1.0") == 2
+
+
+def test_multiprocess_mode_sums_what_several_server_processes_counted(tmp_path):
+    """With PROMETHEUS_MULTIPROC_DIR, a scrape answered by one process includes the others' counts."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.e2e.conftest import _database_url
+
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),  # the test database, for the jobs part of the scrape
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "DJANGO_SETTINGS_MODULE": "claudesvc.settings",
+    }
+    count = (
+        "import django; django.setup()\n"
+        "from claudesvc.prometheus import OPEN_CONNECTIONS, record_rate_limit_refusal\n"
+        "for _ in range({n}): record_rate_limit_refusal('compat')\n"
+        "OPEN_CONNECTIONS.labels(protocol='sse', family='jobs').inc()\n"
+    )
+    for n in (2, 3):
+        done = subprocess.run(
+            [sys.executable, "-c", count.format(n=n)], cwd=root, env=env, capture_output=True
+        )
+        assert done.returncode == 0, done.stderr
+    scrape_code = (
+        "import django; django.setup()\n"
+        "from claudesvc.prometheus import metrics_text\n"
+        "import sys; sys.stdout.write(metrics_text().decode())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", scrape_code], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    families = {f.name: f for f in text_string_to_metric_families(done.stdout)}
+    refusals = {
+        tuple(sorted(s.labels.items())): s.value
+        for s in families["claudesvc_ratelimit_refusals"].samples
+        if s.name.endswith("_total")
+    }
+    assert refusals[(("group", "compat"),)] == 5
+    # Open connections count only live processes: both counting processes have exited.
+    gone = families.get("claudesvc_open_connections")
+    assert gone is None or all(s.value == 0 for s in gone.samples)
+    assert not list(tmp_path.glob("gauge_live*"))
+    assert "claudesvc_queue_depth" in families  # the database part comes along
