@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from pythonjsonlogger.core import RESERVED_ATTRS
 
 from claudesvc.env import env_bool, env_choice, env_int, env_list, env_str
 
@@ -456,6 +457,8 @@ LOGGING = {
             "fmt": ["levelname", "name", "message", *sorted(_LOG_FIELDS)],
             "rename_fields": {"levelname": "level", "name": "logger"},
             "timestamp": True,
+            # uvicorn's copy of each message with terminal colours: noise in JSON.
+            "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
         },
     },
     "handlers": {
