@@ -1,7 +1,7 @@
 """Admin for API keys: the secret is shown once, right after creation.
 
 Deleting a key deletes what it owns through the services that remove files
-(``jobs_delete_for_key``: its sessions' folders, its jobs' stored files and
+(``jobs_delete_for_owner``: its sessions' folders, its jobs' stored files and
 working folders), never by a bare database cascade that would leave them on
 disk. Revoking is usually what is wanted: it keeps the key's history.
 """
@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from apikeys.models import ApiKey, RateLimitOverride
 from apikeys.services import api_key_create, api_key_revoke
-from jobs.services import jobs_delete_for_key
+from jobs.services import jobs_delete_for_owner
 
 
 class RateLimitOverrideInline(admin.TabularInline):
@@ -43,7 +43,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     # -- deletes through the services ---------------------------------------------------
 
     def delete_model(self, request, obj):
-        jobs_delete_for_key(api_key=obj)
+        jobs_delete_for_owner(api_key=obj)
         super().delete_model(request, obj)
 
     def delete_queryset(self, request, queryset):

@@ -8,6 +8,8 @@
 - A job's page shows its usage and events readably, and while the job is
   pending or running it asks ``live/`` every two seconds for the status and
   the events written since (``jobs/static/jobs/admin_job_live.js``).
+- Deleting a Django user (whose JWT jobs and sessions would cascade) also
+  goes through the services first (``OwnerCleaningUserAdmin``).
 - File links go to ``files/<attachment|artifact>/<name>``, which streams the
   file like the Jobs API download does, for staff only.
 """
@@ -18,6 +20,8 @@ import json
 from datetime import datetime
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, JsonResponse
 from django.template.defaultfilters import truncatechars
@@ -28,7 +32,7 @@ from django.utils.timezone import localtime
 from claudesvc.errors import ServiceError
 from jobs.jobs_api.downloads import artifact_response
 from jobs.models import ACTIVE_STATUSES, Artifact, Attachment, ClaudeSession, Job, JobEvent
-from jobs.services import job_cancel, job_delete
+from jobs.services import job_cancel, job_delete, jobs_delete_for_owner
 from jobs.sessions import session_delete
 
 EMPTY = "-"
@@ -364,3 +368,22 @@ class ClaudeSessionAdmin(admin.ModelAdmin):
             session_delete(session=session)
             count += 1
         self.message_user(request, f"Ended {count} session(s).")
+
+
+class OwnerCleaningUserAdmin(UserAdmin):
+    """Django's user admin, except that deleting a user first deletes the jobs and
+    sessions they own as a JWT caller through the services, so no file stays behind."""
+
+    def delete_model(self, request, obj):
+        jobs_delete_for_owner(user=obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for user in queryset:
+            self.delete_model(request, user)
+
+
+_User = get_user_model()
+if admin.site.is_registered(_User) and type(admin.site.get_model_admin(_User)) is UserAdmin:
+    admin.site.unregister(_User)
+    admin.site.register(_User, OwnerCleaningUserAdmin)

@@ -225,3 +225,16 @@ def test_the_cancel_action_cancels_pending_jobs(admin_client, owner_key):
 def test_the_sessions_changelist_renders(admin_client, owner_key):
     session_create(caller=Caller(api_key=owner_key.row), external_id="s-2", model="haiku")
     assert admin_client.get("/admin/jobs/claudesession/").status_code == 200
+
+
+def test_deleting_a_user_removes_the_files_of_their_jwt_jobs(admin_client, owner_key):
+    user = get_user_model().objects.create_user("jwt-user", password="pw-123456")
+    job = job_create(caller=Caller(user_id=user.pk), prompt="hi", enqueue=False)
+    names = with_files(job)
+    kept = make_job(owner_key.row)
+    kept_names = with_files(kept)
+    response = admin_client.post(f"/admin/auth/user/{user.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not get_user_model().objects.filter(pk=user.pk).exists()
+    assert_gone(job, names)
+    assert all(default_storage.exists(name) for name in kept_names)
