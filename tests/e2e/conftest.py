@@ -109,7 +109,9 @@ def service(
             processes.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         svc = Service(url=f"http://127.0.0.1:{port}", env=env, processes=processes, log_dir=work)
         # The first /health runs `claude --version`: slow on a busy machine.
-        if not wait_until_healthy(svc.url, timeout=120):
+        if not wait_until_healthy(svc.url, timeout=300):
+            for proc in processes:
+                proc.kill()  # never leave a half-started service running
             raise RuntimeError(f"the service did not start:\n{svc.logs()}")
         yield svc
         for proc in processes:
