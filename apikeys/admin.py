@@ -1,10 +1,17 @@
-"""Admin for API keys: the secret is shown once, right after creation."""
+"""Admin for API keys: the secret is shown once, right after creation.
+
+Deleting a key deletes what it owns through the services that remove files
+(``jobs_delete_for_owner``: its sessions' folders, its jobs' stored files and
+working folders), never by a bare database cascade that would leave them on
+disk. Revoking is usually what is wanted: it keeps the key's history.
+"""
 
 from django.contrib import admin, messages
 from django.utils import timezone
 
 from apikeys.models import ApiKey, RateLimitOverride
 from apikeys.services import api_key_create, api_key_revoke
+from jobs.services import jobs_delete_for_owner
 
 
 class RateLimitOverrideInline(admin.TabularInline):
@@ -32,6 +39,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
         obj.pk = key.pk
         obj.refresh_from_db()
         messages.warning(request, f"The key's secret, shown this once and never again: {raw}")
+
+    # -- deletes through the services ---------------------------------------------------
+
+    def delete_model(self, request, obj):
+        jobs_delete_for_owner(api_key=obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for key in queryset:
+            self.delete_model(request, key)
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset):

@@ -7,3 +7,6 @@ class ClaudesvcConfig(AppConfig):
 
     def ready(self) -> None:
         from claudesvc import schema  # noqa: F401 - registers the OpenAPI auth extensions
+        from claudesvc.logcontext import connect_task_signals
+
+        connect_task_signals()

@@ -20,12 +20,15 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from claudesvc.prometheus import ConnectionMetrics  # noqa: E402
 from jobs.process_api.routing import websocket_urlpatterns  # noqa: E402
 from jobs.uploads import JobsRequestBodyGuard  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": JobsRequestBodyGuard(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
+application = ConnectionMetrics(
+    ProtocolTypeRouter(
+        {
+            "http": JobsRequestBodyGuard(django_asgi_app),
+            "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        }
+    )
 )

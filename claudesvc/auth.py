@@ -20,6 +20,7 @@ from rest_framework import authentication, exceptions
 
 from apikeys.models import ApiKey
 from apikeys.services import KEY_PREFIX, api_key_authenticate
+from claudesvc.logcontext import bind_key_prefix
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ def caller_for_credential(credential: str | None) -> Caller | None:
         return None
     if credential.startswith(KEY_PREFIX):
         key = api_key_authenticate(credential)
+        bind_key_prefix(key.prefix if key else None)  # log lines name the key from here on
         return Caller(api_key=key) if key else None
     if looks_like_jwt(credential):
         user_id = jwt_user_id(credential)

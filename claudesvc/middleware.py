@@ -34,6 +34,9 @@ class RequestIdMiddleware:
         rid = incoming if _SAFE_ID.match(incoming) else new_request_id()
         request.request_id = rid
         request_id_var.set(rid)
+        from claudesvc.logcontext import bind_key_prefix  # (logcontext imports this module)
+
+        bind_key_prefix(None)  # until authentication names the key
         return rid
 
     @staticmethod

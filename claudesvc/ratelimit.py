@@ -20,6 +20,7 @@ from django_ratelimit.core import _split_rate, get_usage
 from rest_framework.throttling import BaseThrottle
 
 from apikeys.models import RateLimitOverride
+from claudesvc.prometheus import record_rate_limit_refusal
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ def rate_limit_count(caller, group: str) -> tuple[bool, RateLimitState | None]:
         window_seconds=rate[1],
         legacy_headers=group in settings.RATE_LIMIT_LEGACY_HEADER_GROUPS,
     )
+    if usage["should_limit"]:
+        record_rate_limit_refusal(group)
     return not usage["should_limit"], state
 
 

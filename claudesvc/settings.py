@@ -8,12 +8,14 @@ configuration table.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from pythonjsonlogger.core import RESERVED_ATTRS
 
 from claudesvc.env import env_bool, env_choice, env_int, env_list, env_str
 
@@ -63,7 +65,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First, so its headers reach every answer (429s and errors too); does nothing
+    # First and last: HTTP requests, latencies and responses per view for /metrics.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Early, so its headers reach every answer (429s and errors too); does nothing
     # while CORS_ALLOWED_ORIGINS is empty.
     "corsheaders.middleware.CorsMiddleware",
     "claudesvc.middleware.RequestIdMiddleware",
@@ -79,6 +83,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "claudesvc.urls"
@@ -564,15 +569,35 @@ USE_I18N = True
 USE_TZ = True
 
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
+# "text" (default, for a terminal) or "json": one JSON object per line (timestamp, level,
+# logger, message, request_id, job_id, key_prefix) for a log collector.
+LOG_FORMAT = env_choice("LOG_FORMAT", "text", {"text", "json"})
+_LOG_FIELDS = {"request_id", "job_id", "key_prefix"}
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "claudesvc.middleware.RequestIdLogFilter"}},
+    "filters": {
+        "context": {
+            "()": "claudesvc.logcontext.LogContextFilter",
+            "empty": None if LOG_FORMAT == "json" else "-",
+        },
+    },
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s] %(message)s"},
+        "text": {
+            "format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s job=%(job_id)s key=%(key_prefix)s] "
+            "%(message)s"
+        },
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": ["levelname", "name", "message", *sorted(_LOG_FIELDS)],
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": True,
+            # uvicorn's copy of each message with terminal colours: noise in JSON.
+            "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
+        },
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
@@ -583,5 +608,36 @@ LOGGING = {
         "weasyprint.progress": {"level": "WARNING"},
     },
 }
+if LOG_FORMAT == "json":
+    # uvicorn sets up its own text handlers before it imports the application; these
+    # replace them, so its access and error lines are JSON objects too.
+    LOGGING["loggers"].update(
+        {
+            name: {"handlers": ["console"], "level": "INFO", "propagate": False}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        }
+    )
 
 SERVICE_VERSION = "1.0.0"
+
+# -- operations: Prometheus at /metrics ----------------------------------------------------
+
+# Who may scrape GET /metrics (never API keys; outside every rate limit): a client
+# address inside METRICS_ALLOWED_NETWORKS (REMOTE_ADDR: behind a proxy, the proxy's),
+# and, when METRICS_TOKEN is set, "Authorization: Bearer <METRICS_TOKEN>" as well.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = []
+for _net in env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"]):
+    try:
+        METRICS_ALLOWED_NETWORKS.append(ipaddress.ip_network(_net, strict=False))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"METRICS_ALLOWED_NETWORKS: {_net!r} is not an address or network such as 10.0.0.0/8"
+        ) from None
+if not METRICS_TOKEN and not METRICS_ALLOWED_NETWORKS:
+    raise ImproperlyConfigured(
+        "METRICS_ALLOWED_NETWORKS is empty and METRICS_TOKEN unset: /metrics would be open to anyone; "
+        "set a token, or name the networks (0.0.0.0/0,::/0 for everyone, if that is really meant)"
+    )
+# django-prometheus' HTTP metrics get the service's prefix (claudesvc_django_http_…).
+PROMETHEUS_METRIC_NAMESPACE = "claudesvc"

@@ -122,3 +122,21 @@ def server_error(request):
         },
         status=500,
     )
+
+
+def bad_request(request, exception=None):
+    """400s Django raises before a view runs; a Host outside DJANGO_ALLOWED_HOSTS says so."""
+    from django.core.exceptions import DisallowedHost
+
+    if isinstance(exception, DisallowedHost):
+        host = request.META.get("HTTP_HOST", "")[:200]
+        message = (
+            f"The Host header {host!r} is not one this service answers to: "
+            "add it to DJANGO_ALLOWED_HOSTS (comma-separated) on the server"
+        )
+        return JsonResponse(
+            {"success": False, "error": {"code": "host_not_allowed", "message": message}}, status=400
+        )
+    return JsonResponse(
+        {"success": False, "error": {"code": "bad_request", "message": "Bad request"}}, status=400
+    )

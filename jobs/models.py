@@ -77,6 +77,8 @@ class Job(models.Model):
     peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
     cpu_time_ms = models.PositiveIntegerField(null=True, blank=True)
 
+    # X-Request-ID of the request that submitted the job: the worker logs the job's run under it.
+    request_id = models.CharField(max_length=128, blank=True)
     worker = models.CharField(max_length=200, blank=True)
     cli_pid = models.IntegerField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -119,6 +121,27 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id}#{self.seq} {self.type}"
+
+
+class RetiredJobMetric(models.Model):
+    """What deleted jobs had added to one Prometheus counter or histogram series.
+
+    ``/metrics`` counts jobs from this table's rows plus these, so retention and
+    deletes never make a counter go down (Prometheus would read that as a reset).
+    ``labels`` is the series' sorted label pairs as JSON.
+    """
+
+    series = models.CharField(max_length=100)
+    labels = models.CharField(max_length=500)
+    value = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["series", "labels"], name="retiredjobmetric_unique_series")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.series}{self.labels} {self.value}"
 
 
 def _storage_name(name: str) -> str:

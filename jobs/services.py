@@ -24,6 +24,8 @@ from django_q.tasks import async_task
 
 from claudesvc.auth import Caller
 from claudesvc.errors import Conflict, ServiceError
+from claudesvc.logcontext import current_request_id
+from claudesvc.prometheus import job_metrics_retire
 from jobs.kinds import job_kind
 from jobs.models import (
     FINAL_STATUSES,
@@ -115,6 +117,7 @@ def job_create(
         tool_policy=caller.tool_policy,
         options=options or {},
         session=session,
+        request_id=current_request_id(),
     )
     logger.info("job %s created by %s (source=%s, model=%s)", job.id, caller.label, source, job.model)
     if enqueue:
@@ -237,7 +240,9 @@ def job_delete(*, job: Job) -> None:
         *Attachment.objects.filter(job_id=job_id).values_list("file", flat=True),
         *Artifact.objects.filter(job_id=job_id).values_list("file", flat=True),
     ]
-    Job.objects.filter(pk=job_id).delete()
+    with transaction.atomic():
+        job_metrics_retire(job_id=job_id)  # /metrics keeps counting it: counters never go down
+        Job.objects.filter(pk=job_id).delete()
     job_files_delete(job_id, known=stored)
     workspace_remove(job_id)
     _scrub_database()
@@ -252,6 +257,26 @@ def _scrub_database() -> None:
         return
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def jobs_delete_for_owner(*, api_key=None, user=None) -> int:
+    """Delete everything an API key (or a Django user, for JWT callers) owns that has
+    files, through the services that remove them: its sessions (their folders and
+    transcripts), then its jobs (stored files, working folders, transcription child
+    jobs). For deleting the key or user itself; returns the number of jobs deleted."""
+    from jobs.sessions import session_delete
+
+    if (api_key is None) == (user is None):
+        raise ValueError("name exactly one owner: api_key or user")
+    owner = {"api_key": api_key} if api_key is not None else {"user": user}
+    for session in ClaudeSession.objects.filter(**owner):
+        session_delete(session=session)
+    deleted = 0
+    # Children (a transcription's summaries) go with their parent; re-read after each delete.
+    while job := Job.objects.filter(**owner).order_by("created_at").first():
+        job_delete(job=job)
+        deleted += 1
+    return deleted
 
 
 def job_delete_expired(*, batch: int = 200) -> int:

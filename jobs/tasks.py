@@ -15,6 +15,7 @@ import time
 
 from django.conf import settings
 
+from claudesvc.logcontext import bind_job
 from jobs import worker
 from jobs.kinds import job_kind
 from jobs.models import JobStatus
@@ -55,6 +56,7 @@ def run_next_job() -> str | None:
     job = job_claim_next()
     if job is None:
         return None
+    bind_job(job)  # every line of this run carries the job id and its submitting request's id
     with worker.running_task(), worker.running_job(job.pk):
         _run(job)
     return str(job.pk)

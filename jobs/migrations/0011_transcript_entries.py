@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0005_worker_heartbeats'),
+        ('jobs', '0009_request_id_and_retired_metrics'),
     ]
 
     operations = [

@@ -210,7 +210,7 @@ def running_service(
                 host.start()
                 svc.processes.append(host.process)
         # Generous: on a busy machine the first request (Django start, the CLI version probe) is slow.
-        if not wait_until_healthy(svc.url, timeout=180):
+        if not wait_until_healthy(svc.url, timeout=300):
             raise RuntimeError(f"the service did not start:\n{svc.logs()}")
         _STARTED.append(svc)
         yield svc
