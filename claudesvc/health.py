@@ -102,7 +102,9 @@ def _workers() -> dict[str, Any]:
     if age is None:
         raise CheckFailed(f"no worker has sent a heartbeat (for {limit} s); jobs cannot run", data)
     if age > limit:
-        raise CheckFailed(f"no worker has sent a heartbeat for {age:g} s (limit {limit} s); jobs cannot run", data)
+        raise CheckFailed(
+            f"no worker has sent a heartbeat for {age:g} s (limit {limit} s); jobs cannot run", data
+        )
     return data
 
 
