@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,12 @@ from django.utils import timezone
 from jobs.models import Worker
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def _server_up_for_long(monkeypatch):
+    # Past its start-up, when a missing worker is no longer excused.
+    monkeypatch.setattr("claudesvc.health.STARTED", time.time() - 3600)
 
 
 def test_health_keeps_the_seed_fields_and_adds_checks(client_for, live_worker):

@@ -503,7 +503,10 @@ def test_health_stays_healthy_on_the_api_fallback(client_for, settings, tmp_path
     assert client_for(None).get(f"{BASE}/health").status_code == 503
 
 
-def test_health_agrees_with_the_service_health_when_no_worker_is_alive(client_for, settings, live_worker):
+def test_health_agrees_with_the_service_health_when_no_worker_is_alive(
+    client_for, settings, live_worker, monkeypatch
+):
+    monkeypatch.setattr("claudesvc.health.STARTED", 0.0)  # up for long: no start-up excuse
     settings.ANTHROPIC_API_KEY = "sk-test"
     settings.HEALTH_WORKER_MAX_AGE_SECONDS = 5
     type(live_worker).objects.update(heartbeat_at=timezone.now() - timedelta(seconds=30))
