@@ -339,6 +339,8 @@ COMPAT_SESSION_IDLE_MINUTES = env_int("COMPAT_SESSION_IDLE_MINUTES", 30, minimum
 COMPAT_DEFAULT_MAX_TOKENS = env_int("COMPAT_DEFAULT_MAX_TOKENS", 2048, minimum=1)
 COMPAT_MAX_TOKENS_LIMIT = env_int("COMPAT_MAX_TOKENS_LIMIT", 8192, minimum=1)
 # Images and documents sent inline (base64) in one request, decoded, at most.
+# Seconds a client is told to wait (retry-after) when the model's API rate limits or is overloaded.
+COMPAT_UPSTREAM_RETRY_AFTER_SECONDS = env_int("COMPAT_UPSTREAM_RETRY_AFTER_SECONDS", 5, minimum=0, maximum=60)
 COMPAT_MAX_INLINE_FILE_BYTES = env_int("COMPAT_MAX_INLINE_FILE_BYTES", 20 * 1024 * 1024, minimum=1024)
 if COMPAT_DEFAULT_MAX_TOKENS > COMPAT_MAX_TOKENS_LIMIT:
     raise ImproperlyConfigured("COMPAT_DEFAULT_MAX_TOKENS must not exceed COMPAT_MAX_TOKENS_LIMIT")

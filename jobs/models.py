@@ -69,6 +69,8 @@ class Job(models.Model):
     claude_session_id = models.CharField(max_length=64, blank=True)
     peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
     cpu_time_ms = models.PositiveIntegerField(null=True, blank=True)
+    # HTTP status of the model's API when the job failed on it (429, 529, 400 …; see jobs/upstream.py).
+    upstream_status = models.PositiveSmallIntegerField(null=True, blank=True)
 
     worker = models.CharField(max_length=200, blank=True)
     cli_pid = models.IntegerField(null=True, blank=True)

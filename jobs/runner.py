@@ -52,6 +52,7 @@ from jobs.filetypes import human_size
 from jobs.models import Job, JobStatus
 from jobs.progress import JobGone, JobProgress
 from jobs.services import job_transition
+from jobs.upstream import upstream_status_of
 from jobs.workspace import OUTPUT_DIR_NAME, JobPaths, workspace_prepare, workspace_remove
 
 logger = logging.getLogger(__name__)
@@ -497,6 +498,7 @@ class JobRun:
                 num_turns=res.num_turns,
                 claude_session_id=res.session_id or self.session_id,
                 result=res.result or "",
+                upstream_status=upstream_status_of(res),
             )
         if self.stop_reason == "timeout":
             return {

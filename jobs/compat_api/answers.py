@@ -17,6 +17,7 @@ ended. It also does what the CLI cannot:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -128,6 +129,9 @@ class Failure:
 
     status: str | None
     message: str
+    # The model's API's HTTP status when the job failed on it (jobs/upstream.py).
+    upstream_status: int | None = None
+    upstream_detail: str = ""
 
 
 Piece = MessageStart | BlockStart | TextDelta | BlockStop | Finish | Failure
@@ -271,7 +275,8 @@ class AnswerTracker:
         if job is None:
             return [*pieces, Failure(None, "The job was deleted before it answered.")]
         if job.status != JobStatus.COMPLETED:
-            return [*pieces, Failure(job.status, job.error_message or f"The job ended as {job.status}.")]
+            message = job.error_message or f"The job ended as {job.status}."
+            return [*pieces, Failure(job.status, message, job.upstream_status, job.result or message)]
         text, stop = cut_at_stop(job.result or "", self.stop_sequences)
         stop = self.stop_sequence or stop
         result_stop = self._result_stop_reason(job)
@@ -285,14 +290,21 @@ class AnswerTracker:
         return (result or {}).get("stop_reason")
 
 
+async def _cancel_abandoned(job_id) -> None:
+    from jobs.services import job_cancel
+
+    job = await Job.objects.filter(pk=job_id).afirst()
+    if job is not None and not job.is_final:
+        with contextlib.suppress(Conflict):  # it ended on its own meanwhile
+            await sync_to_async(job_cancel)(job=job)
+
+
 async def answer_pieces(job_id, tracker: AnswerTracker) -> AsyncIterator[Piece | Idle]:
     """Follow a job as answer pieces until it has answered (or failed).
 
     An answer that ends before its job (``max_tokens``) cancels the job: the
     caller has what it asked for, and the CLI would only go on without it.
     """
-    from jobs.services import job_cancel
-
     async for item in follow_job(job_id):
         if isinstance(item, Idle):
             yield item
@@ -304,21 +316,29 @@ async def answer_pieces(job_id, tracker: AnswerTracker) -> AsyncIterator[Piece |
             return
         for piece in tracker.feed(item.data):
             if isinstance(piece, Finish) and piece.truncated:
-                job = await Job.objects.filter(pk=job_id).afirst()
-                if job is not None and not job.is_final:
-                    with contextlib.suppress(Conflict):  # it ended on its own meanwhile
-                        await sync_to_async(job_cancel)(job=job)
+                await _cancel_abandoned(job_id)
             yield piece
         if tracker.finished:
             return
 
 
-async def answer_of(job_id, tracker: AnswerTracker) -> Finish | Failure:
-    """Wait for a job's whole answer."""
+async def answer_of(
+    job_id, tracker: AnswerTracker, *, cancel_on_disconnect: bool = False
+) -> Finish | Failure:
+    """Wait for a job's whole answer.
+
+    ``cancel_on_disconnect``: if the wait is cancelled (the client went away),
+    cancel the job too; nobody is left to read its answer.
+    """
     last: Piece | None = None
-    async for piece in answer_pieces(job_id, tracker):
-        if isinstance(piece, (Finish, Failure)):
-            last = piece
+    try:
+        async for piece in answer_pieces(job_id, tracker):
+            if isinstance(piece, (Finish, Failure)):
+                last = piece
+    except asyncio.CancelledError:
+        if cancel_on_disconnect:
+            await asyncio.shield(_cancel_abandoned(job_id))
+        raise
     if last is None:  # follow_job always ends with Ended, and end() always decides
         raise RuntimeError(f"job {job_id} ended without an answer")
     return last

@@ -28,7 +28,7 @@ from jobs.compat_api import anthropic_format, openai_format
 from jobs.compat_api import serializers as s
 from jobs.compat_api.answers import AnswerTracker, Failure, answer_of, answer_pieces
 from jobs.compat_api.conversation import Conversation, anthropic_conversation, openai_conversation
-from jobs.compat_api.errors import AnthropicView, OpenAIView, execution_error
+from jobs.compat_api.errors import AnthropicView, OpenAIView, failure_error
 from jobs.compat_api.openai_format import Reply
 from jobs.models import ClaudeSession, Job
 from jobs.services import MODEL_ALIASES, job_create, resolve_model
@@ -129,9 +129,11 @@ def _reply(prefix: str, job: Job) -> Reply:
 
 
 def _answer(job: Job, tracker: AnswerTracker):
-    result = async_to_sync(answer_of)(job.pk, tracker)
+    # A client that hangs up while it waits cancels its job: Django cancels the
+    # request's task on disconnect and asgiref carries that into answer_of.
+    result = async_to_sync(answer_of)(job.pk, tracker, cancel_on_disconnect=True)
     if isinstance(result, Failure):
-        raise execution_error(result.status, result.message)
+        raise failure_error(result)
     return result
 
 

@@ -6,7 +6,8 @@ user turn so a test states what it wants in its own prompt:
 
 - ``[[tool:NAME {json input}]]`` answers with a ``tool_use`` block (once; the
   follow-up turn that carries the ``tool_result`` gets a plain text answer);
-- ``[[error:STATUS]]`` answers with an HTTP error of that status;
+- ``[[error:STATUS]]`` answers with an HTTP error of that status
+  (``[[error:STATUS final]]`` adds ``x-should-retry: false``, which the CLI obeys);
 - ``[[slow:SECONDS]]`` streams the answer with that pause between chunks;
 - ``[[reply:TEXT]]`` answers exactly TEXT;
 - anything else is answered ``Echo: <prompt>``.
@@ -80,9 +81,13 @@ class FakeAnthropic:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
-            def _json(self, status: int, payload: dict[str, Any]) -> None:
+            def _json(
+                self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
@@ -143,15 +148,21 @@ class FakeAnthropic:
         blocks: list[dict[str, Any]] = []
         for kind, arg in directives:
             if kind == "error":
-                status = int(arg)
+                # "[[error:429 final]]" also says x-should-retry: false, so the CLI gives up at once.
+                status_text, _, flag = arg.partition(" ")
+                status = int(status_text)
                 kind_name = {
                     429: "rate_limit_error",
                     529: "overloaded_error",
                     400: "invalid_request_error",
+                    401: "authentication_error",
+                    403: "permission_error",
                 }.get(status, "api_error")
+                headers = {"x-should-retry": "false"} if flag == "final" else {}
                 handler._json(
                     status,
                     {"type": "error", "error": {"type": kind_name, "message": f"fake upstream {status}"}},
+                    headers,
                 )
                 return
             if kind == "slow":
