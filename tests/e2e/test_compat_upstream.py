@@ -124,9 +124,12 @@ def test_sdks_raise_their_typed_errors_and_retry_only_what_may_be_retried(servic
 
 def test_a_stream_that_fails_upstream_sends_the_mapped_error_event(service, key):
     client = anthropic.Anthropic(base_url=service.url, api_key=key.secret, max_retries=0, timeout=60)
-    with pytest.raises(anthropic.APIStatusError, match="overloaded") as failed, client.messages.stream(
-        model="haiku", max_tokens=10, messages=[{"role": "user", "content": "x [[error:529 final]]"}]
-    ) as stream:
+    with (
+        pytest.raises(anthropic.APIStatusError, match="overloaded") as failed,
+        client.messages.stream(
+            model="haiku", max_tokens=10, messages=[{"role": "user", "content": "x [[error:529 final]]"}]
+        ) as stream,
+    ):
         for _ in stream:
             pass
     assert failed.value.body["error"]["type"] == "overloaded_error"
