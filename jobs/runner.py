@@ -255,6 +255,9 @@ def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptio
         setting_sources=[],
         include_partial_messages=bool(opts.get("partial_messages")),
         resume=opts.get("resume") or None,
+        output_format={"type": "json_schema", "schema": opts["json_schema"]}
+        if opts.get("json_schema")
+        else None,
         stderr=stderr_sink,
         **policy,
     )

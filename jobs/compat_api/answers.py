@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 
 from claudesvc.errors import Conflict
+from jobs.compat_api import structured
 from jobs.models import Job, JobStatus
 from jobs.streaming import Ended, Idle, follow_job
 
@@ -167,6 +169,9 @@ class AnswerTracker:
     next_index: int = 0
     blocks: dict[int, _Block] = field(default_factory=dict)  # upstream index of this turn -> block
     turn_text: str = ""
+    # Structured output asked for: the answer is the run's structured output as
+    # JSON, sent whole at the end (what streams by is the model calling a tool).
+    schema: dict[str, Any] | None = None
 
     @property
     def _hold(self) -> int:
@@ -180,6 +185,8 @@ class AnswerTracker:
         kind = inner.get("type")
         if kind == "message_start":
             return self._message_start(inner)
+        if self.schema is not None:
+            return []
         if kind == "content_block_start":
             block = inner.get("content_block") or {}
             if block.get("type") != "text" or self.stop_sequence:
@@ -276,7 +283,17 @@ class AnswerTracker:
             return [*pieces, Failure(None, "The job was deleted before it answered.")]
         if job.status != JobStatus.COMPLETED:
             message = job.error_message or f"The job ended as {job.status}."
-            return [*pieces, Failure(job.status, message, job.upstream_status, job.result or message)]
+            return [
+                *pieces,
+                Failure(
+                    job.status,
+                    message,
+                    job.upstream_status,
+                    (job.result or message) if job.upstream_status else "",
+                ),
+            ]
+        if self.schema is not None:
+            return [*pieces, *self._structured(job)]
         text, stop = cut_at_stop(job.result or "", self.stop_sequences)
         stop = self.stop_sequence or stop
         result_stop = self._result_stop_reason(job)
@@ -284,10 +301,28 @@ class AnswerTracker:
         pieces.append(Finish(reason, text, Usage.from_cli(job.usage), stop_sequence=stop))
         return pieces
 
+    def _structured(self, job: Job) -> list[Piece]:
+        value = self._result(job).get("structured_output")
+        problem = structured.answer_error(self.schema or {}, value)
+        if problem is not None:
+            return [Failure("structured_output", problem)]
+        text = json.dumps(value, ensure_ascii=False)
+        index = self.next_index
+        return [
+            BlockStart(index),
+            TextDelta(index, text),
+            BlockStop(index),
+            Finish("end_turn", text, Usage.from_cli(job.usage)),
+        ]
+
     @staticmethod
-    def _result_stop_reason(job: Job) -> str | None:
+    def _result(job: Job) -> dict[str, Any]:
         result = job.events.filter(type="result").order_by("-seq").values_list("data", flat=True).first()
-        return (result or {}).get("stop_reason")
+        return result or {}
+
+    @classmethod
+    def _result_stop_reason(cls, job: Job) -> str | None:
+        return cls._result(job).get("stop_reason")
 
 
 async def _cancel_abandoned(job_id) -> None:

@@ -43,7 +43,11 @@ def execution_error(
     if upstream_status:
         answer = upstream_answer(upstream_status, upstream_detail or message)
         return UpstreamFailure(answer.message, status=answer.status, code=answer.code, headers=answer.headers)
-    code = {"timeout": "timeout", "cancelled": "cancelled"}.get(status or "", "unknown_error")
+    code = {
+        "timeout": "timeout",
+        "cancelled": "cancelled",
+        "structured_output": "structured_output_failed",
+    }.get(status or "", "unknown_error")
     return ClaudeExecutionError(message, code=code)
 
 
