@@ -53,7 +53,7 @@ class StreamOptionsInput(serializers.Serializer):
 
 class ChatCompletionInput(RefusesUnsupported):
     model = ModelField()
-    messages = ChatMessageInput(many=True, allow_empty=False)
+    messages = serializers.ListField(child=ChatMessageInput(), min_length=1)
     max_tokens = _max_tokens(help_text=MAX_TOKENS_HELP)
     max_completion_tokens = _max_tokens(help_text="Same as max_tokens (what newer OpenAI SDKs send)")
     temperature = StrictFloatField(
@@ -162,7 +162,7 @@ class MetadataInput(serializers.Serializer):
 
 class MessagesInput(RefusesUnsupported):
     model = ModelField()
-    messages = AnthropicMessageInput(many=True, allow_empty=False)
+    messages = serializers.ListField(child=AnthropicMessageInput(), min_length=1)
     max_tokens = _max_tokens(help_text=MAX_TOKENS_HELP)
     system = serializers.JSONField(
         required=False, allow_null=True, help_text="A string or a list of text blocks"
@@ -194,7 +194,7 @@ class MessagesInput(RefusesUnsupported):
 
 class CountTokensInput(serializers.Serializer):
     model = ModelField()
-    messages = AnthropicMessageInput(many=True, allow_empty=False)
+    messages = serializers.ListField(child=AnthropicMessageInput(), min_length=1)
     system = serializers.JSONField(
         required=False, allow_null=True, help_text="A string or a list of text blocks"
     )

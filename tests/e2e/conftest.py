@@ -34,7 +34,7 @@ def wait_until_healthy(url: str, timeout: float = 120) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/health", timeout=20).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass
