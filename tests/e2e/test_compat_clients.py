@@ -168,6 +168,7 @@ def test_langchain_chat_openai_with_defaults(service, key):
 
 def test_langchain_chat_anthropic_with_defaults(service, key, upstream):
     from langchain_anthropic import ChatAnthropic
+    from langchain_core.messages import HumanMessage
 
     mark = marker()
     llm = ChatAnthropic(model=FULL_SONNET, base_url=service.url, api_key=key.secret, max_retries=0)
@@ -179,7 +180,7 @@ def test_langchain_chat_anthropic_with_defaults(service, key, upstream):
     assert "".join(chunk.text for chunk in llm.stream("[[reply:x y z]]")) == "x y z"
     structured = llm.with_structured_output(City, method="json_schema")
     assert structured.invoke(f"City {PARIS}") == City(name="Paris", population=2100000)
-    assert llm.get_num_tokens_from_messages([("user", "Hello there")]) == 10
+    assert llm.get_num_tokens_from_messages([HumanMessage("Hello there")]) == 10  # counted upstream
 
 
 # -- LiteLLM ----------------------------------------------------------------------------------------
