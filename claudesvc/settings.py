@@ -340,14 +340,22 @@ COMPAT_SESSION_IDLE_MINUTES = env_int("COMPAT_SESSION_IDLE_MINUTES", 30, minimum
 # to it, not refused: clients send their defaults (LangChain's ChatAnthropic 64000).
 COMPAT_DEFAULT_MAX_TOKENS = env_int("COMPAT_DEFAULT_MAX_TOKENS", 2048, minimum=1)
 COMPAT_MAX_TOKENS_LIMIT = env_int("COMPAT_MAX_TOKENS_LIMIT", 128_000, minimum=1)
-# Each model's real output limit (tokens), by id or alias prefix; the longest prefix
-# that matches wins, so a dated id (claude-sonnet-4-5-20250929) finds its family.
+# Each model's real output limit (tokens), by id or alias prefix (figures as the
+# released SDKs' model profiles give them); the longest prefix that matches wins,
+# so a dated id (claude-sonnet-4-5-20250929) finds its family.
 # The CLI gets the result as CLAUDE_CODE_MAX_OUTPUT_TOKENS.
 MODEL_OUTPUT_TOKEN_LIMITS = {
     "haiku": 64_000,  # Claude Code's aliases name the newest model of each family
     "sonnet": 64_000,
     "opus": 64_000,
+    "claude-opus-5": 128_000,  # 5, 5-5 …
+    "claude-sonnet-5": 128_000,
+    "claude-haiku-5": 128_000,
+    "claude-fable-5": 128_000,
+    "claude-opus-4-8": 128_000,
+    "claude-opus-4-7": 128_000,
     "claude-opus-4-6": 128_000,
+    "claude-sonnet-4-6": 128_000,
     "claude-opus-4-5": 64_000,
     "claude-opus-4-1": 32_000,
     "claude-opus-4": 32_000,

@@ -35,6 +35,8 @@ def error_of(response, status: int) -> dict:
         ("sonnet", 64_000),
         ("claude-sonnet-4-5-20250929", 64_000),
         ("claude-opus-4-1-20250805", 32_000),
+        ("claude-sonnet-5-5", 128_000),
+        ("claude-sonnet-4-6", 128_000),
         ("claude-3-5-haiku-20241022", 8_192),
         ("claude-unknown-9", 8_192),
     ],
