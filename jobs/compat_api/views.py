@@ -53,14 +53,31 @@ RCA_SYSTEM_PROMPT = (
 OPENAI_ERRORS = {
     400: OpenApiResponse(s.OpenAIError, description="Invalid parameters"),
     401: OpenApiResponse(s.OpenAIError, description="API key or token missing or invalid"),
+    429: OpenApiResponse(s.OpenAIError, description="Rate limited (this service's, or the model API's)"),
+}
+# What a call that runs Claude may also answer: the model API's refusals (jobs/upstream.py).
+UPSTREAM_STATUSES = {
+    403: "The model's API refused the service's credentials",
+    404: "Not found (or the model's API did not know the model)",
+    413: "Request too large",
+    502: "The model's API failed",
+    529: "The model's API is overloaded",
 }
 EXECUTION_ERROR = {
-    500: OpenApiResponse(s.OpenAIError, description="Claude did not answer (claude_execution_error)")
+    500: OpenApiResponse(s.OpenAIError, description="Claude did not answer (claude_execution_error)"),
+    **{
+        status: OpenApiResponse(s.OpenAIError, description=text) for status, text in UPSTREAM_STATUSES.items()
+    },
 }
 ANTHROPIC_ERRORS = {
     400: OpenApiResponse(s.AnthropicError, description="Invalid parameters"),
     401: OpenApiResponse(s.AnthropicError, description="API key or token missing or invalid"),
+    429: OpenApiResponse(s.AnthropicError, description="Rate limited (this service's, or the model API's)"),
     500: OpenApiResponse(s.AnthropicError, description="Claude did not answer"),
+    **{
+        status: OpenApiResponse(s.AnthropicError, description=text)
+        for status, text in UPSTREAM_STATUSES.items()
+    },
 }
 ANTHROPIC_VERSION = OpenApiParameter(
     "anthropic-version",

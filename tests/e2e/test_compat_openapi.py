@@ -41,7 +41,9 @@ def own_key(db):
     return Key(*api_key_create(name="openapi-e2e"))
 
 
-@schema.parametrize()
+# POST /jobs: schemathesis cannot generate its multipart file parts (format: binary
+# in an array); its JSON form is covered by tests/jobs/test_jobs_api.py.
+@schema.exclude(method="POST", path="/jobs").parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,
