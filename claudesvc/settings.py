@@ -424,9 +424,46 @@ RATELIMIT_USE_CACHE = "default"
 
 # A session without a call for this long is removed (with its files) by a schedule.
 COMPAT_SESSION_IDLE_MINUTES = env_int("COMPAT_SESSION_IDLE_MINUTES", 30, minimum=1)
-# max_tokens when a request names none, and the most a request may ask for.
+# max_tokens when a request names none, and the operator's ceiling on what a request
+# may ask for. A request above its model's output limit (or this ceiling) is lowered
+# to it, not refused: clients send their defaults (LangChain's ChatAnthropic 64000).
 COMPAT_DEFAULT_MAX_TOKENS = env_int("COMPAT_DEFAULT_MAX_TOKENS", 2048, minimum=1)
-COMPAT_MAX_TOKENS_LIMIT = env_int("COMPAT_MAX_TOKENS_LIMIT", 8192, minimum=1)
+COMPAT_MAX_TOKENS_LIMIT = env_int("COMPAT_MAX_TOKENS_LIMIT", 128_000, minimum=1)
+# Each model's real output limit (tokens), by id or alias prefix (figures as the
+# released SDKs' model profiles give them); the longest prefix that matches wins,
+# so a dated id (claude-sonnet-4-5-20250929) finds its family.
+# The CLI gets the result as CLAUDE_CODE_MAX_OUTPUT_TOKENS.
+MODEL_OUTPUT_TOKEN_LIMITS = {
+    "haiku": 64_000,  # Claude Code's aliases name the newest model of each family
+    "sonnet": 64_000,
+    "opus": 64_000,
+    "claude-opus-5": 128_000,  # 5, 5-5 …
+    "claude-sonnet-5": 128_000,
+    "claude-haiku-5": 128_000,
+    "claude-fable-5": 128_000,
+    "claude-opus-4-8": 128_000,
+    "claude-opus-4-7": 128_000,
+    "claude-opus-4-6": 128_000,
+    "claude-sonnet-4-6": 128_000,
+    "claude-opus-4-5": 64_000,
+    "claude-opus-4-1": 32_000,
+    "claude-opus-4": 32_000,
+    "claude-sonnet-4-5": 64_000,
+    "claude-sonnet-4": 64_000,
+    "claude-haiku-4-5": 64_000,
+    "claude-3-7-sonnet": 64_000,
+    "claude-3-5-sonnet": 8_192,
+    "claude-3-5-haiku": 8_192,
+    "claude-3-opus": 4_096,
+    "claude-3-haiku": 4_096,
+    "claude-": 8_192,  # an id this table does not know yet
+}
+# Longest wait for the model API's count endpoint (POST /v1/messages/count_tokens).
+COMPAT_COUNT_TOKENS_TIMEOUT_SECONDS = env_int(
+    "COMPAT_COUNT_TOKENS_TIMEOUT_SECONDS", 10, minimum=1, maximum=300
+)
+# Seconds a client is told to wait (retry-after) when the model's API rate limits or is overloaded.
+COMPAT_UPSTREAM_RETRY_AFTER_SECONDS = env_int("COMPAT_UPSTREAM_RETRY_AFTER_SECONDS", 5, minimum=0, maximum=60)
 # Images and documents sent inline (base64) in one request, decoded, at most.
 COMPAT_MAX_INLINE_FILE_BYTES = env_int("COMPAT_MAX_INLINE_FILE_BYTES", 20 * 1024 * 1024, minimum=1024)
 if COMPAT_DEFAULT_MAX_TOKENS > COMPAT_MAX_TOKENS_LIMIT:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from claudesvc.errors import ServiceError
 from claudesvc.fields import StrictCharField
-from jobs.services import resolve_model
+from jobs.services import FULL_MODEL_PATTERN, MODEL_ALIASES, resolve_model
 
 
+@extend_schema_field(
+    {
+        "type": "string",
+        "description": "haiku | sonnet | opus (default: sonnet) or a full Claude model id",
+        "anyOf": [{"enum": list(MODEL_ALIASES)}, {"pattern": FULL_MODEL_PATTERN}],
+    }
+)
 class ModelField(StrictCharField):
     """A Claude model: an alias or a full ``claude-…`` id, resolved by ``resolve_model``.
 

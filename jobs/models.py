@@ -76,6 +76,8 @@ class Job(models.Model):
     claude_session_id = models.CharField(max_length=64, blank=True)
     peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
     cpu_time_ms = models.PositiveIntegerField(null=True, blank=True)
+    # HTTP status of the model's API when the job failed on it (429, 529, 400 …; see jobs/upstream.py).
+    upstream_status = models.PositiveSmallIntegerField(null=True, blank=True)
 
     # X-Request-ID of the request that submitted the job: the worker logs the job's run under it.
     request_id = models.CharField(max_length=128, blank=True)

@@ -54,6 +54,7 @@ from jobs.progress import JobGone, JobProgress
 from jobs.sandbox import cli_limits, sandbox_argv
 from jobs.services import job_requeue, job_transition
 from jobs.sessions import session_store_options
+from jobs.upstream import upstream_status_of
 from jobs.workspace import (
     OUTPUT_DIR_NAME,
     JobPaths,
@@ -332,6 +333,9 @@ def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptio
         setting_sources=[],
         include_partial_messages=bool(opts.get("partial_messages")),
         resume=opts.get("resume") or None,
+        output_format={"type": "json_schema", "schema": opts["json_schema"]}
+        if opts.get("json_schema")
+        else None,
         stderr=stderr_sink,
         **policy,
     )
@@ -664,6 +668,7 @@ class JobRun:
                 num_turns=res.num_turns,
                 claude_session_id=res.session_id or self.session_id,
                 result=res.result or "",
+                upstream_status=upstream_status_of(res),
             )
         if self.stop_reason == "timeout":
             return {

@@ -47,7 +47,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_ALIASES = ("haiku", "sonnet", "opus")
 # Full model ids as Anthropic names them (claude-sonnet-4-20250514, claude-opus-4-1 …).
-_FULL_MODEL = re.compile(r"^claude-[a-z0-9][a-z0-9.\-]{1,80}$")
+FULL_MODEL_PATTERN = r"^claude-[a-z0-9][a-z0-9.\-]{1,80}$"
+_FULL_MODEL = re.compile(FULL_MODEL_PATTERN)
 
 
 def resolve_model(model: str | None) -> str:

@@ -17,7 +17,9 @@ ended. It also does what the CLI cannot:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 
 from claudesvc.errors import Conflict
+from jobs.compat_api import structured
 from jobs.models import Job, JobStatus
 from jobs.streaming import Ended, Idle, follow_job
 
@@ -128,6 +131,9 @@ class Failure:
 
     status: str | None
     message: str
+    # The model's API's HTTP status when the job failed on it (jobs/upstream.py).
+    upstream_status: int | None = None
+    upstream_detail: str = ""
 
 
 Piece = MessageStart | BlockStart | TextDelta | BlockStop | Finish | Failure
@@ -163,6 +169,9 @@ class AnswerTracker:
     next_index: int = 0
     blocks: dict[int, _Block] = field(default_factory=dict)  # upstream index of this turn -> block
     turn_text: str = ""
+    # Structured output asked for: the answer is the run's structured output as
+    # JSON, sent whole at the end (what streams by is the model calling a tool).
+    schema: dict[str, Any] | None = None
 
     @property
     def _hold(self) -> int:
@@ -176,6 +185,8 @@ class AnswerTracker:
         kind = inner.get("type")
         if kind == "message_start":
             return self._message_start(inner)
+        if self.schema is not None:
+            return []
         if kind == "content_block_start":
             block = inner.get("content_block") or {}
             if block.get("type") != "text" or self.stop_sequence:
@@ -271,7 +282,18 @@ class AnswerTracker:
         if job is None:
             return [*pieces, Failure(None, "The job was deleted before it answered.")]
         if job.status != JobStatus.COMPLETED:
-            return [*pieces, Failure(job.status, job.error_message or f"The job ended as {job.status}.")]
+            message = job.error_message or f"The job ended as {job.status}."
+            return [
+                *pieces,
+                Failure(
+                    job.status,
+                    message,
+                    job.upstream_status,
+                    (job.result or message) if job.upstream_status else "",
+                ),
+            ]
+        if self.schema is not None:
+            return [*pieces, *self._structured(job)]
         text, stop = cut_at_stop(job.result or "", self.stop_sequences)
         stop = self.stop_sequence or stop
         result_stop = self._result_stop_reason(job)
@@ -279,10 +301,37 @@ class AnswerTracker:
         pieces.append(Finish(reason, text, Usage.from_cli(job.usage), stop_sequence=stop))
         return pieces
 
+    def _structured(self, job: Job) -> list[Piece]:
+        value = self._result(job).get("structured_output")
+        problem = structured.answer_error(self.schema or {}, value)
+        if problem is not None:
+            return [Failure("structured_output", problem)]
+        text = json.dumps(value, ensure_ascii=False)
+        index = self.next_index
+        return [
+            BlockStart(index),
+            TextDelta(index, text),
+            BlockStop(index),
+            Finish("end_turn", text, Usage.from_cli(job.usage)),
+        ]
+
     @staticmethod
-    def _result_stop_reason(job: Job) -> str | None:
+    def _result(job: Job) -> dict[str, Any]:
         result = job.events.filter(type="result").order_by("-seq").values_list("data", flat=True).first()
-        return (result or {}).get("stop_reason")
+        return result or {}
+
+    @classmethod
+    def _result_stop_reason(cls, job: Job) -> str | None:
+        return cls._result(job).get("stop_reason")
+
+
+async def _cancel_abandoned(job_id) -> None:
+    from jobs.services import job_cancel
+
+    job = await Job.objects.filter(pk=job_id).afirst()
+    if job is not None and not job.is_final:
+        with contextlib.suppress(Conflict):  # it ended on its own meanwhile
+            await sync_to_async(job_cancel)(job=job)
 
 
 async def answer_pieces(job_id, tracker: AnswerTracker) -> AsyncIterator[Piece | Idle]:
@@ -291,8 +340,6 @@ async def answer_pieces(job_id, tracker: AnswerTracker) -> AsyncIterator[Piece |
     An answer that ends before its job (``max_tokens``) cancels the job: the
     caller has what it asked for, and the CLI would only go on without it.
     """
-    from jobs.services import job_cancel
-
     async for item in follow_job(job_id):
         if isinstance(item, Idle):
             yield item
@@ -304,21 +351,29 @@ async def answer_pieces(job_id, tracker: AnswerTracker) -> AsyncIterator[Piece |
             return
         for piece in tracker.feed(item.data):
             if isinstance(piece, Finish) and piece.truncated:
-                job = await Job.objects.filter(pk=job_id).afirst()
-                if job is not None and not job.is_final:
-                    with contextlib.suppress(Conflict):  # it ended on its own meanwhile
-                        await sync_to_async(job_cancel)(job=job)
+                await _cancel_abandoned(job_id)
             yield piece
         if tracker.finished:
             return
 
 
-async def answer_of(job_id, tracker: AnswerTracker) -> Finish | Failure:
-    """Wait for a job's whole answer."""
+async def answer_of(
+    job_id, tracker: AnswerTracker, *, cancel_on_disconnect: bool = False
+) -> Finish | Failure:
+    """Wait for a job's whole answer.
+
+    ``cancel_on_disconnect``: if the wait is cancelled (the client went away),
+    cancel the job too; nobody is left to read its answer.
+    """
     last: Piece | None = None
-    async for piece in answer_pieces(job_id, tracker):
-        if isinstance(piece, (Finish, Failure)):
-            last = piece
+    try:
+        async for piece in answer_pieces(job_id, tracker):
+            if isinstance(piece, (Finish, Failure)):
+                last = piece
+    except asyncio.CancelledError:
+        if cancel_on_disconnect:
+            await asyncio.shield(_cancel_abandoned(job_id))
+        raise
     if last is None:  # follow_job always ends with Ended, and end() always decides
         raise RuntimeError(f"job {job_id} ended without an answer")
     return last

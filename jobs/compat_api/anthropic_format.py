@@ -24,7 +24,7 @@ from jobs.compat_api.answers import (
     TextDelta,
     Usage,
 )
-from jobs.compat_api.errors import anthropic_error_body, execution_error
+from jobs.compat_api.errors import anthropic_error_body, failure_error
 from jobs.compat_api.openai_format import KEEPALIVE, Reply
 from jobs.streaming import Idle
 
@@ -106,5 +106,5 @@ async def events(pieces: AsyncIterator[Piece | Idle], reply: Reply) -> AsyncIter
             )
             yield _event("message_stop", {"type": "message_stop"})
         elif isinstance(piece, Failure):
-            problem = classify(execution_error(piece.status, piece.message))
+            problem = classify(failure_error(piece))
             yield _event("error", anthropic_error_body(problem))

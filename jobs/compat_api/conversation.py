@@ -74,9 +74,14 @@ def _split(turns: list[Turn], field_name: str, count: int) -> tuple[list[Turn], 
             f"{field_name} must contain at least one user message", field=field_name, code="missing_messages"
         )
     if turns[-1].role != "user":
+        # Prefill (answer continuing an assistant message) needs the raw Messages API;
+        # the CLI only ever answers a user turn. Refused, never silently reordered.
         raise ServiceError(
-            f"{field_name}[{count - 1}].role: the last message must be from the user",
+            f"{field_name}[{count - 1}].role: the last message must be from the user; assistant prefill "
+            "(a final assistant message for the answer to continue) is not supported, because Claude Code "
+            "can only answer a user turn",
             field=f"{field_name}[{count - 1}].role",
+            code="prefill_not_supported",
         )
     last_assistant = max((i for i, t in enumerate(turns) if t.role == "assistant"), default=-1)
     return turns[: last_assistant + 1], turns[last_assistant + 1 :]

@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from claudesvc.errors import ServiceError
 from claudesvc.exceptions import Problem, classify, unexpected
 from claudesvc.parsers import BoundedJSONParser as JSONParser
+from jobs.upstream import upstream_answer
 
 
 class ClaudeExecutionError(ServiceError):
@@ -26,10 +27,33 @@ class ClaudeExecutionError(ServiceError):
     code = "unknown_error"
 
 
-def execution_error(status: str | None, message: str) -> ClaudeExecutionError:
+class UpstreamFailure(ServiceError):
+    """The job failed because the model's API refused it: answered with that API's
+    status (429, 529, 400 …, see jobs/upstream.py) and its retry semantics."""
+
+    def __init__(self, message: str, *, status: int, code: str, headers: dict[str, str]) -> None:
+        super().__init__(message, status=status, code=code)
+        self.headers = headers
+
+
+def execution_error(
+    status: str | None, message: str, upstream_status: int | None = None, upstream_detail: str = ""
+) -> ServiceError:
     """What a job that ended without an answer reads as, by how it ended."""
-    code = {"timeout": "timeout", "cancelled": "cancelled"}.get(status or "", "unknown_error")
+    if upstream_status:
+        answer = upstream_answer(upstream_status, upstream_detail or message)
+        return UpstreamFailure(answer.message, status=answer.status, code=answer.code, headers=answer.headers)
+    code = {
+        "timeout": "timeout",
+        "cancelled": "cancelled",
+        "structured_output": "structured_output_failed",
+    }.get(status or "", "unknown_error")
     return ClaudeExecutionError(message, code=code)
+
+
+def failure_error(failure) -> ServiceError:
+    """``execution_error`` for an ``answers.Failure``."""
+    return execution_error(failure.status, failure.message, failure.upstream_status, failure.upstream_detail)
 
 
 # A failed job already ran (and, in a session, is part of the conversation):
@@ -46,6 +70,8 @@ OPENAI_TYPES = {
     409: "conflict_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+    502: "api_error",
+    529: "overloaded_error",
 }
 _OPENAI_CODES = {
     "unauthorized": "invalid_api_key",
@@ -78,6 +104,8 @@ def _problem(exc: Exception) -> tuple[Problem, bool]:
         return unexpected(exc), False
     if problem.code == "rate_limited":
         problem.message = "Too many requests, please try again later"  # seed 001's wording
+    if isinstance(exc, UpstreamFailure):
+        problem.headers = {**problem.headers, **exc.headers}
     return problem, isinstance(exc, ClaudeExecutionError)
 
 
@@ -102,13 +130,13 @@ def anthropic_error_body(problem: Problem) -> dict:
 
 def openai_exception_handler(exc, context) -> Response:
     problem, execution = _problem(exc)
-    headers = {**problem.headers, **(NO_RETRY if execution else {})}
+    headers = {**(NO_RETRY if execution else {}), **problem.headers}
     return Response(openai_error_body(problem, execution=execution), status=problem.status, headers=headers)
 
 
 def anthropic_exception_handler(exc, context) -> Response:
     problem, execution = _problem(exc)
-    headers = {**problem.headers, **(NO_RETRY if execution else {})}
+    headers = {**(NO_RETRY if execution else {}), **problem.headers}
     return Response(anthropic_error_body(problem), status=problem.status, headers=headers)
 
 

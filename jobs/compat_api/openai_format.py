@@ -16,7 +16,7 @@ from jobs.compat_api.answers import (
     Piece,
     TextDelta,
 )
-from jobs.compat_api.errors import execution_error, openai_error_body
+from jobs.compat_api.errors import ClaudeExecutionError, failure_error, openai_error_body
 from jobs.streaming import Idle
 
 KEEPALIVE = ": keep-alive\n\n"
@@ -118,6 +118,8 @@ async def chunks(
                 )
             yield "data: [DONE]\n\n"
         elif isinstance(piece, Failure):
-            problem = classify(execution_error(piece.status, piece.message))
-            yield _frame(openai_error_body(problem, execution=True))
+            error = failure_error(piece)
+            yield _frame(
+                openai_error_body(classify(error), execution=isinstance(error, ClaudeExecutionError))
+            )
             yield "data: [DONE]\n\n"

@@ -16,10 +16,15 @@ UNSUPPORTED = {
 }
 
 
+MAX_TOKENS_HELP = (
+    "Most output tokens (default 2048). Above the model's output limit it is lowered to that limit; "
+    "the X-Max-Tokens response header says what was used"
+)
+
+
 def _max_tokens(**kwargs) -> StrictIntegerField:
-    return StrictIntegerField(
-        required=False, allow_null=True, min_value=1, max_value=settings.COMPAT_MAX_TOKENS_LIMIT, **kwargs
-    )
+    # No maximum: a value above the model's output limit is lowered to it (catalog.max_tokens_for).
+    return StrictIntegerField(required=False, allow_null=True, min_value=1, **kwargs)
 
 
 class RefusesUnsupported(serializers.Serializer):
@@ -48,8 +53,8 @@ class StreamOptionsInput(serializers.Serializer):
 
 class ChatCompletionInput(RefusesUnsupported):
     model = ModelField()
-    messages = ChatMessageInput(many=True, allow_empty=False)
-    max_tokens = _max_tokens(help_text="Most output tokens (default 2048)")
+    messages = serializers.ListField(child=ChatMessageInput(), min_length=1)
+    max_tokens = _max_tokens(help_text=MAX_TOKENS_HELP)
     max_completion_tokens = _max_tokens(help_text="Same as max_tokens (what newer OpenAI SDKs send)")
     temperature = StrictFloatField(
         required=False,
@@ -76,7 +81,10 @@ class ChatCompletionInput(RefusesUnsupported):
     user = StrictCharField(required=False, max_length=256, help_text="An end-user id, kept with the job")
     n = StrictIntegerField(required=False, min_value=1, max_value=1, help_text="Only 1 is supported")
     response_format = serializers.JSONField(
-        required=False, allow_null=True, help_text='Only `{"type": "text"}`'
+        required=False,
+        allow_null=True,
+        help_text='`{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": '
+        '{"name", "schema"}}` (the root an object schema): the answer is JSON matching it',
     )
 
     def validate_stop(self, value):
@@ -86,11 +94,6 @@ class ChatCompletionInput(RefusesUnsupported):
         if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
             raise serializers.ValidationError("Must be a non-empty string or a list of up to 4 of them.")
         return stops
-
-    def validate_response_format(self, value):
-        if value not in (None, {"type": "text"}):
-            raise serializers.ValidationError('Only {"type": "text"} is supported.')
-        return value
 
     def validate(self, attrs):
         attrs = super().validate(attrs)
@@ -159,8 +162,8 @@ class MetadataInput(serializers.Serializer):
 
 class MessagesInput(RefusesUnsupported):
     model = ModelField()
-    messages = AnthropicMessageInput(many=True, allow_empty=False)
-    max_tokens = _max_tokens(help_text="Most output tokens (default 2048)")
+    messages = serializers.ListField(child=AnthropicMessageInput(), min_length=1)
+    max_tokens = _max_tokens(help_text=MAX_TOKENS_HELP)
     system = serializers.JSONField(
         required=False, allow_null=True, help_text="A string or a list of text blocks"
     )
@@ -176,6 +179,35 @@ class MessagesInput(RefusesUnsupported):
     )
     metadata = MetadataInput(required=False, allow_null=True)
     stream = StrictBooleanField(required=False, default=False)
+    output_config = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text='`{"format": {"type": "json_schema", "schema": {…}}}`: the answer is JSON matching the schema '
+        "(root an object schema); `effort` is accepted and has no effect",
+    )
+    output_format = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text='The older beta form: `{"type": "json_schema", "schema": {…}}`',
+    )
+
+
+class CountTokensInput(serializers.Serializer):
+    model = ModelField()
+    messages = serializers.ListField(child=AnthropicMessageInput(), min_length=1)
+    system = serializers.JSONField(
+        required=False, allow_null=True, help_text="A string or a list of text blocks"
+    )
+    tools = serializers.ListField(
+        child=serializers.DictField(),
+        required=False,
+        allow_null=True,
+        help_text="Counted only: the messages routes refuse tools",
+    )
+
+
+class CountTokensOutput(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
 
 
 class TextBlockOutput(serializers.Serializer):
@@ -217,7 +249,7 @@ class AnthropicError(serializers.Serializer):
 class RcaInput(serializers.Serializer):
     prompt = StrictCharField(max_length=settings.MAX_PROMPT_CHARS, trim_whitespace=False)
     model = ModelField()
-    max_tokens = _max_tokens(help_text="Most output tokens (default 2048)")
+    max_tokens = _max_tokens(help_text=MAX_TOKENS_HELP)
     temperature = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=1)
 
     def validate_prompt(self, value: str) -> str:
@@ -244,6 +276,20 @@ class ModelOutput(serializers.Serializer):
 class ModelListOutput(serializers.Serializer):
     object = serializers.CharField(default="list")
     data = ModelOutput(many=True)
+
+
+class AnthropicModelOutput(serializers.Serializer):
+    type = serializers.CharField(default="model")
+    id = serializers.CharField()
+    display_name = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class AnthropicModelListOutput(serializers.Serializer):
+    data = AnthropicModelOutput(many=True)
+    has_more = serializers.BooleanField()
+    first_id = serializers.CharField(allow_null=True)
+    last_id = serializers.CharField(allow_null=True)
 
 
 class SessionCreateInput(serializers.Serializer):

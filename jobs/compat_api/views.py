@@ -11,12 +11,11 @@ from __future__ import annotations
 import time
 
 from asgiref.sync import async_to_sync
-from django.conf import settings
 from django.contrib.auth import authenticate
 from django.db import transaction
 from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
@@ -25,14 +24,16 @@ from claudesvc.errors import NotFound, ServiceError
 from claudesvc.fields import iso_utc
 from claudesvc.login_throttle import client_address, login_failed, login_succeeded, login_throttle_check
 from claudesvc.negotiation import AnyAcceptNegotiation
-from jobs.compat_api import anthropic_format, openai_format
+from jobs.compat_api import anthropic_format, catalog, openai_format, structured
 from jobs.compat_api import serializers as s
 from jobs.compat_api.answers import AnswerTracker, Failure, answer_of, answer_pieces
+from jobs.compat_api.catalog import max_tokens_for
 from jobs.compat_api.conversation import Conversation, anthropic_conversation, openai_conversation
-from jobs.compat_api.errors import AnthropicView, OpenAIView, execution_error
+from jobs.compat_api.errors import AnthropicView, OpenAIView, failure_error
 from jobs.compat_api.openai_format import Reply
+from jobs.compat_api.token_count import count_tokens
 from jobs.models import ClaudeSession, Job
-from jobs.services import MODEL_ALIASES, job_create, resolve_model
+from jobs.services import job_create, resolve_model
 from jobs.sessions import (
     session_busy_ids,
     session_check_id,
@@ -44,8 +45,6 @@ from jobs.sessions import (
     session_resume_id,
 )
 
-# When the model aliases were introduced here; OpenAI's model list wants a date.
-MODELS_CREATED = 1677649963
 RCA_SYSTEM_PROMPT = (
     "You are an experienced site reliability engineer doing a root cause analysis. "
     "From the incident details, give: the most likely root cause and the evidence for it, "
@@ -55,15 +54,39 @@ RCA_SYSTEM_PROMPT = (
 OPENAI_ERRORS = {
     400: OpenApiResponse(s.OpenAIError, description="Invalid parameters"),
     401: OpenApiResponse(s.OpenAIError, description="API key or token missing or invalid"),
+    429: OpenApiResponse(s.OpenAIError, description="Rate limited (this service's, or the model API's)"),
+}
+# What a call that runs Claude may also answer: the model API's refusals (jobs/upstream.py).
+UPSTREAM_STATUSES = {
+    403: "The model's API refused the service's credentials",
+    404: "Not found (or the model's API did not know the model)",
+    413: "Request too large",
+    502: "The model's API failed",
+    529: "The model's API is overloaded",
 }
 EXECUTION_ERROR = {
-    500: OpenApiResponse(s.OpenAIError, description="Claude did not answer (claude_execution_error)")
+    500: OpenApiResponse(s.OpenAIError, description="Claude did not answer (claude_execution_error)"),
+    **{
+        status: OpenApiResponse(s.OpenAIError, description=text) for status, text in UPSTREAM_STATUSES.items()
+    },
 }
 ANTHROPIC_ERRORS = {
     400: OpenApiResponse(s.AnthropicError, description="Invalid parameters"),
     401: OpenApiResponse(s.AnthropicError, description="API key or token missing or invalid"),
+    429: OpenApiResponse(s.AnthropicError, description="Rate limited (this service's, or the model API's)"),
     500: OpenApiResponse(s.AnthropicError, description="Claude did not answer"),
+    **{
+        status: OpenApiResponse(s.AnthropicError, description=text)
+        for status, text in UPSTREAM_STATUSES.items()
+    },
 }
+ANTHROPIC_VERSION = OpenApiParameter(
+    "anthropic-version",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Present (any value, e.g. 2023-06-01): answer in Anthropic's shape",
+)
 SESSION_HEADER = OpenApiParameter(
     "X-Request-ID",
     OpenApiTypes.STR,
@@ -104,7 +127,7 @@ def _start(
         resuming = bool(session_resume_id(session.pk))
         options = {
             "partial_messages": True,
-            "max_tokens": max_tokens or settings.COMPAT_DEFAULT_MAX_TOKENS,
+            "max_tokens": max_tokens_for(model, max_tokens).value,
             "cwd": session.cwd,
             "inline_files": [f.as_option() for f in conversation.files(with_history=not resuming)],
             **extra,
@@ -130,14 +153,18 @@ def _reply(prefix: str, job: Job) -> Reply:
 
 
 def _answer(job: Job, tracker: AnswerTracker):
-    result = async_to_sync(answer_of)(job.pk, tracker)
+    # A client that hangs up while it waits cancels its job: Django cancels the
+    # request's task on disconnect and asgiref carries that into answer_of.
+    result = async_to_sync(answer_of)(job.pk, tracker, cancel_on_disconnect=True)
     if isinstance(result, Failure):
-        raise execution_error(result.status, result.message)
+        raise failure_error(result)
     return result
 
 
 def _job_headers(response, job: Job):
     response["X-Job-ID"] = str(job.pk)
+    if (job.options or {}).get("max_tokens"):
+        response["X-Max-Tokens"] = str(job.options["max_tokens"])
     if job.session:
         response["X-Session-ID"] = job.session.external_id
     return response
@@ -175,16 +202,18 @@ class ChatCompletionsView(OpenAIView):
         data = s.ChatCompletionInput(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
+        schema = structured.openai_schema(v.get("response_format"))
         conversation = openai_conversation([dict(m) for m in v["messages"]], input_format=v["input_format"])
+        extra = {"end_user": v["user"]} if v.get("user") else {}
         job = _start(
             request,
             conversation=conversation,
             model=v["model"],
             max_tokens=v.get("max_completion_tokens") or v.get("max_tokens"),
             session_key=_session_key(request),
-            extra={"end_user": v["user"]} if v.get("user") else {},
+            extra={**extra, "json_schema": schema} if schema else extra,
         )
-        tracker = AnswerTracker(stop_sequences=v.get("stop") or [])
+        tracker = AnswerTracker(stop_sequences=v.get("stop") or [], schema=schema)
         reply = _reply("chatcmpl", job)
         if v["stream"] or v["output_format"] == "stream-json":
             include_usage = bool((v.get("stream_options") or {}).get("include_usage"))
@@ -217,32 +246,56 @@ class RcaView(OpenAIView):
             system_prompt=RCA_SYSTEM_PROMPT,
             options={
                 "partial_messages": True,
-                "max_tokens": v.get("max_tokens") or settings.COMPAT_DEFAULT_MAX_TOKENS,
+                "max_tokens": max_tokens_for(v["model"], v.get("max_tokens")).value,
             },
         )
         finish = _answer(job, AnswerTracker())
         return _job_headers(Response(openai_format.rca(_reply("chatcmpl-rca", job), finish)), job)
 
 
-def _model(name: str) -> dict:
-    return {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": "anthropic"}
+def _anthropic_shape(request) -> bool:
+    """The Anthropic SDK (and every Anthropic client) sends anthropic-version."""
+    return "anthropic-version" in request.headers
 
 
 class ModelListView(OpenAIView):
     @extend_schema(
         operation_id="models_list",
         summary="The models this service accepts",
-        responses={200: s.ModelListOutput},
+        description="OpenAI's list shape; Anthropic's (`type`, `display_name`, `created_at`, `has_more`, "
+        "`first_id`, `last_id`) when the request carries an `anthropic-version` header.",
+        parameters=[ANTHROPIC_VERSION],
+        responses={
+            200: PolymorphicProxySerializer(
+                "ModelList", [s.ModelListOutput, s.AnthropicModelListOutput], resource_type_field_name=None
+            )
+        },
     )
     def get(self, request):
-        return Response({"object": "list", "data": [_model(name) for name in MODEL_ALIASES]})
+        names = catalog.model_names()
+        if _anthropic_shape(request):
+            return Response(
+                {
+                    "data": [catalog.anthropic_model(name) for name in names],
+                    "has_more": False,
+                    "first_id": names[0] if names else None,
+                    "last_id": names[-1] if names else None,
+                }
+            )
+        return Response({"object": "list", "data": [catalog.openai_model(name) for name in names]})
 
 
 class ModelDetailView(OpenAIView):
     @extend_schema(
         operation_id="models_retrieve",
         summary="One model",
-        responses={200: s.ModelOutput, 404: OpenApiResponse(s.OpenAIError, description="Unknown model")},
+        parameters=[ANTHROPIC_VERSION],
+        responses={
+            200: PolymorphicProxySerializer(
+                "Model", [s.ModelOutput, s.AnthropicModelOutput], resource_type_field_name=None
+            ),
+            404: OpenApiResponse(s.OpenAIError, description="Unknown model"),
+        },
     )
     def get(self, request, model):
         try:
@@ -251,7 +304,9 @@ class ModelDetailView(OpenAIView):
             raise NotFound(
                 f"The model {model!r} does not exist", field="model", code="model_not_found"
             ) from None
-        return Response(_model(name))
+        if _anthropic_shape(request):
+            return Response(catalog.anthropic_model(name))
+        return Response(catalog.openai_model(name))
 
 
 # -- sessions -------------------------------------------------------------------------------
@@ -370,6 +425,7 @@ class MessagesView(AnthropicView):
         data = s.MessagesInput(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
+        schema = structured.anthropic_schema(v.get("output_config"), v.get("output_format"))
         conversation = anthropic_conversation([dict(m) for m in v["messages"]], v.get("system"))
         metadata = v.get("metadata") or {}
         job = _start(
@@ -378,11 +434,40 @@ class MessagesView(AnthropicView):
             model=v["model"],
             max_tokens=v.get("max_tokens"),
             session_key=_session_key(request, metadata),
-            extra={},
+            extra={"json_schema": schema} if schema else {},
         )
-        tracker = AnswerTracker(stop_sequences=v.get("stop_sequences") or [])
+        tracker = AnswerTracker(stop_sequences=v.get("stop_sequences") or [], schema=schema)
         reply = _reply("msg", job)
         if v["stream"]:
             return _job_headers(_sse(anthropic_format.events(answer_pieces(job.pk, tracker), reply)), job)
         finish = _answer(job, tracker)
         return _job_headers(Response(anthropic_format.message(reply, finish)), job)
+
+
+class CountTokensView(AnthropicView):
+    @extend_schema(
+        operation_id="messages_count_tokens",
+        summary="Count a Messages request's input tokens",
+        description="By the model API's count endpoint when the service has an Anthropic key, else a local "
+        "estimate; the `X-Token-Count-Source` header says which (`upstream` or `estimate`).",
+        request=s.CountTokensInput,
+        responses={200: s.CountTokensOutput, **ANTHROPIC_ERRORS},
+    )
+    def post(self, request):
+        _require_messages(request.data)
+        data = s.CountTokensInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        # The same checks as a real call (content blocks, sizes), so a count never
+        # blesses a request /v1/messages would refuse.
+        anthropic_conversation([dict(m) for m in v["messages"]], v.get("system"))
+        body = {
+            "model": v["model"],
+            "messages": [dict(m) for m in v["messages"]],
+            "system": v.get("system"),
+            "tools": v.get("tools") or None,
+        }
+        counted = count_tokens(body)
+        response = Response({"input_tokens": counted.input_tokens})
+        response["X-Token-Count-Source"] = counted.source
+        return response

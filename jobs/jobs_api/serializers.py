@@ -7,6 +7,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from claudesvc.errors import ServiceError
 from claudesvc.fields import StrictCharField, UtcDateTimeField
 from jobs.fields import ModelField
 from jobs.models import Artifact, Attachment, Job, JobKind, JobStatus
@@ -64,6 +65,32 @@ JobCreateMultipartInput = type(
 )
 
 
+# Every part POST /jobs can use, for either job type.
+FORM_FIELDS = {"prompt", "model", "type", "output", "language"}
+FILE_FIELDS = {"attachments[]", "attachments", "file"}
+
+
+def refuse_unusable_parts(request) -> None:
+    """A multipart part the service would drop is refused, named, rather than lost:
+    a file part without a filename arrives as text, and unknown fields mean a typo."""
+    if not request.content_type.startswith("multipart/"):
+        return
+    fields = set(request.POST)
+    not_files = sorted(fields & FILE_FIELDS)
+    if not_files:
+        raise ServiceError(
+            f"{not_files[0]}: a part without a filename is not a file; send files with a filename "
+            f"(curl -F '{not_files[0]}=@path')",
+            field=not_files[0],
+        )
+    unknown = sorted(fields - FORM_FIELDS)
+    if unknown:
+        raise ServiceError(
+            f"unknown form field(s): {', '.join(unknown)} (POST /jobs takes {', '.join(sorted(FORM_FIELDS | FILE_FIELDS))})",
+            field=unknown[0],
+        )
+
+
 class AttachmentOutput(serializers.ModelSerializer):
     type = serializers.CharField(source="content_type")
 
@@ -107,8 +134,9 @@ class JobOutput(serializers.ModelSerializer):
     error_message = serializers.SerializerMethodField()
     usage = serializers.SerializerMethodField()
     created_at = UtcDateTimeField()
-    started_at = UtcDateTimeField()
-    finished_at = UtcDateTimeField()
+    # Null until the job starts / ends.
+    started_at = UtcDateTimeField(allow_null=True)
+    finished_at = UtcDateTimeField(allow_null=True)
     stream_url = serializers.SerializerMethodField()
     events_url = serializers.SerializerMethodField()
     attachments = AttachmentOutput(many=True, read_only=True)

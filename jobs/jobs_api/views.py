@@ -19,6 +19,7 @@ from jobs.attachments import job_create_with_attachments
 from jobs.jobs_api import serializers as s
 from jobs.jobs_api.downloads import artifact_response
 from jobs.jobs_api.envelope import JobsAPIView, ok
+from jobs.jobs_api.serializers import refuse_unusable_parts
 from jobs.models import JobEvent
 from jobs.selectors import artifact_get, job_events, job_get, job_list
 from jobs.services import job_delete
@@ -102,6 +103,7 @@ class JobListCreateView(JobsAPIView):
         uploads = [f for field in ATTACHMENT_FIELDS for f in request.FILES.getlist(field)]
         audio = request.FILES.getlist(TRANSCRIPTION_FIELD)
         try:
+            refuse_unusable_parts(request)
             kind = (request.data.get("type") if isinstance(request.data, Mapping) else None) or "claude"
             if kind == "transcription":
                 if uploads:

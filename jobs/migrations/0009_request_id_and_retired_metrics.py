@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0005_worker_heartbeats'),
+        ('jobs', '0007_job_upstream_status'),
     ]
 
     operations = [

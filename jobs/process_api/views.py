@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.paginator import Paginator
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 
 from claudesvc.fields import iso_utc
@@ -64,6 +65,8 @@ async def _result_when_done(job_id, request_id: str):
 
 
 class ExecuteView(ProcessAPIView):
+    # JSON only: seed 002's numbers and booleans cannot be told apart from text in a form.
+    parser_classes = [JSONParser]
     rate_limit_group = "process_execute"
 
     @extend_schema(
@@ -99,6 +102,8 @@ class ExecuteView(ProcessAPIView):
 
 
 class ExecuteAsyncView(ProcessAPIView):
+    # JSON only: seed 002's numbers and booleans cannot be told apart from text in a form.
+    parser_classes = [JSONParser]
     rate_limit_group = "process_execute"
 
     @extend_schema(

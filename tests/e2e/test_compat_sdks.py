@@ -492,22 +492,22 @@ def test_each_sdk_raises_its_typed_errors(service, key):
         )
 
 
-def test_a_failed_claude_run_is_a_500_the_sdks_do_not_retry(service, key):
+def test_an_upstream_400_is_a_400_the_sdks_do_not_retry(service, key):
     from jobs.models import Job
 
     mark = marker()
-    # Default retries on: the failed run is not repeated.
+    # Default retries on: a refused request is not repeated.
     client = oai(service, key.secret, max_retries=2)
-    with pytest.raises(openai.InternalServerError) as failed:
+    with pytest.raises(openai.BadRequestError) as failed:
         client.chat.completions.create(
             model="haiku", messages=[{"role": "user", "content": f"{mark} [[error:400]]"}]
         )
-    assert (
-        failed.value.body["type"] == "claude_execution_error" and failed.value.body["code"] == "unknown_error"
-    )
+    assert failed.value.body["type"] == "invalid_request_error"
+    assert failed.value.body["code"] == "upstream_invalid_request"
+    assert failed.value.response.headers["x-should-retry"] == "false"
     assert "fake upstream 400" in failed.value.message
     assert Job.objects.filter(prompt__contains=mark).count() == 1
-    with pytest.raises(anthropic.InternalServerError):
+    with pytest.raises(anthropic.BadRequestError):
         ant(service, key.secret, max_retries=2).messages.create(
             model="haiku", max_tokens=10, messages=[{"role": "user", "content": f"{mark}b [[error:400]]"}]
         )

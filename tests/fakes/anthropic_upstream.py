@@ -6,9 +6,14 @@ user turn so a test states what it wants in its own prompt:
 
 - ``[[tool:NAME {json input}]]`` answers with a ``tool_use`` block (once; the
   follow-up turn that carries the ``tool_result`` gets a plain text answer);
-- ``[[error:STATUS]]`` answers with an HTTP error of that status;
+- ``[[error:STATUS]]`` answers with an HTTP error of that status
+  (``[[error:STATUS final]]`` adds ``x-should-retry: false``, which the CLI obeys);
 - ``[[slow:SECONDS]]`` streams the answer with that pause between chunks;
 - ``[[reply:TEXT]]`` answers exactly TEXT;
+- when the CLI offers its ``StructuredOutput`` tool (structured output was
+  asked for), the fake calls it with a small value that fits the tool's schema,
+  or with the JSON of ``[[structured:{…}]]``; ``[[structured:none]]`` never
+  calls it (a model that does not comply);
 - anything else is answered ``Echo: <prompt>``.
 
 Like the real API, an answer stops at the request's ``max_tokens`` (one token
@@ -28,7 +33,42 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-DIRECTIVE = re.compile(r"\[\[(tool|error|slow|reply):(.*?)\]\]", re.DOTALL)
+DIRECTIVE = re.compile(r"\[\[(tool|error|slow|reply|structured):(.*?)\]\]", re.DOTALL)
+STRUCTURED_TOOL = "StructuredOutput"
+
+
+def schema_instance(schema: Any, root: Any = None) -> Any:
+    """A small value that satisfies ``schema`` (what a model that follows it would write)."""
+    root = schema if root is None else root
+    if not isinstance(schema, dict):
+        return None
+    if "$ref" in schema:
+        target: Any = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return schema_instance(target, root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for combinator in ("anyOf", "oneOf", "allOf"):
+        if schema.get(combinator):
+            return schema_instance(schema[combinator][0], root)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: schema_instance(properties.get(name, {}), root) for name in schema.get("required", [])}
+    if kind == "array":
+        return [schema_instance(schema.get("items", {}), root) for _ in range(schema.get("minItems", 0))]
+    if kind == "string":
+        return "x" * max(int(schema.get("minLength", 4)), 1) if "format" not in schema else "2024-01-01"
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return False
+    return None
 
 
 def _text_of(content: Any) -> str:
@@ -80,9 +120,13 @@ class FakeAnthropic:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
-            def _json(self, status: int, payload: dict[str, Any]) -> None:
+            def _json(
+                self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
@@ -143,15 +187,21 @@ class FakeAnthropic:
         blocks: list[dict[str, Any]] = []
         for kind, arg in directives:
             if kind == "error":
-                status = int(arg)
+                # "[[error:429 final]]" also says x-should-retry: false, so the CLI gives up at once.
+                status_text, _, flag = arg.partition(" ")
+                status = int(status_text)
                 kind_name = {
                     429: "rate_limit_error",
                     529: "overloaded_error",
                     400: "invalid_request_error",
+                    401: "authentication_error",
+                    403: "permission_error",
                 }.get(status, "api_error")
+                headers = {"x-should-retry": "false"} if flag == "final" else {}
                 handler._json(
                     status,
                     {"type": "error", "error": {"type": kind_name, "message": f"fake upstream {status}"}},
+                    headers,
                 )
                 return
             if kind == "slow":
@@ -168,6 +218,27 @@ class FakeAnthropic:
                         "input": json.loads(raw or "{}"),
                     }
                 )
+        structured_tool = next((t for t in body.get("tools") or [] if t.get("name") == STRUCTURED_TOOL), None)
+        if (
+            structured_tool is not None
+            and not is_tool_result
+            and not any(b["type"] == "tool_use" for b in blocks)
+        ):
+            wanted = [arg for kind, arg in DIRECTIVE.findall(json.dumps(messages)) if kind == "structured"]
+            if not wanted or wanted[0].strip() != "none":
+                value = (
+                    json.loads(json.loads(f'"{wanted[0]}"'))
+                    if wanted
+                    else schema_instance(structured_tool.get("input_schema"))
+                )
+                blocks = [
+                    {
+                        "type": "tool_use",
+                        "id": f"toolu_{uuid.uuid4().hex[:20]}",
+                        "name": STRUCTURED_TOOL,
+                        "input": value,
+                    }
+                ]
         if is_tool_result:
             blocks = [{"type": "text", "text": "Tool finished: " + last_text[:200]}]
         if not blocks:

@@ -73,6 +73,7 @@ class FakeJob:
 
     def __init__(self, status="completed", result="", usage=None, error_message="", stop_reason="end_turn"):
         self.status, self.result, self.usage, self.error_message = status, result, usage, error_message
+        self.upstream_status = None
         self._stop_reason = stop_reason
 
     @property
