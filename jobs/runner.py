@@ -254,6 +254,8 @@ def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptio
         setting_sources=[],
         include_partial_messages=bool(opts.get("partial_messages")),
         resume=opts.get("resume") or None,
+        # The key's remaining budget when the job was claimed (jobs.usage); None: no budget.
+        max_budget_usd=job.max_budget_usd,
         stderr=stderr_sink,
         **policy,
     )
@@ -537,6 +539,8 @@ class JobRun:
 
     def _error_text(self) -> str:
         res = self.result
+        if res is not None and res.subtype == "error_max_budget_usd":
+            return f"budget_exceeded: the job reached its spending cap of ${self.job.max_budget_usd:.4f}, what was left of its key's budget; it was stopped"
         if res is not None:
             parts = [res.result or "", *(res.errors or [])]
             detail = "; ".join(p for p in parts if p) or res.subtype
