@@ -95,3 +95,12 @@ class RateLimitOverride(models.Model):
 
     def __str__(self) -> str:
         return f"{self.group}: {self.requests}/{self.window_seconds}s"
+
+
+class KeySpend(ApiKey):
+    """API keys seen by what they spent (the admin's "spend by key" page)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "spend by key"
+        verbose_name_plural = "spend by key"

@@ -312,7 +312,7 @@ API_KEY_PEPPER = env_str("API_KEY_PEPPER") or SECRET_KEY
 
 # Per API key (JWT users get these defaults); a key's own values in the admin replace them.
 # Active = pending + running: more is refused with 429 active_jobs_limit at submit.
-JOB_MAX_ACTIVE_PER_KEY = env_int("JOB_MAX_ACTIVE_PER_KEY", 20, minimum=1)
+JOB_MAX_ACTIVE_PER_KEY = env_int("JOB_MAX_ACTIVE_PER_KEY", 50, minimum=1)
 # Running at once: the claim leaves a key's further jobs pending (0 = no cap but the workers).
 JOB_MAX_RUNNING_PER_KEY = env_int("JOB_MAX_RUNNING_PER_KEY", 0, minimum=0)
 # What the transcription provider costs per minute of audio; counts toward usage and budgets.

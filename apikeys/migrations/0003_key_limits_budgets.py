@@ -35,4 +35,17 @@ class Migration(migrations.Migration):
             name='priority_across_keys',
             field=models.BooleanField(default=False, help_text="Let this key's job priority overtake other keys' jobs (otherwise it orders its own jobs only)."),
         ),
+        migrations.CreateModel(
+            name='KeySpend',
+            fields=[
+            ],
+            options={
+                'verbose_name': 'spend by key',
+                'verbose_name_plural': 'spend by key',
+                'proxy': True,
+                'indexes': [],
+                'constraints': [],
+            },
+            bases=('apikeys.apikey',),
+        ),
     ]
