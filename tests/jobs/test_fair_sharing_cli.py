@@ -65,14 +65,16 @@ def test_a_budget_caps_a_running_job_then_refuses_the_next(client_for, settings)
     settings.RATELIMIT_ENABLE = False
     alice = Key(*api_key_create(name="alice"))
     ApiKey.objects.filter(pk=alice.row.pk).update(budget_daily_usd=Decimal("0.0001"))
-    # Two turns (a tool call, then the answer): the CLI checks its budget after the first.
-    job = submit(alice.row, 'look [[tool:Glob {"pattern": "*"}]]', model="haiku")
+    # Two turns (a tool call, then the answer): the CLI checks its budget after the first,
+    # which costs more than the cap (the fake counts a token per 40 characters of input).
+    job = submit(alice.row, 'look [[tool:Glob {"pattern": "*"}]] ' + "filler " * 12000, model="haiku")
     ran = run_next()
     assert ran.pk == job.pk
     assert ran.max_budget_usd == pytest.approx(0.0001)
     assert ran.status == JobStatus.FAILED, (ran.status, ran.error_message)
     assert ran.error_message.startswith("budget_exceeded"), ran.error_message
     assert ran.cost_usd > 0.0001
+    assert ran.num_turns == 1  # stopped before the second turn
     # What it spent is counted, and the key is now over its budget: refused with 402.
     row = UsageDaily.objects.get(api_key=alice.row)
     assert row.cost_usd == pytest.approx(ran.cost_usd)
