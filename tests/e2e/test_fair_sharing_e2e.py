@@ -28,7 +28,9 @@ def wait_all_done(job_ids: list[str], timeout: float = 180) -> list[Job]:
         if len(jobs) == len(job_ids) and all(j.is_final for j in jobs):
             return jobs
         time.sleep(0.3)
-    raise AssertionError("jobs did not finish: " + str([(j.pk, j.status) for j in Job.objects.filter(pk__in=job_ids)]))
+    raise AssertionError(
+        "jobs did not finish: " + str([(j.pk, j.status) for j in Job.objects.filter(pk__in=job_ids)])
+    )
 
 
 def test_a_flood_from_one_key_delays_another_keys_job_by_one_slot_at_most(service):
@@ -52,10 +54,14 @@ def test_a_flood_from_one_key_delays_another_keys_job_by_one_slot_at_most(servic
     bobs = jobs[bobs_id]
     assert bobs.status == JobStatus.COMPLETED, bobs.error_message
     # No flood job started between bob's submission and his start: he took the first free slot.
-    overtook = [j for j in jobs.values() if j.pk != bobs.pk and bobs.created_at < j.started_at < bobs.started_at]
+    overtook = [
+        j for j in jobs.values() if j.pk != bobs.pk and bobs.created_at < j.started_at < bobs.started_at
+    ]
     assert overtook == [], service.logs()
     # ... which is the first flood job to end after he asked (plus the worker's wake-up).
-    first_free = min(j.finished_at for j in jobs.values() if j.pk != bobs.pk and j.finished_at > bobs.created_at)
+    first_free = min(
+        j.finished_at for j in jobs.values() if j.pk != bobs.pk and j.finished_at > bobs.created_at
+    )
     assert (bobs.started_at - first_free).total_seconds() < 10
     # The flood itself still ran in order, all of it.
     assert all(jobs[i].status == JobStatus.COMPLETED for i in flood)
