@@ -29,7 +29,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_healthy(url: str, timeout: float = 30) -> bool:
+def wait_until_healthy(url: str, timeout: float = 120) -> bool:
     """Whether ``url``/health answered 200 within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -109,6 +109,9 @@ def service(
             processes.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         svc = Service(url=f"http://127.0.0.1:{port}", env=env, processes=processes, log_dir=work)
         if not wait_until_healthy(svc.url):
+            # Do not leave a server and a worker cluster behind on the test database.
+            for proc in processes:
+                proc.kill()
             raise RuntimeError(f"the service did not start:\n{svc.logs()}")
         yield svc
         for proc in processes:

@@ -114,3 +114,27 @@ def test_revoking_a_key_stops_its_running_cli_and_its_queue():
     # The other key's job is untouched and is the next to run.
     assert run_next().pk == bobs.pk
     assert Job.objects.get(pk=bobs.pk).status == JobStatus.COMPLETED
+
+
+def test_process_priority_does_not_jump_another_keys_queue(client_for, settings):
+    settings.RATELIMIT_ENABLE = False
+    alice, bob = Key(*api_key_create(name="alice")), Key(*api_key_create(name="bob"))
+    mine = [submit(alice.row, f"first come {i} [[reply:A{i}]]", model="haiku") for i in range(2)]
+    urgent = client_for(bob).post(
+        "/api/v1/claude/execute/async",
+        {"prompt": "urgent [[reply:B]]", "model": "haiku", "priority": 100},
+        format="json",
+    )
+    assert urgent.status_code == 202, urgent.content
+    (bobs,) = Job.objects.filter(api_key=bob.row)
+    order = [run_next() for _ in range(3)]
+    assert all(j.status == JobStatus.COMPLETED for j in order), [j.error_message for j in order]
+    # One job at a time, so neither key ever has more running than the other: first come,
+    # first served across keys, and bob's priority 100 does not overtake alice's older jobs.
+    assert [j.pk for j in order] == [mine[0].pk, mine[1].pk, bobs.pk]
+    # A key flagged in the admin may overtake.
+    ApiKey.objects.filter(pk=bob.row.pk).update(priority_across_keys=True)
+    later = submit(alice.row, "later [[reply:A]]", model="haiku")
+    flagged = submit(bob.row, "flagged [[reply:B]]", model="haiku", priority=100)
+    assert run_next().pk == flagged.pk
+    assert run_next().pk == later.pk
