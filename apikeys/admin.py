@@ -7,10 +7,13 @@ disk. Revoking is usually what is wanted: it keeps the key's history.
 """
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from apikeys.models import ApiKey, RateLimitOverride
-from apikeys.services import api_key_create, api_key_revoke
+from apikeys.services import api_key_active_jobs, api_key_create, api_key_revoke
+from apikeys.spend_admin import KeySpendAdmin  # noqa: F401 (registers the "spend by key" page)
 from jobs.services import jobs_delete_for_owner
 
 
@@ -50,10 +53,33 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for key in queryset:
             self.delete_model(request, key)
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys (cancels their pending jobs, stops running ones)")
     def revoke(self, request, queryset):
-        count = 0
-        for key in queryset.filter(revoked_at__isnull=True):
-            api_key_revoke(key=key)
-            count += 1
-        self.message_user(request, f"Revoked {count} key(s) at {timezone.now():%Y-%m-%d %H:%M:%S} UTC.")
+        keys = list(queryset.filter(revoked_at__isnull=True))
+        if request.POST.get("post") != "yes":
+            # Say what will happen to the keys' jobs before doing it.
+            rows = [{"key": key, **api_key_active_jobs(key=key)} for key in keys]
+            return TemplateResponse(
+                request,
+                "admin/apikeys/apikey/revoke_confirmation.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": "Revoke API keys?",
+                    "opts": self.model._meta,
+                    "rows": rows,
+                    "total_pending": sum(r["pending"] for r in rows),
+                    "total_running": sum(r["running"] for r in rows),
+                    "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+                },
+            )
+        pending = running = 0
+        for key in keys:
+            stopped = api_key_revoke(key=key)
+            pending += stopped["pending"]
+            running += stopped["running"]
+        self.message_user(
+            request,
+            f"Revoked {len(keys)} key(s) at {timezone.now():%Y-%m-%d %H:%M:%S} UTC; "
+            f"{pending} pending job(s) cancelled, {running} running job(s) stopped.",
+        )
+        return None

@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class ApiKeysConfig(AppConfig):
     name = "apikeys"
     verbose_name = "API keys"
+
+    def ready(self) -> None:
+        from apikeys.signals import connect
+
+        connect()

@@ -27,6 +27,36 @@ class ApiKey(models.Model):
         help_text="Who this key is for; informational.",
     )
     tool_policy = models.CharField(max_length=20, choices=ToolPolicy.choices, default=ToolPolicy.SAFE)
+    # Fair sharing and spend control (issue 12). Empty limits use the service defaults
+    # (JOB_MAX_ACTIVE_PER_KEY, JOB_MAX_RUNNING_PER_KEY); empty budgets mean no budget.
+    max_active_jobs = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Most jobs pending + running at once; more is refused (429). Empty: the service default.",
+    )
+    max_running_jobs = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Most jobs running at once; further jobs wait. Empty: the service default; 0: no cap.",
+    )
+    priority_across_keys = models.BooleanField(
+        default=False,
+        help_text="Let this key's job priority overtake other keys' jobs (otherwise it orders its own jobs only).",
+    )
+    budget_daily_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Spend limit per UTC day in USD; jobs over it are refused and running ones capped.",
+    )
+    budget_monthly_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Spend limit per UTC calendar month in USD.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -65,3 +95,12 @@ class RateLimitOverride(models.Model):
 
     def __str__(self) -> str:
         return f"{self.group}: {self.requests}/{self.window_seconds}s"
+
+
+class KeySpend(ApiKey):
+    """API keys seen by what they spent (the admin's "spend by key" page)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "spend by key"
+        verbose_name_plural = "spend by key"

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import models
 from django.utils import timezone
 
 from apikeys.models import ApiKey, ToolPolicy
@@ -70,6 +71,31 @@ def api_key_authenticate(raw_key: str) -> ApiKey | None:
     return key
 
 
-def api_key_revoke(*, key: ApiKey) -> None:
+def api_key_revoke(*, key: ApiKey) -> dict[str, int]:
+    """Revoke a key: it stops authenticating at once, its pending jobs are
+    cancelled and its running ones stopped. Returns those counts."""
+    from jobs.services import owner_jobs_cancel  # jobs imports the auth that imports this module
+
     ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     key.refresh_from_db()
+    return owner_jobs_cancel(api_key_id=key.pk, reason="Cancelled: the API key was revoked")
+
+
+def api_key_active_jobs(*, key: ApiKey) -> dict[str, int]:
+    """How many jobs of the key a revocation would cancel (pending) and stop (running)."""
+    from jobs.models import Job, JobStatus
+
+    counts = dict(
+        Job.objects.filter(api_key=key, status__in=[JobStatus.PENDING, JobStatus.RUNNING])
+        .order_by()
+        .values_list("status")
+        .annotate(n=models.Count("pk"))
+    )
+    return {"pending": counts.get(JobStatus.PENDING, 0), "running": counts.get(JobStatus.RUNNING, 0)}
+
+
+def user_deactivated(*, user_id: int) -> dict[str, int]:
+    """A Django user can no longer log in: their JWT jobs go the way of a revoked key's."""
+    from jobs.services import owner_jobs_cancel
+
+    return owner_jobs_cancel(user_id=user_id, reason="Cancelled: the user was deactivated")

@@ -50,7 +50,7 @@ def _first_validation_error(detail, prefix: str = "") -> tuple[str | None, str, 
 def classify(exc: Exception) -> Problem | None:
     """A Problem for exceptions callers should see; None for unexpected ones (500)."""
     if isinstance(exc, ServiceError):
-        return Problem(exc.status, exc.code, exc.message, exc.field)
+        return Problem(exc.status, exc.code, exc.message, exc.field, headers=dict(exc.headers))
     if isinstance(exc, drf.ValidationError):
         name, message, reason = _first_validation_error(exc.detail)
         text = f"{name}: {message}" if name else message

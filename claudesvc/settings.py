@@ -17,7 +17,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from pythonjsonlogger.core import RESERVED_ATTRS
 
-from claudesvc.env import env_bool, env_choice, env_int, env_list, env_str
+from claudesvc.env import env_bool, env_choice, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("CLAUDESVC_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -396,6 +396,16 @@ if TRANSCRIPTION_CHUNK_OVERLAP_SECONDS * 4 > TRANSCRIPTION_CHUNK_SECONDS:
 
 # Keyed hash of API key secrets; keep it stable, or every key stops working.
 API_KEY_PEPPER = env_str("API_KEY_PEPPER") or SECRET_KEY
+
+# -- fair sharing, usage and budgets (issue 12) ---------------------------------------
+
+# Per API key (JWT users get these defaults); a key's own values in the admin replace them.
+# Active = pending + running: more is refused with 429 active_jobs_limit at submit.
+JOB_MAX_ACTIVE_PER_KEY = env_int("JOB_MAX_ACTIVE_PER_KEY", 50, minimum=1)
+# Running at once: the claim leaves a key's further jobs pending (0 = no cap but the workers).
+JOB_MAX_RUNNING_PER_KEY = env_int("JOB_MAX_RUNNING_PER_KEY", 0, minimum=0)
+# What the transcription provider costs per minute of audio; counts toward usage and budgets.
+TRANSCRIPTION_PRICE_PER_MINUTE_USD = env_float("TRANSCRIPTION_PRICE_PER_MINUTE_USD", 0.001, minimum=0)
 
 # -- rate limits --------------------------------------------------------------------
 

@@ -78,6 +78,8 @@ class Job(models.Model):
     cpu_time_ms = models.PositiveIntegerField(null=True, blank=True)
     # HTTP status of the model's API when the job failed on it (429, 529, 400 …; see jobs/upstream.py).
     upstream_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    # The key's remaining budget when the job was claimed: the CLI's --max-budget-usd (jobs.usage).
+    max_budget_usd = models.FloatField(null=True, blank=True)
 
     # X-Request-ID of the request that submitted the job: the worker logs the job's run under it.
     request_id = models.CharField(max_length=128, blank=True)
@@ -98,6 +100,9 @@ class Job(models.Model):
             models.Index(fields=["status", "finished_at"], name="job_status_finished_idx"),
             # A session's turns: is one running, which ran last.
             models.Index(fields=["session", "status"], name="job_session_status_idx"),
+            # Fair claim: one owner's next job (services.job_claim_next), its active count.
+            models.Index(fields=["api_key", "status", "-priority", "created_at"], name="job_key_queue_idx"),
+            models.Index(fields=["user", "status", "-priority", "created_at"], name="job_user_queue_idx"),
         ]
 
     def __str__(self) -> str:
@@ -339,3 +344,56 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return f"worker {self.name}"
+
+
+class UsageDaily(models.Model):
+    """What one owner (API key, or JWT user) spent on one UTC day, per model and source.
+
+    Rows are added to in the transaction that gives a job its final status
+    (``jobs.usage.usage_record_job_end``), so reading totals never scans the
+    jobs table: a month of one key is at most a few hundred rows however many
+    jobs it ran. ``cost_usd`` and the token counts are the jobs' own figures;
+    ``provider_cost_usd`` is what the transcription provider costs
+    (``TRANSCRIPTION_PRICE_PER_MINUTE_USD`` per minute of audio).
+    """
+
+    api_key = models.ForeignKey(
+        "apikeys.ApiKey", null=True, blank=True, on_delete=models.CASCADE, related_name="usage_days"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="usage_days"
+    )
+    day = models.DateField()
+    model = models.CharField(max_length=100)
+    source = models.CharField(max_length=20)
+    jobs = models.PositiveIntegerField(default=0)
+    completed = models.PositiveIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cache_creation_input_tokens = models.BigIntegerField(default=0)
+    cache_read_input_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.FloatField(default=0)
+    audio_seconds = models.FloatField(default=0)
+    provider_calls = models.PositiveIntegerField(default=0)
+    provider_cost_usd = models.FloatField(default=0)
+
+    class Meta:
+        ordering = ["-day"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["api_key", "day", "model", "source"],
+                condition=models.Q(api_key__isnull=False),
+                name="usagedaily_unique_per_key",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "day", "model", "source"],
+                condition=models.Q(api_key__isnull=True),
+                name="usagedaily_unique_per_user",
+            ),
+        ]
+        indexes = [models.Index(fields=["day"], name="usagedaily_day_idx")]
+        verbose_name = "daily usage"
+        verbose_name_plural = "daily usage"
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model} {self.source}: {self.jobs} job(s), ${self.cost_usd + self.provider_cost_usd:.4f}"

@@ -336,6 +336,8 @@ def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptio
         output_format={"type": "json_schema", "schema": opts["json_schema"]}
         if opts.get("json_schema")
         else None,
+        # The key's remaining budget when the job was claimed (jobs.usage); None: no budget.
+        max_budget_usd=job.max_budget_usd,
         stderr=stderr_sink,
         **policy,
     )
@@ -724,6 +726,8 @@ class JobRun:
         if hit:
             return hit
         res = self.result
+        if res is not None and res.subtype == "error_max_budget_usd":
+            return f"budget_exceeded: the job reached its spending cap of ${self.job.max_budget_usd:.4f}, what was left of its key's budget; it was stopped"
         if res is not None:
             parts = [res.result or "", *(res.errors or [])]
             detail = "; ".join(p for p in parts if p) or res.subtype

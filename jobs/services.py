@@ -13,21 +13,35 @@ import re
 import signal
 import socket
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import psutil
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import (
+    BooleanField,
+    Count,
+    DecimalField,
+    Exists,
+    IntegerField,
+    OuterRef,
+    Q,
+    Subquery,
+    Value,
+)
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_q.tasks import async_task
 
 from claudesvc.auth import Caller
-from claudesvc.errors import Conflict, ServiceError
+from claudesvc.errors import Conflict, LimitExceeded, ServiceError
 from claudesvc.logcontext import current_request_id
 from claudesvc.prometheus import job_metrics_retire
 from jobs.kinds import job_kind
 from jobs.models import (
+    ACTIVE_STATUSES,
     FINAL_STATUSES,
     TRANSITIONS,
     Artifact,
@@ -41,6 +55,7 @@ from jobs.models import (
 )
 from jobs.progress import JobProgress
 from jobs.storage import job_files_delete
+from jobs.usage import budget_check, budget_refusal, budget_remaining, usage_record_job_end
 from jobs.workspace import workspace_remove
 
 logger = logging.getLogger(__name__)
@@ -98,7 +113,10 @@ def job_create(
     options: dict[str, Any] | None = None,
     session: ClaudeSession | None = None,
     enqueue: bool = True,
+    check_limits: bool = True,
 ) -> Job:
+    """Create a pending job. ``check_limits=False`` is for helper jobs of a job
+    that already passed the checks (a transcription's summary)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ServiceError("prompt is required and must not be empty", field="prompt")
     if len(prompt) > settings.MAX_PROMPT_CHARS:
@@ -106,20 +124,24 @@ def job_create(
     timeout = timeout_seconds or settings.JOB_TIMEOUT_SECONDS
     if timeout > settings.JOB_TIMEOUT_SECONDS:
         raise ServiceError(f"timeout may be at most {settings.JOB_TIMEOUT_SECONDS} seconds", field="timeout")
-    job = Job.objects.create(
-        **caller.owner_fields(),
-        kind=kind,
-        source=source,
-        prompt=prompt,
-        system_prompt=system_prompt,
-        model=resolve_model(model),
-        priority=priority,
-        timeout_seconds=timeout,
-        tool_policy=caller.tool_policy,
-        options=options or {},
-        session=session,
-        request_id=current_request_id(),
-    )
+    model = resolve_model(model)
+    with transaction.atomic():
+        if check_limits:
+            job_limits_check(caller=caller)
+        job = Job.objects.create(
+            **caller.owner_fields(),
+            kind=kind,
+            source=source,
+            prompt=prompt,
+            system_prompt=system_prompt,
+            model=model,
+            priority=priority,
+            timeout_seconds=timeout,
+            tool_policy=caller.tool_policy,
+            options=options or {},
+            session=session,
+            request_id=current_request_id(),
+        )
     logger.info("job %s created by %s (source=%s, model=%s)", job.id, caller.label, source, job.model)
     if enqueue:
         transaction.on_commit(job_enqueue)
@@ -132,25 +154,200 @@ def _claimable():
     return Job.objects.filter(status=JobStatus.PENDING).exclude(session_id__in=busy_sessions)
 
 
-def _next_claimable_id() -> uuid.UUID | None:
-    """Which pending job starts next: highest priority first, ties first-come.
+# -- per-owner limits (fair sharing) ------------------------------------------------------
 
-    The queue's order lives here alone (the claim and the sweep's "is there
-    work?" both ask this), so changing it is one edit.
+# How long a caller refused for too many active jobs is told to wait: about
+# how soon a short job ends and frees a place. A hint for clients that retry.
+ACTIVE_LIMIT_RETRY_AFTER_SECONDS = 5
+
+
+def _owner_of(*, api_key_id, user_id) -> Q:
+    if api_key_id is not None:
+        return Q(api_key_id=api_key_id)
+    return Q(user_id=user_id, api_key__isnull=True)
+
+
+def owner_limits(api_key) -> tuple[int, int]:
+    """(max active, max running; 0 = no cap) of a key, or the defaults (JWT users)."""
+    active = settings.JOB_MAX_ACTIVE_PER_KEY
+    running = settings.JOB_MAX_RUNNING_PER_KEY
+    if api_key is not None:
+        if api_key.max_active_jobs is not None:
+            active = api_key.max_active_jobs
+        if api_key.max_running_jobs is not None:
+            running = api_key.max_running_jobs
+    return active, running
+
+
+def _owner_lock(*, api_key_id, user_id) -> None:
+    """Serialise the limit checks of one owner inside the current transaction.
+
+    PostgreSQL: a row lock on the key (or user), so two requests cannot both
+    see room for one more job. SQLite takes the database's write lock when the
+    transaction begins (IMMEDIATE), which serialises them already, and has no
+    row locks (Django leaves FOR UPDATE out there).
     """
-    return _claimable().order_by("-priority", "created_at", "pk").values_list("pk", flat=True).first()
+    from django.contrib.auth import get_user_model
+
+    from apikeys.models import ApiKey
+
+    if api_key_id is not None:
+        list(ApiKey.objects.select_for_update().filter(pk=api_key_id).values_list("pk", flat=True))
+    elif user_id is not None:
+        list(get_user_model().objects.select_for_update().filter(pk=user_id).values_list("pk", flat=True))
+
+
+def job_limits_check(*, caller: Caller) -> None:
+    """Refuse a new job of ``caller`` over its active-jobs limit (429) or its budget (402).
+
+    Call it inside the transaction that creates the job (``job_create`` does).
+    """
+    api_key_id = caller.api_key.pk if caller.api_key else None
+    user_id = None if caller.api_key else caller.user_id
+    _owner_lock(api_key_id=api_key_id, user_id=user_id)
+    max_active, _ = owner_limits(caller.api_key)
+    active = Job.objects.filter(
+        _owner_of(api_key_id=api_key_id, user_id=user_id), status__in=ACTIVE_STATUSES
+    ).count()
+    if active >= max_active:
+        raise LimitExceeded(
+            f"Too many active jobs: this key has {active} pending or running, its limit is {max_active} "
+            "(active_jobs_limit); wait for one to finish",
+            code="active_jobs_limit",
+            headers={"Retry-After": str(ACTIVE_LIMIT_RETRY_AFTER_SECONDS)},
+        )
+    if caller.api_key is not None:
+        budget_check(caller.api_key)
+
+
+@dataclass(frozen=True)
+class _OwnerQueue:
+    """One owner with claimable work, as the fair claim sees it."""
+
+    api_key_id: int | None
+    user_id: int | None
+    running: int
+    top_priority: int
+    oldest: Any
+    max_running: int
+    across_keys: bool
+    has_budget: bool
+
+    def order(self) -> tuple:
+        # Fewest running first; a key's priority counts against other keys only
+        # when the admin allowed it; then whoever has waited longest.
+        return (self.running, -(self.top_priority if self.across_keys else 0), self.oldest)
+
+
+def _owner_queues() -> list[_OwnerQueue]:
+    """Every owner with a pending job, its running count and its next job's
+    priority and age, in one query, fastest first.
+
+    It walks the owners (keys, and users for JWT jobs) rather than the pending
+    jobs: per owner an EXISTS, a count of its running jobs and the top of its
+    queue, each an index probe on ``(owner, status, -priority, created_at)``.
+    So it costs the same with fifty or fifty thousand jobs waiting. Whether
+    the owner's next job is held back by its session is for ``_claim_from``.
+    """
+    from django.contrib.auth import get_user_model
+
+    from apikeys.models import ApiKey
+
+    def queue_of(owner_field: str, **extra):
+        pending = Job.objects.filter(
+            **{owner_field: OuterRef("pk")}, status=JobStatus.PENDING, **extra
+        ).order_by("-priority", "created_at")
+        running = (
+            Job.objects.filter(**{owner_field: OuterRef("pk")}, status=JobStatus.RUNNING, **extra)
+            .order_by()
+            .values(owner_field)
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        return {
+            "running": Coalesce(Subquery(running, output_field=IntegerField()), Value(0)),
+            "top": Subquery(pending.values("priority")[:1]),
+            "head_at": Subquery(pending.values("created_at")[:1]),
+        }, Exists(pending)
+
+    key_fields, key_waiting = queue_of("api_key")
+    keys = (
+        ApiKey.objects.filter(key_waiting)
+        .annotate(**key_fields, user_ref=Value(None, output_field=IntegerField()))
+        .values_list(
+            "pk",
+            "user_ref",
+            "running",
+            "top",
+            "head_at",
+            "max_running_jobs",
+            "priority_across_keys",
+            "budget_daily_usd",
+            "budget_monthly_usd",
+        )
+        .order_by()
+    )
+    user_fields, user_waiting = queue_of("user", api_key__isnull=True)
+    users = (
+        get_user_model()
+        .objects.filter(user_waiting)
+        .annotate(
+            **user_fields,
+            key_ref=Value(None, output_field=IntegerField()),
+            cap=Value(None, output_field=IntegerField()),
+            across=Value(False, output_field=BooleanField()),
+            daily=Value(None, output_field=DecimalField(max_digits=12, decimal_places=4)),
+            monthly=Value(None, output_field=DecimalField(max_digits=12, decimal_places=4)),
+        )
+        .values_list("key_ref", "pk", "running", "top", "head_at", "cap", "across", "daily", "monthly")
+        .order_by()
+    )
+    queues = []
+    for api_key_id, user_id, running, top, head_at, cap, across, daily, monthly in keys.union(
+        users, all=True
+    ):
+        queues.append(
+            _OwnerQueue(
+                api_key_id=api_key_id,
+                user_id=user_id,
+                running=running,
+                top_priority=top or 0,
+                oldest=head_at,
+                max_running=settings.JOB_MAX_RUNNING_PER_KEY if cap is None else cap,
+                across_keys=bool(across),
+                has_budget=daily is not None or monthly is not None,
+            )
+        )
+    return sorted(queues, key=_OwnerQueue.order)
 
 
 def job_claimable_exists() -> bool:
-    """Whether a pending job could start now (the sweep wakes a worker if so)."""
-    return _next_claimable_id() is not None
+    """Whether a pending job could start now (the sweep wakes a worker if so): one
+    whose session has no running turn, of an owner below its running cap."""
+    for queue in _owner_queues():
+        if queue.max_running and queue.running >= queue.max_running:
+            continue
+        if _claimable().filter(_owner_of(api_key_id=queue.api_key_id, user_id=queue.user_id)).exists():
+            return True
+    return False
 
 
 def job_claim_next(*, worker: str | None = None) -> Job | None:
-    """Move the best pending job to running, or return None if there is none.
+    """Move the next pending job to running, fairly between owners, or return None.
+
+    The next job comes from the owner (API key, or JWT user) with the fewest
+    running jobs, so one key's backlog delays another key's job by one job
+    slot at most; among owners with as many running, a key the admin allowed
+    to (``ApiKey.priority_across_keys``) goes first by its jobs' priority,
+    then the owner who has waited longest. Within the owner, its highest
+    priority, then its oldest job. An owner at its running cap
+    (``max_running_jobs``) is skipped; one whose budget is spent has its
+    pending jobs refused (cancelled, ``budget_exceeded``); a job that starts
+    gets the key's remaining budget as its spending cap (``max_budget_usd``).
 
     The compare-and-set makes a job start at most once even when two workers
-    (or a redelivered wake-up) race.
+    (or a redelivered task) race; the running cap and budget are checked
+    under the owner's lock in the same transaction as the claim.
 
     The turns of one session run one after the other: a session's job is not
     claimed while another of its jobs runs, and since every worker picks the
@@ -160,19 +357,78 @@ def job_claim_next(*, worker: str | None = None) -> Job | None:
     """
     worker = worker or worker_name()
     for _ in range(20):
-        candidate = _next_claimable_id()
-        if candidate is None:
+        queues = [q for q in _owner_queues() if not q.max_running or q.running < q.max_running]
+        if not queues:
             return None
+        raced = False
+        for queue in queues:
+            job, lost_race = _claim_from(queue, worker)
+            if job is not None:
+                return job
+            raced = raced or lost_race
+        if not raced:
+            return None
+    return None
+
+
+def _claim_from(queue: _OwnerQueue, worker: str) -> tuple[Job | None, bool]:
+    """Claim the owner's next job; (the job or None, whether another worker interfered)."""
+    owner = _owner_of(api_key_id=queue.api_key_id, user_id=queue.user_id)
+    candidate = (
+        _claimable()
+        .filter(owner)
+        .order_by("-priority", "created_at", "pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if candidate is None:
+        # Taken meanwhile, or its next turn waits for its session: the next owner's turn.
+        return None, False
+    with transaction.atomic():
+        if queue.max_running or queue.has_budget:
+            _owner_lock(api_key_id=queue.api_key_id, user_id=queue.user_id)
+        if queue.max_running:
+            running = Job.objects.filter(owner, status=JobStatus.RUNNING).count()
+            if running >= queue.max_running:
+                return None, False
+        cap = None
+        if queue.has_budget:
+            from apikeys.models import ApiKey
+
+            key = ApiKey.objects.get(pk=queue.api_key_id)
+            refusal = budget_refusal(key)
+            if refusal is not None:
+                _jobs_refuse_pending(owner=owner, message=refusal.message, code="budget_exceeded")
+                return None, False
+            cap = budget_remaining(key)
         now = timezone.now()
         claimed = (
             _claimable()
             .filter(pk=candidate)
-            .update(status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker)
+            .update(
+                status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker, max_budget_usd=cap
+            )
         )
-        if claimed:
-            logger.info("job %s claimed by %s", candidate, worker)
-            return Job.objects.get(pk=candidate)
-    return None
+    if not claimed:
+        return None, True
+    logger.info("job %s claimed by %s", candidate, worker)
+    return Job.objects.get(pk=candidate), False
+
+
+def _jobs_refuse_pending(*, owner: Q, message: str, code: str) -> int:
+    """End an owner's pending jobs as cancelled with ``message`` (they would be refused anyway)."""
+    refused = 0
+    for job_id in Job.objects.filter(owner, status=JobStatus.PENDING).values_list("pk", flat=True):
+        if job_transition(
+            job_id=job_id, frm=JobStatus.PENDING, to=JobStatus.CANCELLED, error_message=message
+        ):
+            JobProgress(job_id, start_seq=_next_seq_of(job_id)).emit(
+                "error", {"type": "error", "error": code, "message": message}
+            )
+            refused += 1
+    if refused:
+        logger.info("%d pending job(s) refused: %s", refused, message)
+    return refused
 
 
 def job_claim(*, job_id: uuid.UUID, worker: str | None = None) -> Job | None:
@@ -196,17 +452,23 @@ def job_transition(*, job_id: uuid.UUID, frm: JobStatus, to: JobStatus, **fields
     """Compare-and-set ``frm`` -> ``to``; True if this call moved the job."""
     if to not in TRANSITIONS.get(frm, ()):
         raise ValueError(f"a job does not move from {frm} to {to}")
-    if to in FINAL_STATUSES:
-        fields.setdefault("finished_at", timezone.now())
-    return bool(Job.objects.filter(pk=job_id, status=frm).update(status=to, **fields))
+    if to not in FINAL_STATUSES:
+        return bool(Job.objects.filter(pk=job_id, status=frm).update(status=to, **fields))
+    fields.setdefault("finished_at", timezone.now())
+    with transaction.atomic():
+        moved = bool(Job.objects.filter(pk=job_id, status=frm).update(status=to, **fields))
+        if moved:
+            # With the final status, in its transaction: counted once, never lost.
+            usage_record_job_end(job_id=job_id)
+    return moved
 
 
-def job_cancel(*, job: Job) -> Job:
+def job_cancel(*, job: Job, reason: str = "Cancelled by the caller") -> Job:
     """Cancel a pending job at once; ask the worker to stop a running one."""
     if job.status in FINAL_STATUSES:
         raise Conflict(f"Job already {job.status}", code="already_finished")
     now = timezone.now()
-    message = "Cancelled by the caller"
+    message = reason
     if job_transition(
         job_id=job.pk,
         frm=JobStatus.PENDING,
@@ -224,8 +486,39 @@ def job_cancel(*, job: Job) -> Job:
     return job
 
 
+def owner_jobs_cancel(
+    *, api_key_id: int | None = None, user_id: int | None = None, reason: str
+) -> dict[str, int]:
+    """Cancel every pending job of an owner and stop its running ones (revoked key,
+    deactivated user). Returns how many were pending and running."""
+    owner = _owner_of(api_key_id=api_key_id, user_id=user_id)
+    counts = {"pending": 0, "running": 0}
+    for job in Job.objects.filter(owner, status__in=ACTIVE_STATUSES).order_by("created_at"):
+        was = job.status
+        try:
+            job = job_cancel(job=job, reason=reason)
+        except Conflict:
+            continue  # it ended meanwhile
+        if job.status == JobStatus.CANCELLED or job.cancel_requested_at:
+            counts["pending" if was == JobStatus.PENDING else "running"] += 1
+    if any(counts.values()):
+        logger.info(
+            "owner key=%s user=%s: %d pending job(s) cancelled, %d running stopped (%s)",
+            api_key_id,
+            user_id,
+            counts["pending"],
+            counts["running"],
+            reason,
+        )
+    return counts
+
+
 def _next_seq(job: Job) -> int:
-    last = job.events.order_by("-seq").values_list("seq", flat=True).first()
+    return _next_seq_of(job.pk)
+
+
+def _next_seq_of(job_id) -> int:
+    last = JobEvent.objects.filter(job_id=job_id).order_by("-seq").values_list("seq", flat=True).first()
     return 0 if last is None else last + 1
 
 

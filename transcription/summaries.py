@@ -92,6 +92,7 @@ def child_job_create(*, parent: Job, task: str, transcript: str, language: str, 
             system_prompt=SYSTEM_PROMPT,
             timeout_seconds=max(min(timeout, settings.JOB_TIMEOUT_SECONDS), 1),
             enqueue=False,
+            check_limits=False,  # part of the parent job, which passed them
         )
         Job.objects.filter(pk=child.pk).update(tool_policy="read_only")
         claimed = job_claim(job_id=child.pk)

@@ -65,6 +65,7 @@ _MISSING = {"required", "null", "blank", "empty", "min_length"}
 OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "insufficient_quota",  # a key's budget is spent (code budget_exceeded)
     403: "permission_error",
     404: "not_found_error",
     409: "conflict_error",
@@ -81,6 +82,7 @@ _OPENAI_CODES = {
 ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",  # a key's budget is spent
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",

@@ -40,6 +40,13 @@ UPLOAD_ERRORS = {
     ),
     415: OpenApiResponse(s.ErrorEnvelope, description="A file's content is not of an accepted type"),
 }
+LIMIT_ERRORS = {
+    402: OpenApiResponse(s.ErrorEnvelope, description="The key's budget is spent (code budget_exceeded)"),
+    429: OpenApiResponse(
+        s.ErrorEnvelope,
+        description="Too many requests (rate_limited), or too many active jobs (active_jobs_limit); see Retry-After",
+    ),
+}
 
 
 def _form_schema() -> type[serializers.Serializer]:
@@ -97,7 +104,7 @@ class JobListCreateView(JobsAPIView):
             "application/json": s.JobCreateInput,
             "multipart/form-data": JobCreateForm,
         },
-        responses={202: s.JobCreatedEnvelope, **ERRORS, **UPLOAD_ERRORS},
+        responses={202: s.JobCreatedEnvelope, **ERRORS, **UPLOAD_ERRORS, **LIMIT_ERRORS},
     )
     def post(self, request):
         uploads = [f for field in ATTACHMENT_FIELDS for f in request.FILES.getlist(field)]

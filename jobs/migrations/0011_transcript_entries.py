@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0009_request_id_and_retired_metrics'),
+        ('jobs', '0010_fair_queue_usage'),
     ]
 
     operations = [

@@ -32,7 +32,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_healthy(url: str, timeout: float = 30) -> bool:
+def wait_until_healthy(url: str, timeout: float = 120) -> bool:
     """Whether ``url``/health answered 200 within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
