@@ -10,11 +10,11 @@ from django.conf import settings
 from django.core.paginator import Paginator
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 
 from claudesvc.fields import iso_utc
 from claudesvc.health import service_health
+from claudesvc.parsers import BoundedJSONParser
 from jobs.fallback import fallback_available
 from jobs.metrics import caller_is_staff, service_metrics
 from jobs.models import Job, JobStatus
@@ -66,7 +66,7 @@ async def _result_when_done(job_id, request_id: str):
 
 class ExecuteView(ProcessAPIView):
     # JSON only: seed 002's numbers and booleans cannot be told apart from text in a form.
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     rate_limit_group = "process_execute"
 
     @extend_schema(
@@ -103,7 +103,7 @@ class ExecuteView(ProcessAPIView):
 
 class ExecuteAsyncView(ProcessAPIView):
     # JSON only: seed 002's numbers and booleans cannot be told apart from text in a form.
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     rate_limit_group = "process_execute"
 
     @extend_schema(
