@@ -66,7 +66,7 @@ JobCreateMultipartInput = type(
 
 
 # Every part POST /jobs can use, for either job type.
-FORM_FIELDS = {"prompt", "model", "type", "output", "language"}
+FORM_FIELDS = {"prompt", "model", "type", "output", "language", "partial_messages"}
 FILE_FIELDS = {"attachments[]", "attachments", "file"}
 
 
