@@ -223,7 +223,7 @@ class JobAdmin(admin.ModelAdmin):
             return obj.status
         # The script refreshes this and appends new events while the job is active.
         return format_html(
-            '<span id="job-live" data-url="{}">{}</span> <small>(refreshing)</small>',
+            '<span id="job-live" data-url="{}">{}</span> <small id="job-live-note">(refreshing)</small>',
             reverse("admin:jobs_job_live", args=[obj.pk]),
             obj.status,
         )
