@@ -72,3 +72,15 @@ def test_unknown_form_fields_are_refused_by_name(client_for, owner_key):
     assert response.status_code == 400
     assert response.json()["error"]["field"] == "promt" and "promt" in response.json()["error"]["message"]
     assert not Job.objects.exists()
+
+
+def test_every_documented_form_field_is_accepted(client_for, owner_key):
+    # What the console sends: a form with partial_messages beside the prompt and a file.
+    upload = SimpleUploadedFile("a.txt", b"hello", content_type="text/plain")
+    response = client_for(owner_key).post(
+        "/jobs",
+        {"prompt": "hi", "model": "haiku", "partial_messages": "true", "attachments[]": [upload]},
+        format="multipart",
+    )
+    assert response.status_code == 202, response.json()
+    assert Job.objects.get().options["partial_messages"] is True
