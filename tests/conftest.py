@@ -24,6 +24,21 @@ CLI_ENV = {
 }
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that run the live service (a server and a worker cluster on the test
+    database) go last, in their own order. A live worker claims every pending job
+    it can see, so a unit test that commits a pending job while one runs would
+    race it."""
+    live = [
+        item
+        for item in items
+        if "service" in getattr(item, "fixturenames", ()) or item.get_closest_marker("e2e")
+    ]
+    if live:
+        chosen = {id(item) for item in live}
+        items[:] = [item for item in items if id(item) not in chosen] + live
+
+
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[FakeAnthropic]:
     """The fake Anthropic API; the CLI is pointed at it through the environment."""

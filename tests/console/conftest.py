@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, service  # noqa: F401 - the e2e service, for these tests too
+from tests.e2e.conftest import ROOT, running_service
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -44,6 +44,19 @@ def service_extra_env(voxtral_server, tmp_path_factory) -> dict[str, str]:
         "TRANSCRIPTION_CHUNK_SECONDS": "20",
         "TRANSCRIPTION_SILENCE_SEARCH_SECONDS": "8",
     }
+
+
+@pytest.fixture(scope="package")
+def service(django_db_setup, django_db_blocker, upstream, service_extra_env, tmp_path_factory) -> Iterator:
+    """The console's own live service (static files collected, short transcription
+    chunks), stopped when the console's tests are done: every worker on the test
+    database serves the one queue, so it must not outlive them and run the jobs of
+    ``tests/e2e``, whose service has settings of its own."""
+    with (
+        django_db_blocker.unblock(),
+        running_service(tmp_path_factory.mktemp("console-service"), service_extra_env) as svc,
+    ):
+        yield svc
 
 
 @pytest.fixture
