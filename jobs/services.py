@@ -633,7 +633,10 @@ def job_release_broken_off(*, job_id: uuid.UUID, error: BaseException, cli_start
         workspace_remove(job_id)
         job_enqueue()
         return "requeued"
-    message = f"The job's run broke off with an error in its worker ({type(error).__name__}: {error}); it was stopped."
+    if database_away:
+        message = f"The job's worker lost its database connection while running it ({error}); it was stopped."
+    else:
+        message = f"The job's run broke off with an error in its worker ({type(error).__name__}: {error}); it was stopped."
     if not job_transition(job_id=job_id, frm=JobStatus.RUNNING, to=JobStatus.FAILED, error_message=message):
         return None
     logger.warning("job %s failed: %s", job_id, message)
