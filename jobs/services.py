@@ -615,6 +615,35 @@ def job_requeue(*, job_id: uuid.UUID, reason: str) -> bool:
 STALE_MESSAGE = "The worker running this job stopped responding; the job was abandoned."
 
 
+def job_release_broken_off(*, job_id: uuid.UUID, error: BaseException, cli_started: bool) -> str | None:
+    """Settle a job whose run broke off with an error in the worker (the database
+    went away under it, most likely), instead of leaving it running until the
+    reaper calls its worker dead. A job of which nothing ran (no CLI started, no
+    event stored) and that met a database error goes back to the queue from a
+    clean folder; any other is failed with the error (another error would only
+    recur), which its readers get as its last event. What it did (``"requeued"``,
+    ``"failed"``), or None if the job was no longer running."""
+    from django.db import InterfaceError, OperationalError
+
+    started = cli_started or Job.objects.filter(pk=job_id, cli_pid__isnull=False).exists()
+    database_away = isinstance(error, (OperationalError, InterfaceError))
+    if database_away and not started and not JobEvent.objects.filter(job_id=job_id).exists():
+        if not job_requeue(job_id=job_id, reason=f"its run broke off before the CLI started: {error}"):
+            return None
+        workspace_remove(job_id)
+        job_enqueue()
+        return "requeued"
+    if database_away:
+        message = f"The job's worker lost its database connection while running it ({error}); it was stopped."
+    else:
+        message = f"The job's run broke off with an error in its worker ({type(error).__name__}: {error}); it was stopped."
+    if not job_transition(job_id=job_id, frm=JobStatus.RUNNING, to=JobStatus.FAILED, error_message=message):
+        return None
+    logger.warning("job %s failed: %s", job_id, message)
+    _emit_reaped(job_id, message)
+    return "failed"
+
+
 def _process_started_before(pid: int, moment) -> bool:
     """Whether a process ``pid`` exists on this host and was started before ``moment``
     (a process started later only reuses the number)."""

@@ -14,12 +14,20 @@ import logging
 import time
 
 from django.conf import settings
+from django.db import connections
 
 from claudesvc.logcontext import bind_job
 from jobs import worker
 from jobs.kinds import job_kind
 from jobs.models import JobStatus
-from jobs.services import job_claim_next, job_delete_expired, job_enqueue, job_reap_stale, job_transition
+from jobs.services import (
+    job_claim_next,
+    job_delete_expired,
+    job_enqueue,
+    job_reap_stale,
+    job_release_broken_off,
+    job_transition,
+)
 from jobs.sessions import session_clean_idle, session_job_finished, session_job_start
 
 logger = logging.getLogger(__name__)
@@ -58,8 +66,32 @@ def run_next_job() -> str | None:
         return None
     bind_job(job)  # every line of this run carries the job id and its submitting request's id
     with worker.running_task(), worker.running_job(job.pk):
-        _run(job)
+        try:
+            _run(job)
+        except Exception as exc:
+            _release(job.pk, exc, cli_started=worker.state.cli_pid is not None)
+            raise
     return str(job.pk)
+
+
+def _release(job_id, error: Exception, *, cli_started: bool) -> None:
+    """A run that broke off with an error leaves its job running; settle it
+    (``services.job_release_broken_off``). The error is most often the database
+    going away, and a process's connection pool may take a while to reconnect
+    after it is back: retry for up to ``JOB_STALE_SECONDS``, after which the
+    reaper's backstop ends the job anyway."""
+    deadline = time.monotonic() + settings.JOB_STALE_SECONDS
+    while True:
+        try:
+            done = job_release_broken_off(job_id=job_id, error=error, cli_started=cli_started)
+            logger.warning("job %s: its run broke off (%s); %s", job_id, error, done or "no longer running")
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                logger.warning("job %s: its run broke off and could not be settled; the reaper will", job_id)
+                return
+            connections.close_all()
+            time.sleep(1)
 
 
 def _run(job) -> None:

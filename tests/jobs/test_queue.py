@@ -206,3 +206,52 @@ def test_a_job_the_model_was_answering_ends_failed_naming_the_shutdown(caller, s
     assert time.monotonic() - started < 30
     with pytest.raises(ProcessLookupError):
         os.killpg(job.cli_pid, 0)
+
+
+def test_a_run_broken_off_by_the_database_before_the_cli_started_goes_back_to_the_queue(
+    caller, wakeups, monkeypatch
+):
+    """After a PostgreSQL restart a worker's pool may still be reconnecting: the claim
+    works, the run's first query does not. The job must not stay running until the
+    reaper calls its (live) worker dead: nothing of it ran, so it runs again."""
+    from django.db import OperationalError
+
+    def broken(job_id):
+        raise OperationalError("couldn't get a connection after 3.00 sec")
+
+    monkeypatch.setattr("jobs.runner.run_job", broken)
+    job = job_create(caller=caller, prompt="queued across the restart")
+    sent = len(wakeups)
+    with pytest.raises(OperationalError):
+        tasks.run_pending_jobs()
+    job.refresh_from_db()
+    assert job.status == JobStatus.PENDING and job.started_at is None and not job.worker
+    assert len(wakeups) > sent  # a wake-up for it went out
+    ran: list[str] = []
+    monkeypatch.setattr("jobs.runner.run_job", completing_runner(ran))
+    assert tasks.run_pending_jobs() == 1
+    assert ran == ["queued across the restart"]
+
+
+@pytest.mark.parametrize("cli_started", [False, True])
+def test_a_run_broken_off_otherwise_fails_at_once_with_the_error(caller, wakeups, monkeypatch, cli_started):
+    """Any other error would recur (no requeue loop), and a job whose CLI had
+    started may have done work: both end failed, the error named, as the last event."""
+    from django.db import OperationalError
+
+    def broken(job_id):
+        if cli_started:
+            worker.cli_started(os.getpid())
+            raise OperationalError("the connection is closed")
+        raise ValueError("a bug in the runner")
+
+    monkeypatch.setattr("jobs.runner.run_job", broken)
+    job = job_create(caller=caller, prompt="broken")
+    with pytest.raises((OperationalError, ValueError)):
+        tasks.run_pending_jobs()
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    expected = "the connection is closed" if cli_started else "ValueError: a bug in the runner"
+    assert expected in job.error_message
+    assert ("lost its database connection" if cli_started else "broke off") in job.error_message
+    assert job.events.order_by("-seq").first().data["message"] == job.error_message
