@@ -18,6 +18,7 @@ from claudesvc.fields import iso_utc
 from claudesvc.health import STARTED, service_health
 from jobs.models import Job, JobStatus
 from jobs.runner import cli_info
+from jobs.sandbox import sandbox_in_force
 
 
 class HealthCheckOutput(serializers.Serializer):
@@ -59,6 +60,10 @@ class HealthOutput(serializers.Serializer):
     timestamp = serializers.CharField(help_text="Now, ISO 8601 UTC")
     uptime = serializers.FloatField(help_text="Seconds since this server process started")
     checks = HealthChecksOutput()
+    sandbox = serializers.ChoiceField(
+        choices=["bwrap", "none"],
+        help_text="The OS sandbox every Claude CLI runs in on this host (CLAUDE_SANDBOX)",
+    )
 
 
 class HealthView(APIView):
@@ -86,6 +91,7 @@ class HealthView(APIView):
                 "timestamp": iso_utc(timezone.now()),
                 "uptime": round(time.time() - STARTED, 3),
                 "checks": health.checks,
+                "sandbox": sandbox_in_force(),
             },
             status=200 if health.ok else 503,
         )
