@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -110,7 +111,15 @@ TEMPLATES = [
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
 DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 10, minimum=0)
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL_MAX_SIZE:
+# A worker process (``manage.py qcluster``) runs one job at a time; it needs no pool,
+# and threads that the job's libraries start would each keep a pooled connection
+# checked out until the pool is exhausted and the worker's next claim times out.
+_WORKER_PROCESS = sys.argv[1:2] == ["qcluster"]
+if (
+    DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    and DB_POOL_MAX_SIZE
+    and not _WORKER_PROCESS
+):
     # Under ASGI every concurrent request runs in a thread of its own and would
     # open a connection of its own: a burst of requests exhausts PostgreSQL's
     # max_connections. A pool per process caps that; requests wait for a free
