@@ -4,6 +4,7 @@ owner and an outsider, and per-test folders for job files."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -37,6 +38,29 @@ def pytest_collection_modifyitems(config, items):
     if live:
         chosen = {id(item) for item in live}
         items[:] = [item for item in items if id(item) not in chosen] + live
+
+
+@pytest.fixture(autouse=True)
+def _live_workers_beat(request):
+    """Before a test of the live service: its workers have a fresh heartbeat row.
+
+    pytest-django empties every table after a transactional test, the live
+    workers' heartbeat rows included; they write them again within
+    JOB_HEARTBEAT_SECONDS (1 s there). Without this wait a test that starts in
+    that second finds /health at 503 ("no worker has sent a heartbeat")."""
+    if "service" not in request.fixturenames:
+        return
+    import httpx
+
+    url = request.getfixturevalue("service").url
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
