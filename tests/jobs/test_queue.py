@@ -30,6 +30,9 @@ def caller(db) -> Caller:
 def wakeups(monkeypatch) -> list[int]:
     sent: list[int] = []
     monkeypatch.setattr("jobs.services.job_enqueue", lambda: sent.append(1))
+    # The broker's own backlog is not under test here (on Redis it may hold wake-ups
+    # other tests sent, which no cluster takes while unit tests run).
+    monkeypatch.setattr("jobs.worker._wake_ups_waiting", lambda: False)
     return sent
 
 
@@ -66,6 +69,12 @@ def test_a_lost_wake_up_is_made_good_by_an_idle_workers_sweep(caller, wakeups):
     job_create(caller=caller, prompt="waiting", enqueue=False)
     assert worker.sweep(idle=False) is False, "a busy worker claims by itself when its job ends"
     assert worker.sweep(idle=True) is True and wakeups == [1]
+
+
+def test_the_sweep_sends_no_second_wake_up_while_one_waits_in_the_broker(caller, wakeups, monkeypatch):
+    job_create(caller=caller, prompt="waiting", enqueue=False)
+    monkeypatch.setattr("jobs.worker._wake_ups_waiting", lambda: True)
+    assert worker.sweep(idle=True) is False and wakeups == []
 
 
 def test_the_sweep_stays_quiet_when_nothing_can_start(caller, wakeups):
