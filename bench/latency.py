@@ -48,16 +48,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes.anthropic_upstream import FakeAnthropic  # noqa: E402 - after the path is set
-
-# What the test suite gives the CLI (tests/conftest.py): a key for the fake, no other traffic.
-CLI_ENV = {
-    "ANTHROPIC_API_KEY": "test-key",
-    "DISABLE_TELEMETRY": "1",
-    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-    "DISABLE_AUTOUPDATER": "1",
-    "DISABLE_ERROR_REPORTING": "1",
-}
+from tests.fakes.anthropic_upstream import CLI_ENV, FakeAnthropic  # noqa: E402 - after the path is set
 
 QUICK = "Say hello"
 # Eight chunks 50 ms apart: the first token is measurable apart from the end.

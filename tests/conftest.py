@@ -13,16 +13,8 @@ from rest_framework.test import APIClient
 
 from apikeys.models import ApiKey
 from apikeys.services import api_key_create
-from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.anthropic_upstream import CLI_ENV, FakeAnthropic
 from tests.fakes.voxtral import FakeVoxtral
-
-CLI_ENV = {
-    "ANTHROPIC_API_KEY": "test-key",
-    "DISABLE_TELEMETRY": "1",
-    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-    "DISABLE_AUTOUPDATER": "1",
-    "DISABLE_ERROR_REPORTING": "1",
-}
 
 
 def pytest_collection_modifyitems(config, items):

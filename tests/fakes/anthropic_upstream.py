@@ -33,6 +33,15 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+# What the real CLI needs to talk to this fake and to nothing else.
+CLI_ENV = {
+    "ANTHROPIC_API_KEY": "test-key",
+    "DISABLE_TELEMETRY": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+}
+
 DIRECTIVE = re.compile(r"\[\[(tool|error|slow|reply|structured):(.*?)\]\]", re.DOTALL)
 STRUCTURED_TOOL = "StructuredOutput"
 
