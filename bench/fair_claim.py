@@ -50,7 +50,7 @@ def main() -> None:
     from apikeys.models import ApiKey
     from apikeys.services import api_key_create
     from jobs.models import Job, JobStatus
-    from jobs.services import job_claim_next
+    from jobs.queue import job_claim_next
 
     call_command("migrate", verbosity=0)
     Job.objects.all().delete()

@@ -16,8 +16,8 @@ from rest_framework.views import APIView
 
 from claudesvc.fields import iso_utc
 from claudesvc.health import STARTED, service_health
+from jobs.cli import cli_info
 from jobs.models import Job, JobStatus
-from jobs.runner import cli_info
 from jobs.sandbox import sandbox_in_force
 
 

@@ -8,6 +8,9 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from apikeys.models import ToolPolicy
+
+
 
 class JobStatus(models.TextChoices):
     PENDING = "pending"
@@ -39,6 +42,15 @@ class JobKind(models.TextChoices):
     TRANSCRIPTION = "transcription"
 
 
+class JobSource(models.TextChoices):
+    """Which API family (or parent job) created a job."""
+
+    JOBS = "jobs"  # the Jobs API (also transcription jobs themselves)
+    COMPAT = "compat"  # the OpenAI/Anthropic-compatible endpoints
+    PROCESS = "process"  # the Process API
+    TRANSCRIPTION = "transcription"  # a transcription's summary: a child job, hidden from the job list
+
+
 class Job(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     api_key = models.ForeignKey(
@@ -48,8 +60,7 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
     )
     kind = models.CharField(max_length=20, choices=JobKind.choices, default=JobKind.CLAUDE)
-    # Which API family created it: "jobs", "compat", "process".
-    source = models.CharField(max_length=20, default="jobs")
+    source = models.CharField(max_length=20, choices=JobSource.choices, default=JobSource.JOBS)
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.PENDING)
 
     prompt = models.TextField()
@@ -57,9 +68,14 @@ class Job(models.Model):
     model = models.CharField(max_length=100)
     priority = models.PositiveSmallIntegerField(default=0)
     timeout_seconds = models.PositiveIntegerField()
-    tool_policy = models.CharField(max_length=20)
+    tool_policy = models.CharField(max_length=20, choices=ToolPolicy.choices)
     # Family-specific request options (max tokens, partial messages, session …): plain JSON.
     options = models.JSONField(default=dict, blank=True)
+    # The job this one is a step of (a transcription's summary): deleting or
+    # cancelling the parent reaches it (services.job_delete / job_cancel).
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
     # A conversation this job is a turn of: its jobs run one at a time, in order.
     session = models.ForeignKey(
         "ClaudeSession", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
@@ -100,7 +116,7 @@ class Job(models.Model):
             models.Index(fields=["status", "finished_at"], name="job_status_finished_idx"),
             # A session's turns: is one running, which ran last.
             models.Index(fields=["session", "status"], name="job_session_status_idx"),
-            # Fair claim: one owner's next job (services.job_claim_next), its active count.
+            # Fair claim: one owner's next job (queue.job_claim_next), its active count.
             models.Index(fields=["api_key", "status", "-priority", "created_at"], name="job_key_queue_idx"),
             models.Index(fields=["user", "status", "-priority", "created_at"], name="job_user_queue_idx"),
         ]

@@ -1,428 +1,69 @@
 """Runs one job's Claude Code CLI through claude-agent-sdk.
 
-The only module that touches the CLI. It turns a job and its tool policy into
-SDK options, starts the CLI through ``cli_launcher`` (own process group,
-allow-listed environment), appends every message as an event the moment it
-arrives, and watches the job: heartbeat, cancel requests and deletion from
-other processes, the timeout, and the memory/CPU of the CLI's process tree.
+The only module that starts a job's CLI. It turns a job and its tool policy
+into SDK options (``jobs.cli_options``), starts the CLI through
+``cli_launcher`` (own process group, allow-listed environment), appends every
+message as an event the moment it arrives (``jobs.cli_events``), and watches
+the job (``jobs.watch``: heartbeat, cancel requests and deletion from other
+processes, the timeout, the worker's shutdown) and the memory/CPU of the CLI's
+process tree (``jobs.measure``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
-import json
 import logging
 import os
-import re
-import resource
-import shutil
 import signal
-import subprocess
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import claude_agent_sdk
-import psutil
 from asgiref.sync import sync_to_async
-from claude_agent_sdk import (
-    AssistantMessage,
-    ClaudeAgentOptions,
-    CLIConnectionError,
-    ProcessError,
-    ResultMessage,
-    StreamEvent,
-    SystemMessage,
-    UserMessage,
-)
+from claude_agent_sdk import CLIConnectionError, ProcessError, ResultMessage, SystemMessage
 from django.conf import settings
 from django.db import connections
-from django.utils import timezone
 
 from claudesvc.errors import NotFound
 from jobs import fallback, worker
 from jobs.artifacts import artifacts_collect
-from jobs.attachments import AttachmentUnavailable, PlacedAttachment, attachments_place
-from jobs.filetypes import human_size
+from jobs.attachments import AttachmentUnavailable, attachments_place
+from jobs.cli import cli_info, real_cli_path
+from jobs.cli_events import init_paths_hidden, message_event
+from jobs.cli_options import (
+    LAUNCHER,
+    TOOL_POLICIES,
+    build_options,
+    cli_home,
+    job_cwd,
+    job_prompt,
+    timeout_limit,
+)
+from jobs.measure import Measure, children_cpu_seconds, limit_message, rlimit_hit
 from jobs.models import Job, JobStatus
+from jobs.outcomes import CANCELLED_MESSAGE, error_event, timeout_message
 from jobs.progress import JobGone, JobProgress
-from jobs.sandbox import cli_limits, sandbox_argv
+from jobs.sandbox import cli_limits
 from jobs.services import job_requeue, job_transition
 from jobs.sessions import session_store_options
 from jobs.upstream import upstream_status_of
-from jobs.workspace import (
-    OUTPUT_DIR_NAME,
-    JobPaths,
-    config_dir,
-    home_prepare,
-    session_home,
-    workspace_finished,
-    workspace_prepare,
-    workspace_remove,
-    workspace_sweep,
-)
+from jobs.watch import JobWatch, StopReason
+from jobs.workspace import workspace_finished, workspace_prepare, workspace_remove, workspace_sweep
 
-logger = logging.getLogger(__name__)
-
-LAUNCHER = Path(__file__).resolve().parent / "cli_launcher.py"
-_WATCH_INTERVAL = 0.25
-_CONTROL_INTERVAL = 0.5
-
-# What each tool policy lets the CLI do. The safe ones take Bash away entirely
-# (the CLI runs "read-only" shell commands even in dontAsk mode) and use
-# dontAsk so anything not pre-approved is denied instead of waiting for a
-# prompt nobody will answer. Reads without a rule are allowed only inside the
-# working directory.
-TOOL_POLICIES: dict[str, dict[str, Any]] = {
-    "read_only": {"tools": ["Read", "Glob", "Grep"], "permission_mode": "dontAsk", "allowed_tools": []},
-    "safe": {
-        "tools": ["Read", "Glob", "Grep", "Write", "Edit"],
-        "permission_mode": "dontAsk",
-        "allowed_tools": [f"Edit(./{OUTPUT_DIR_NAME}/**)"],
-    },
-    "trusted": {"tools": {"type": "preset", "preset": "claude_code"}, "permission_mode": "bypassPermissions"},
-}
-
-
-# -- the CLI binary ----------------------------------------------------------------
-
-
-def real_cli_path() -> str | None:
-    """CLAUDE_CLI_PATH, else the binary bundled with claude-agent-sdk, else ``claude`` on PATH."""
-    if settings.CLAUDE_CLI_PATH:
-        return settings.CLAUDE_CLI_PATH
-    bundled = Path(claude_agent_sdk.__file__).resolve().parent / "_bundled" / "claude"
-    if bundled.exists():
-        return str(bundled)
-    return shutil.which("claude")
-
-
-@dataclass(frozen=True)
-class CliInfo:
-    installed: bool
-    path: str
-    version: str | None = None
-    error: str | None = None
-
-
-@lru_cache(maxsize=4)
-def _cli_info(path: str) -> CliInfo:
-    if not path or not os.access(path, os.X_OK):
-        return CliInfo(
-            installed=False, path=path or "claude", error=f"Claude CLI not found at {path or 'PATH'}"
-        )
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=15, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return CliInfo(installed=False, path=path, error=f"Claude CLI at {path} cannot run: {exc}")
-    if out.returncode != 0:
-        return CliInfo(
-            installed=False, path=path, error=f"Claude CLI at {path} failed: {out.stderr.strip()[:300]}"
-        )
-    match = re.search(r"\d+\.\d+\.\d+", out.stdout)
-    return CliInfo(installed=True, path=path, version=match.group(0) if match else out.stdout.strip())
-
-
-def cli_info() -> CliInfo:
-    """Whether the CLI can run and its version; probed once per process and path."""
-    return _cli_info(real_cli_path() or "")
-
-
-# -- SDK messages as events ----------------------------------------------------------------
-
-_BLOCK_TYPES = {
-    "TextBlock": "text",
-    "ThinkingBlock": "thinking",
-    "ToolUseBlock": "tool_use",
-    "ToolResultBlock": "tool_result",
-    "ServerToolUseBlock": "server_tool_use",
-    "ServerToolResultBlock": "server_tool_result",
-}
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe copy of SDK dataclasses, tagging content blocks with their ``type``."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        data = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        block_type = _BLOCK_TYPES.get(type(value).__name__)
-        return {"type": block_type, **data} if block_type else data
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def message_event(message: Any) -> dict[str, Any]:
-    """An SDK message in the shape of the CLI's stream-json output."""
-    if isinstance(message, SystemMessage):
-        return _plain(message.data)
-    data = _plain(message)
-    if isinstance(message, AssistantMessage):
-        return {
-            "type": "assistant",
-            "message": {
-                "id": data.pop("message_id", None),
-                "role": "assistant",
-                "model": data.pop("model", None),
-                "content": data.pop("content"),
-                "stop_reason": data.pop("stop_reason", None),
-                "usage": data.pop("usage", None),
-            },
-            **data,
-        }
-    if isinstance(message, UserMessage):
-        return {"type": "user", "message": {"role": "user", "content": data.pop("content")}, **data}
-    if isinstance(message, ResultMessage):
-        return {"type": "result", **data}
-    if isinstance(message, StreamEvent):
-        return {"type": "stream_event", **data}
-    name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(message).__name__).lower().removesuffix("_message")
-    return {"type": name, **(data if isinstance(data, dict) else {"value": data})}
-
-
-def init_paths_hidden(event: dict[str, Any], *, cwd: Path, private: Sequence[Path]) -> dict[str, Any]:
-    """The CLI's ``system``/``init`` event without the server's absolute paths.
-
-    Paths inside the working directory become relative (``.``, ``./out``);
-    other paths under the service's own folders (``JOBS_ROOT``, the CLI home,
-    the installation) are left out. A directory the caller named itself (a
-    Process API ``workingDirectory``) is theirs to see.
-    """
-    cwd_text = str(cwd)
-    roots = [str(p) for p in private if str(p) not in ("", "/")]
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, str):
-            if value == cwd_text or value.startswith(cwd_text + "/"):
-                return "." + value[len(cwd_text) :]
-            if any(value == r or value.startswith(r + "/") for r in roots):
-                return None
-            return value
-        if isinstance(value, dict):
-            kept = {k: clean(v) for k, v in value.items()}
-            return {k: v for k, v in kept.items() if v is not None or value[k] is None}
-        if isinstance(value, list):
-            return [c for c in (clean(v) for v in value) if c is not None]
-        return value
-
-    return clean(event)
-
-
-# -- running a job ------------------------------------------------------------------------
-
-
-def job_prompt(job: Job, attachments: Sequence[PlacedAttachment] = ()) -> str:
-    """The user turn the CLI receives: the caller's prompt, then the files it was given and where."""
-    if not attachments:
-        return job.prompt
-    listing = "\n".join(f"- {a.path} ({a.content_type}, {human_size(a.size)})" for a in attachments)
-    return (
-        f"{job.prompt}\n\n"
-        f"The user attached {len(attachments)} file(s), in {attachments[0].path.parent}. "
-        f"Open them with the Read tool (it reads images and PDFs too):\n{listing}"
-    )
-
-
-def job_cwd(job: Job, paths: JobPaths) -> Path:
-    """Where the CLI runs: the job's own work folder, or a directory a family
-    chose (the Process API's ``workingDirectory``, checked against
-    PROCESS_ALLOWED_WORKDIRS before the job was created; a compat session's folder)."""
-    cwd = (job.options or {}).get("cwd")
-    return Path(cwd) if cwd else paths.work
-
-
-def timeout_limit(job: Job) -> float:
-    """Seconds the job may run: ``options["timeout_ms"]`` when a family asked
-    for sub-second precision, else ``timeout_seconds``."""
-    ms = (job.options or {}).get("timeout_ms")
-    return ms / 1000 if ms else float(job.timeout_seconds)
-
-
-def service_instructions(job: Job, paths: JobPaths) -> str:
-    lines = [f"Your working directory is {job_cwd(job, paths)}."]
-    if job.tool_policy != "read_only":
-        # Always the job's own output folder, also when the CLI runs elsewhere
-        # (a process's workingDirectory, a compat session's folder): what lands
-        # there becomes this job's downloads.
-        where = f" (./{OUTPUT_DIR_NAME}/)" if job_cwd(job, paths) == paths.work else ""
-        lines.append(
-            f"Write every file you produce for the user into {paths.output}{where}; "
-            "files there are returned to the user."
-        )
-    return "\n".join(lines)
-
-
-def cli_home(job: Job, paths: JobPaths) -> Path:
-    """The CLI's home: the job's own, or the one all turns of its compat session share."""
-    if job.session_id is not None:
-        return home_prepare(session_home(job.session_id))
-    return paths.home
-
-
-# Variables the launcher passes on besides CLAUDE_ENV_ALLOW: they are set here, never inherited.
-_RUNNER_ENV = [
-    "HOME",
-    "CLAUDE_CONFIG_DIR",
-    "TMPDIR",
-    "GIT_CEILING_DIRECTORIES",
-    "CLAUDE_CODE_DISABLE_AUTO_MEMORY",
-    "API_TIMEOUT_MS",
+__all__ = [
+    "LAUNCHER",
+    "TOOL_POLICIES",
+    "JobRun",
+    "build_options",
+    "cli_home",
+    "cli_info",
+    "rlimit_hit",
+    "run_job",
 ]
 
-
-def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptions:
-    cli = real_cli_path() or "claude"
-    home = cli_home(job, paths)
-    cwd = job_cwd(job, paths)
-    read_only = [cwd] if cwd == paths.work else [cwd, paths.work]
-    env = {
-        "HOME": str(home),
-        "CLAUDE_CONFIG_DIR": str(config_dir(home)),
-        "TMPDIR": str(paths.tmp),
-        # Auto-memory would keep notes per git root and feed them to every later
-        # job there as instructions: off. Git discovery stops at JOBS_ROOT, so a
-        # job folder never shows the service's own repository to the CLI.
-        "CLAUDE_CODE_DISABLE_AUTO_MEMORY": "1",
-        "GIT_CEILING_DIRECTORIES": str(Path(settings.JOBS_ROOT).resolve()),
-        "CLAUDESVC_REAL_CLI": cli,
-        "CLAUDESVC_PIDFILE": str(paths.pidfile),
-        "CLAUDESVC_ENV_ALLOW": json.dumps([*settings.CLAUDE_ENV_ALLOW, *_RUNNER_ENV]),
-        "CLAUDESVC_LIMITS": cli_limits().as_json(),
-        "CLAUDESVC_SANDBOX": json.dumps(
-            sandbox_argv(cli=cli, cwd=cwd, read_only=read_only, writable=[paths.output])
-        ),
-        # A dead upstream fails the job in seconds, not after ten retries (issue 10).
-        "CLAUDE_CODE_MAX_RETRIES": str(settings.CLAUDE_API_MAX_RETRIES),
-        "API_TIMEOUT_MS": str(settings.CLAUDE_API_TIMEOUT_MS),
-    }
-    if cwd.resolve().is_relative_to(Path(settings.JOBS_ROOT).resolve()):
-        # The CLI looks for a git root itself (GIT_CEILING_DIRECTORIES does not
-        # stop it) and would send that repository's status and log upstream;
-        # a folder of the service's own holds no repository of the caller's.
-        # (A Process API workingDirectory keeps its git context.)
-        env["CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS"] = "1"
-    opts = job.options or {}
-    if opts.get("max_tokens"):
-        env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(int(opts["max_tokens"]))
-    appended = service_instructions(job, paths)
-    if job.system_prompt:
-        appended = f"{job.system_prompt}\n\n{appended}"
-    policy = dict(TOOL_POLICIES.get(job.tool_policy, TOOL_POLICIES["safe"]))
-    if cwd != paths.work:
-        # In a directory the request named, "./out/**" would be the operator's
-        # folder: writes stay in the job's own output folder ("//" marks an
-        # absolute path in a permission rule), reads in the named directory.
-        if policy.get("allowed_tools"):
-            policy["allowed_tools"] = [f"Edit(/{paths.output}/**)"]
-        if job.tool_policy != "read_only":
-            policy["add_dirs"] = [str(paths.output)]
-    return ClaudeAgentOptions(
-        cli_path=str(LAUNCHER),
-        cwd=str(cwd),
-        model=job.model,
-        env=env,
-        system_prompt={"type": "preset", "preset": "claude_code", "append": appended},
-        setting_sources=[],
-        include_partial_messages=bool(opts.get("partial_messages")),
-        resume=opts.get("resume") or None,
-        output_format={"type": "json_schema", "schema": opts["json_schema"]}
-        if opts.get("json_schema")
-        else None,
-        # The key's remaining budget when the job was claimed (jobs.usage); None: no budget.
-        max_budget_usd=job.max_budget_usd,
-        stderr=stderr_sink,
-        **policy,
-    )
-
-
-@dataclass
-class _Measure:
-    """Peak memory and CPU time of the CLI's process tree, sampled while it runs."""
-
-    peak_rss: int = 0
-    rss: int = 0
-    processes: int = 0
-    cpu_by_pid: dict[int, float] = field(default_factory=dict)
-
-    def sample(self, root_pid: int) -> None:
-        try:
-            root = psutil.Process(root_pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return
-        rss = 0
-        for proc in procs:
-            try:
-                with proc.oneshot():
-                    rss += proc.memory_info().rss
-                    times = proc.cpu_times()
-                    self.cpu_by_pid[proc.pid] = times.user + times.system
-            except psutil.Error:
-                continue
-        self.rss, self.processes = rss, len(procs)
-        self.peak_rss = max(self.peak_rss, rss)
-
-    @property
-    def cpu_ms(self) -> int:
-        return int(sum(self.cpu_by_pid.values()) * 1000)
-
-
-def children_cpu_seconds() -> float:
-    """CPU time of this process's children that have ended and been waited for
-    (their own waited-for children included). A worker runs one job at a time,
-    so the difference across a job is exactly its CLI's tree, including the
-    part after the last sample and short-lived children the sampler missed."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-_LIMIT_SETTINGS = {
-    "memory": ("CLAUDE_MEMORY_LIMIT_MB", lambda: f"{settings.CLAUDE_MEMORY_LIMIT_MB} MB"),
-    "cpu": ("CLAUDE_CPU_LIMIT_SECONDS", lambda: f"{settings.CLAUDE_CPU_LIMIT_SECONDS} s of CPU time"),
-    "processes": ("CLAUDE_PROCESS_LIMIT", lambda: f"{settings.CLAUDE_PROCESS_LIMIT} processes"),
-    "open_files": ("CLAUDE_OPEN_FILES_LIMIT", lambda: f"{settings.CLAUDE_OPEN_FILES_LIMIT} open files"),
-}
-
-
-def limit_message(limit: str, seen: int | None = None) -> str:
-    """What a job that hit one of the CLI's limits reports: the limit, its value and setting."""
-    setting, value = _LIMIT_SETTINGS[limit]
-    what = {"memory": "memory limit", "cpu": "CPU time limit", "processes": "process limit"}.get(
-        limit, "open files limit"
-    )
-    detail = ""
-    if seen is not None:
-        detail = f" (it used {human_size(seen)})" if limit == "memory" else f" (it had {seen})"
-    return f"The Claude CLI hit its {what} of {value()}{detail} and was stopped ({setting})."
-
-
-# How a CLI that hit an rlimit ends: Bun aborts when an allocation fails
-# (RLIMIT_DATA), the kernel sends SIGXCPU and then SIGKILL at RLIMIT_CPU, and
-# "Too many open files" is EMFILE (RLIMIT_NOFILE). Under bubblewrap a signal
-# death reads as 128 + the signal number.
-_ABORT = {-signal.SIGABRT, 128 + signal.SIGABRT, -signal.SIGSEGV, 128 + signal.SIGSEGV}
-_CPU = {-signal.SIGXCPU, 128 + signal.SIGXCPU}
-_KILLED = {-signal.SIGKILL, 128 + signal.SIGKILL}
-
-
-def rlimit_hit(exit_code: int, stderr: str, *, cpu_ms: int) -> str:
-    """The limit message if the CLI's end looks like one of its rlimits, else empty."""
-    low = stderr.lower()
-    if exit_code in _CPU or (exit_code in _KILLED and cpu_ms >= settings.CLAUDE_CPU_LIMIT_SECONDS * 1000):
-        return limit_message("cpu")
-    if exit_code in _ABORT or "out of memory" in low or "bun has crashed" in low:
-        return limit_message("memory")
-    if "emfile" in low or "too many open files" in low:
-        return limit_message("open_files")
-    return ""
+logger = logging.getLogger(__name__)
 
 
 class JobRun:
@@ -433,9 +74,9 @@ class JobRun:
         self.paths = workspace_prepare(job.pk)
         self.progress = JobProgress(job.pk, start_seq=job.events.count())
         self.stderr_lines: collections.deque[str] = collections.deque(maxlen=200)
-        self.measure = _Measure()
+        self.measure = Measure()
         self.pid: int | None = None
-        self.stop_reason: str | None = None  # "timeout" | "cancelled" | "deleted" | "limit" | "shutdown"
+        self.stop_reason: StopReason | None = None
         self.limit_message = ""
         # Whether the model said anything yet (any event but the CLI's own "system" ones).
         self.model_answered = False
@@ -445,7 +86,8 @@ class JobRun:
         self.executed_via = "cli"
         self.fallback_reason = ""
         self.timeout = timeout_limit(job)
-        self.started = time.monotonic()
+        self.watch = JobWatch(job.pk, self.timeout)
+        self.started = self.watch.started
         self.children_cpu_at_start = children_cpu_seconds()
         self.prompt = job.prompt
         self._consumer: asyncio.Task | None = None
@@ -471,7 +113,7 @@ class JobRun:
             if self.stop_reason is None:
                 raise
         except JobGone:
-            self.stop_reason = "deleted"
+            self.stop_reason = StopReason.DELETED
         except Exception as exc:
             self.error = exc
         finally:
@@ -545,33 +187,17 @@ class JobRun:
     # Watching ---------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        next_control = 0.0
-        last_beat = time.monotonic()
-        while True:
-            await asyncio.sleep(_WATCH_INTERVAL)
-            if self.pid is None:
-                self._read_pid()
-            if self.pid is not None:
-                self.measure.sample(self.pid)
-                if self._tree_limit_hit():
-                    await self._stop("limit")
-                    return
-            now = time.monotonic()
-            if now - self.started > self.timeout:
-                await self._stop("timeout")
-                return
-            if worker.shutdown_grace_over():
-                await self._stop("shutdown")
-                return
-            if now >= next_control:
-                next_control = now + _CONTROL_INTERVAL
-                beat = now - last_beat >= settings.JOB_HEARTBEAT_SECONDS
-                if beat:
-                    last_beat = now
-                reason = await sync_to_async(self._control)(beat)
-                if reason:
-                    await self._stop(reason)
-                    return
+        await self._stop(await self.watch.run(tick=self._sample))
+
+    def _sample(self) -> StopReason | None:
+        """Each watch round, first: the CLI's pid once it is known, its tree measured against the limits."""
+        if self.pid is None:
+            self._read_pid()
+        if self.pid is not None:
+            self.measure.sample(self.pid)
+            if self._tree_limit_hit():
+                return StopReason.LIMIT
+        return None
 
     def _tree_limit_hit(self) -> bool:
         """The CLI's process tree passed its memory, process or CPU limit
@@ -591,22 +217,11 @@ class JobRun:
             self.pid = int(self.paths.pidfile.read_text())
         except (OSError, ValueError):
             return
+        self.watch.cli_pid = self.pid
         worker.cli_started(self.pid)
         logger.info("job %s: CLI started with pid %s", self.job.pk, self.pid)
 
-    def _control(self, beat: bool) -> str | None:
-        row = Job.objects.filter(pk=self.job.pk).values("cancel_requested_at", "cli_pid").first()
-        if row is None:
-            return "deleted"
-        if self.pid is not None and row["cli_pid"] != self.pid:
-            Job.objects.filter(pk=self.job.pk).update(cli_pid=self.pid)
-        if row["cancel_requested_at"]:
-            return "cancelled"
-        if beat:
-            Job.objects.filter(pk=self.job.pk, status=JobStatus.RUNNING).update(heartbeat_at=timezone.now())
-        return None
-
-    async def _stop(self, reason: str) -> None:
+    async def _stop(self, reason: StopReason) -> None:
         self.stop_reason = reason
         logger.info("job %s: stopping the CLI (%s)", self.job.pk, reason)
         self._signal_group(signal.SIGTERM)
@@ -672,21 +287,21 @@ class JobRun:
                 result=res.result or "",
                 upstream_status=upstream_status_of(res),
             )
-        if self.stop_reason == "timeout":
+        if self.stop_reason == StopReason.TIMEOUT:
             return {
                 **fields,
                 "status": JobStatus.TIMEOUT,
                 "exit_code": -signal.SIGTERM,
-                "error_message": f"The job exceeded its timeout of {self.timeout:g} s and was stopped.",
+                "error_message": timeout_message(self.timeout),
             }
-        if self.stop_reason == "cancelled":
+        if self.stop_reason == StopReason.CANCELLED:
             return {
                 **fields,
                 "status": JobStatus.CANCELLED,
                 "exit_code": -signal.SIGTERM,
-                "error_message": "Cancelled by the caller",
+                "error_message": CANCELLED_MESSAGE,
             }
-        if self.stop_reason == "shutdown" and res is None:
+        if self.stop_reason == StopReason.SHUTDOWN and res is None:
             if not self.model_answered:
                 # Nothing of it was seen: it runs again from the start on the next worker.
                 return {**fields, "status": JobStatus.PENDING}
@@ -742,7 +357,7 @@ class JobRun:
         return f"{base}\n{stderr_tail}".strip() if stderr_tail and stderr_tail not in base else base
 
     async def _finish(self) -> None:
-        if self.stop_reason == "deleted":
+        if self.stop_reason == StopReason.DELETED:
             logger.info("job %s was deleted while running; CLI stopped", self.job.pk)
             await sync_to_async(workspace_remove)(self.job.pk)
             return
@@ -760,9 +375,7 @@ class JobRun:
         await sync_to_async(workspace_finished)(self.job.pk)
         if status != JobStatus.COMPLETED and self.result is None:
             try:
-                await self.progress.aemit(
-                    "error", {"type": "error", "error": status, "message": outcome["error_message"]}
-                )
+                await self.progress.aemit("error", dict(error_event(status, outcome["error_message"])))
             except JobGone:
                 return
         moved = await sync_to_async(job_transition)(
@@ -787,7 +400,7 @@ class JobRun:
 
 
 def run_job(job_id) -> None:
-    """Run a job that ``services.job_claim_next`` moved to running. Blocks until it ends."""
+    """Run a job that ``queue.job_claim_next`` moved to running. Blocks until it ends."""
     job_run = JobRun(Job.objects.get(pk=job_id))
 
     async def main() -> None:

@@ -1,4 +1,8 @@
-"""Writes to the job core. Views, tasks, consumers and admin actions call these.
+"""Writes to the job core: a job's lifecycle. Views, tasks, consumers and admin actions call these.
+
+Create (with the owner's limits), transition, cancel, requeue, delete. The
+claim (which pending job starts next) is ``jobs.queue``; settling jobs whose
+run broke off or whose worker died is ``jobs.reaper``.
 
 Status changes are compare-and-set updates along ``models.TRANSITIONS``: an
 update that matches no row means someone else moved the job first, and the
@@ -10,28 +14,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import socket
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import psutil
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import (
-    BooleanField,
-    Count,
-    DecimalField,
-    Exists,
-    IntegerField,
-    OuterRef,
     Q,
-    Subquery,
-    Value,
 )
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -51,11 +43,11 @@ from jobs.models import (
     JobEvent,
     JobKind,
     JobStatus,
-    Worker,
 )
+from jobs.outcomes import CANCELLED_MESSAGE, error_event
 from jobs.progress import JobProgress
 from jobs.storage import job_files_delete
-from jobs.usage import budget_check, budget_refusal, budget_remaining, usage_record_job_end
+from jobs.usage import budget_check, usage_record_job_end
 from jobs.workspace import workspace_remove
 
 logger = logging.getLogger(__name__)
@@ -148,14 +140,6 @@ def job_create(
     return job
 
 
-def _claimable():
-    """Pending jobs that may start now: not a turn of a session that has one running."""
-    busy_sessions = Job.objects.filter(status=JobStatus.RUNNING, session__isnull=False).values("session_id")
-    return Job.objects.filter(status=JobStatus.PENDING).exclude(session_id__in=busy_sessions)
-
-
-# -- per-owner limits (fair sharing) ------------------------------------------------------
-
 # How long a caller refused for too many active jobs is told to wait: about
 # how soon a short job ends and frees a place. A hint for clients that retry.
 ACTIVE_LIMIT_RETRY_AFTER_SECONDS = 5
@@ -220,234 +204,6 @@ def job_limits_check(*, caller: Caller) -> None:
         budget_check(caller.api_key)
 
 
-@dataclass(frozen=True)
-class _OwnerQueue:
-    """One owner with claimable work, as the fair claim sees it."""
-
-    api_key_id: int | None
-    user_id: int | None
-    running: int
-    top_priority: int
-    oldest: Any
-    max_running: int
-    across_keys: bool
-    has_budget: bool
-
-    def order(self) -> tuple:
-        # Fewest running first; a key's priority counts against other keys only
-        # when the admin allowed it; then whoever has waited longest.
-        return (self.running, -(self.top_priority if self.across_keys else 0), self.oldest)
-
-
-def _owner_queues() -> list[_OwnerQueue]:
-    """Every owner with a pending job, its running count and its next job's
-    priority and age, in one query, fastest first.
-
-    It walks the owners (keys, and users for JWT jobs) rather than the pending
-    jobs: per owner an EXISTS, a count of its running jobs and the top of its
-    queue, each an index probe on ``(owner, status, -priority, created_at)``.
-    So it costs the same with fifty or fifty thousand jobs waiting. Whether
-    the owner's next job is held back by its session is for ``_claim_from``.
-    """
-    from django.contrib.auth import get_user_model
-
-    from apikeys.models import ApiKey
-
-    def queue_of(owner_field: str, **extra):
-        pending = Job.objects.filter(
-            **{owner_field: OuterRef("pk")}, status=JobStatus.PENDING, **extra
-        ).order_by("-priority", "created_at")
-        running = (
-            Job.objects.filter(**{owner_field: OuterRef("pk")}, status=JobStatus.RUNNING, **extra)
-            .order_by()
-            .values(owner_field)
-            .annotate(n=Count("pk"))
-            .values("n")
-        )
-        return {
-            "running": Coalesce(Subquery(running, output_field=IntegerField()), Value(0)),
-            "top": Subquery(pending.values("priority")[:1]),
-            "head_at": Subquery(pending.values("created_at")[:1]),
-        }, Exists(pending)
-
-    key_fields, key_waiting = queue_of("api_key")
-    keys = (
-        ApiKey.objects.filter(key_waiting)
-        .annotate(**key_fields, user_ref=Value(None, output_field=IntegerField()))
-        .values_list(
-            "pk",
-            "user_ref",
-            "running",
-            "top",
-            "head_at",
-            "max_running_jobs",
-            "priority_across_keys",
-            "budget_daily_usd",
-            "budget_monthly_usd",
-        )
-        .order_by()
-    )
-    user_fields, user_waiting = queue_of("user", api_key__isnull=True)
-    users = (
-        get_user_model()
-        .objects.filter(user_waiting)
-        .annotate(
-            **user_fields,
-            key_ref=Value(None, output_field=IntegerField()),
-            cap=Value(None, output_field=IntegerField()),
-            across=Value(False, output_field=BooleanField()),
-            daily=Value(None, output_field=DecimalField(max_digits=12, decimal_places=4)),
-            monthly=Value(None, output_field=DecimalField(max_digits=12, decimal_places=4)),
-        )
-        .values_list("key_ref", "pk", "running", "top", "head_at", "cap", "across", "daily", "monthly")
-        .order_by()
-    )
-    queues = []
-    for api_key_id, user_id, running, top, head_at, cap, across, daily, monthly in keys.union(
-        users, all=True
-    ):
-        queues.append(
-            _OwnerQueue(
-                api_key_id=api_key_id,
-                user_id=user_id,
-                running=running,
-                top_priority=top or 0,
-                oldest=head_at,
-                max_running=settings.JOB_MAX_RUNNING_PER_KEY if cap is None else cap,
-                across_keys=bool(across),
-                has_budget=daily is not None or monthly is not None,
-            )
-        )
-    return sorted(queues, key=_OwnerQueue.order)
-
-
-def job_claimable_exists() -> bool:
-    """Whether a pending job could start now (the sweep wakes a worker if so): one
-    whose session has no running turn, of an owner below its running cap."""
-    for queue in _owner_queues():
-        if queue.max_running and queue.running >= queue.max_running:
-            continue
-        if _claimable().filter(_owner_of(api_key_id=queue.api_key_id, user_id=queue.user_id)).exists():
-            return True
-    return False
-
-
-def job_claim_next(*, worker: str | None = None) -> Job | None:
-    """Move the next pending job to running, fairly between owners, or return None.
-
-    The next job comes from the owner (API key, or JWT user) with the fewest
-    running jobs, so one key's backlog delays another key's job by one job
-    slot at most; among owners with as many running, a key the admin allowed
-    to (``ApiKey.priority_across_keys``) goes first by its jobs' priority,
-    then the owner who has waited longest. Within the owner, its highest
-    priority, then its oldest job. An owner at its running cap
-    (``max_running_jobs``) is skipped; one whose budget is spent has its
-    pending jobs refused (cancelled, ``budget_exceeded``); a job that starts
-    gets the key's remaining budget as its spending cap (``max_budget_usd``).
-
-    The compare-and-set makes a job start at most once even when two workers
-    (or a redelivered task) race; the running cap and budget are checked
-    under the owner's lock in the same transaction as the claim.
-
-    The turns of one session run one after the other: a session's job is not
-    claimed while another of its jobs runs, and since every worker picks the
-    first claimable job in the same order, racing workers pick the same
-    (earliest) turn and only one of them gets it. The update repeats the
-    condition, so a turn never starts beside a running one.
-    """
-    worker = worker or worker_name()
-    for _ in range(20):
-        queues = [q for q in _owner_queues() if not q.max_running or q.running < q.max_running]
-        if not queues:
-            return None
-        raced = False
-        for queue in queues:
-            job, lost_race = _claim_from(queue, worker)
-            if job is not None:
-                return job
-            raced = raced or lost_race
-        if not raced:
-            return None
-    return None
-
-
-def _claim_from(queue: _OwnerQueue, worker: str) -> tuple[Job | None, bool]:
-    """Claim the owner's next job; (the job or None, whether another worker interfered)."""
-    owner = _owner_of(api_key_id=queue.api_key_id, user_id=queue.user_id)
-    candidate = (
-        _claimable()
-        .filter(owner)
-        .order_by("-priority", "created_at", "pk")
-        .values_list("pk", flat=True)
-        .first()
-    )
-    if candidate is None:
-        # Taken meanwhile, or its next turn waits for its session: the next owner's turn.
-        return None, False
-    with transaction.atomic():
-        if queue.max_running or queue.has_budget:
-            _owner_lock(api_key_id=queue.api_key_id, user_id=queue.user_id)
-        if queue.max_running:
-            running = Job.objects.filter(owner, status=JobStatus.RUNNING).count()
-            if running >= queue.max_running:
-                return None, False
-        cap = None
-        if queue.has_budget:
-            from apikeys.models import ApiKey
-
-            key = ApiKey.objects.get(pk=queue.api_key_id)
-            refusal = budget_refusal(key)
-            if refusal is not None:
-                _jobs_refuse_pending(owner=owner, message=refusal.message, code="budget_exceeded")
-                return None, False
-            cap = budget_remaining(key)
-        now = timezone.now()
-        claimed = (
-            _claimable()
-            .filter(pk=candidate)
-            .update(
-                status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker, max_budget_usd=cap
-            )
-        )
-    if not claimed:
-        return None, True
-    logger.info("job %s claimed by %s", candidate, worker)
-    return Job.objects.get(pk=candidate), False
-
-
-def _jobs_refuse_pending(*, owner: Q, message: str, code: str) -> int:
-    """End an owner's pending jobs as cancelled with ``message`` (they would be refused anyway)."""
-    refused = 0
-    for job_id in Job.objects.filter(owner, status=JobStatus.PENDING).values_list("pk", flat=True):
-        if job_transition(
-            job_id=job_id, frm=JobStatus.PENDING, to=JobStatus.CANCELLED, error_message=message
-        ):
-            JobProgress(job_id, start_seq=_next_seq_of(job_id)).emit(
-                "error", {"type": "error", "error": code, "message": message}
-            )
-            refused += 1
-    if refused:
-        logger.info("%d pending job(s) refused: %s", refused, message)
-    return refused
-
-
-def job_claim(*, job_id: uuid.UUID, worker: str | None = None) -> Job | None:
-    """Move one given pending job to running (compare-and-set), or return None.
-
-    For work that runs a job inline instead of through the queue, such as the
-    Claude steps of a transcription job.
-    """
-    worker = worker or worker_name()
-    now = timezone.now()
-    claimed = Job.objects.filter(pk=job_id, status=JobStatus.PENDING).update(
-        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker
-    )
-    if not claimed:
-        return None
-    logger.info("job %s claimed by %s", job_id, worker)
-    return Job.objects.get(pk=job_id)
-
-
 def job_transition(*, job_id: uuid.UUID, frm: JobStatus, to: JobStatus, **fields: Any) -> bool:
     """Compare-and-set ``frm`` -> ``to``; True if this call moved the job."""
     if to not in TRANSITIONS.get(frm, ()):
@@ -463,7 +219,7 @@ def job_transition(*, job_id: uuid.UUID, frm: JobStatus, to: JobStatus, **fields
     return moved
 
 
-def job_cancel(*, job: Job, reason: str = "Cancelled by the caller") -> Job:
+def job_cancel(*, job: Job, reason: str = CANCELLED_MESSAGE) -> Job:
     """Cancel a pending job at once; ask the worker to stop a running one."""
     if job.status in FINAL_STATUSES:
         raise Conflict(f"Job already {job.status}", code="already_finished")
@@ -476,9 +232,7 @@ def job_cancel(*, job: Job, reason: str = "Cancelled by the caller") -> Job:
         error_message=message,
         cancel_requested_at=now,
     ):
-        JobProgress(job.pk, start_seq=_next_seq(job)).emit(
-            "error", {"type": "error", "error": "cancelled", "message": message}
-        )
+        JobProgress(job.pk, start_seq=_next_seq(job)).emit("error", dict(error_event("cancelled", message)))
     else:
         # Running (perhaps since a moment ago): its worker sees the flag and stops the CLI.
         Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(cancel_requested_at=now)
@@ -610,129 +364,3 @@ def job_requeue(*, job_id: uuid.UUID, reason: str) -> bool:
     if moved:
         logger.info("job %s handed back to the queue (%s)", job_id, reason)
     return moved
-
-
-STALE_MESSAGE = "The worker running this job stopped responding; the job was abandoned."
-
-
-def job_release_broken_off(*, job_id: uuid.UUID, error: BaseException, cli_started: bool) -> str | None:
-    """Settle a job whose run broke off with an error in the worker (the database
-    went away under it, most likely), instead of leaving it running until the
-    reaper calls its worker dead. A job of which nothing ran (no CLI started, no
-    event stored) and that met a database error goes back to the queue from a
-    clean folder; any other is failed with the error (another error would only
-    recur), which its readers get as its last event. What it did (``"requeued"``,
-    ``"failed"``), or None if the job was no longer running."""
-    from django.db import InterfaceError, OperationalError
-
-    started = cli_started or Job.objects.filter(pk=job_id, cli_pid__isnull=False).exists()
-    database_away = isinstance(error, (OperationalError, InterfaceError))
-    if database_away and not started and not JobEvent.objects.filter(job_id=job_id).exists():
-        if not job_requeue(job_id=job_id, reason=f"its run broke off before the CLI started: {error}"):
-            return None
-        workspace_remove(job_id)
-        job_enqueue()
-        return "requeued"
-    if database_away:
-        message = f"The job's worker lost its database connection while running it ({error}); it was stopped."
-    else:
-        message = f"The job's run broke off with an error in its worker ({type(error).__name__}: {error}); it was stopped."
-    if not job_transition(job_id=job_id, frm=JobStatus.RUNNING, to=JobStatus.FAILED, error_message=message):
-        return None
-    logger.warning("job %s failed: %s", job_id, message)
-    _emit_reaped(job_id, message)
-    return "failed"
-
-
-def _process_started_before(pid: int, moment) -> bool:
-    """Whether a process ``pid`` exists on this host and was started before ``moment``
-    (a process started later only reuses the number)."""
-    try:
-        created = psutil.Process(pid).create_time()
-    except psutil.Error:
-        return False
-    return moment is None or created <= moment.timestamp() + 1
-
-
-def _dead_local_workers(running: list[dict[str, Any]]) -> set[str]:
-    """Workers on this host whose process is gone, among the running jobs' workers.
-
-    A worker beats every JOB_HEARTBEAT_SECONDS; one that missed two beats and
-    whose process no longer exists here died (SIGKILL, OOM): its jobs need not
-    wait out JOB_STALE_SECONDS. (Two beats, so that a same-named host with
-    another process namespace never loses a live job to this shortcut.)
-    """
-    host = socket.gethostname()
-    quiet = timezone.now() - timedelta(seconds=2 * settings.JOB_HEARTBEAT_SECONDS + 1)
-    dead = set()
-    for job in running:
-        name, _, pid = job["worker"].rpartition(":")
-        if name != host or not pid.isdigit() or job["heartbeat_at"] is None or job["heartbeat_at"] > quiet:
-            continue
-        if not _process_started_before(int(pid), job["started_at"]):
-            dead.add(job["worker"])
-    return dead
-
-
-def _kill_orphaned_cli(job: dict[str, Any]) -> None:
-    """The CLI of a job whose worker died on this host, if it still runs (its group)."""
-    pid = job.get("cli_pid")
-    if not pid or not job["worker"].startswith(f"{socket.gethostname()}:"):
-        return
-    if not _process_started_before(pid, None):
-        return
-    try:
-        created = psutil.Process(pid).create_time()
-        if job["started_at"] is not None and created < job["started_at"].timestamp() - 1:
-            return  # another process that got the number
-        os.killpg(pid, signal.SIGKILL)
-    except (psutil.Error, OSError):
-        return
-
-
-def job_reap_stale() -> int:
-    """Fail running jobs whose worker died.
-
-    A job whose heartbeat is older than JOB_STALE_SECONDS lost its worker,
-    wherever it ran; a job whose worker process on this host is gone is failed
-    at once (see ``_dead_local_workers``). Its CLI, if it still runs here, is
-    killed with its process group.
-    """
-    cutoff = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
-    running = list(
-        Job.objects.filter(status=JobStatus.RUNNING).values(
-            "pk", "worker", "heartbeat_at", "started_at", "cli_pid"
-        )
-    )
-    dead_workers = _dead_local_workers(running)
-    reaped = 0
-    for job in running:
-        if job["worker"] in dead_workers:
-            message = f"The worker running this job ({job['worker']}) died; the job was abandoned."
-        elif job["heartbeat_at"] is None or job["heartbeat_at"] < cutoff:
-            message = STALE_MESSAGE
-        else:
-            continue
-        if job_transition(
-            job_id=job["pk"], frm=JobStatus.RUNNING, to=JobStatus.FAILED, error_message=message
-        ):
-            reaped += 1
-            logger.warning("job %s reaped: %s", job["pk"], message)
-            _kill_orphaned_cli(job)
-            _emit_reaped(job["pk"], message)
-    if reaped:
-        # Turns that waited for a lost job's session can start now.
-        job_enqueue()
-    Worker.objects.filter(heartbeat_at__lt=timezone.now() - timedelta(hours=1)).delete()
-    return reaped
-
-
-def _emit_reaped(job_id: uuid.UUID, message: str) -> None:
-    """The error event a reader waits for (the job's worker can no longer write it)."""
-    try:
-        last = JobEvent.objects.filter(job_id=job_id).order_by("-seq").values_list("seq", flat=True).first()
-        JobProgress(job_id, start_seq=0 if last is None else last + 1).emit(
-            "error", {"type": "error", "error": JobStatus.FAILED, "message": message}
-        )
-    except Exception:  # a reader still sees the final status
-        logger.warning("job %s: could not record why it was reaped", job_id, exc_info=True)

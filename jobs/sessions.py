@@ -4,7 +4,7 @@ A session is a row owned by one caller, named by the caller (``X-Request-ID``,
 ``metadata.user_id``) or by the service. Each call on it is a job linked to
 the session. The worker:
 
-- runs a session's jobs one after the other (``services.job_claim_next`` does
+- runs a session's jobs one after the other (``queue.job_claim_next`` does
   not start a session's job while another of its jobs runs);
 - starts each job in the session's working directory on that host and resumes
   the Claude Code conversation the session's latest completed job left

@@ -20,14 +20,9 @@ from claudesvc.logcontext import bind_job
 from jobs import worker
 from jobs.kinds import job_kind
 from jobs.models import JobStatus
-from jobs.services import (
-    job_claim_next,
-    job_delete_expired,
-    job_enqueue,
-    job_reap_stale,
-    job_release_broken_off,
-    job_transition,
-)
+from jobs.queue import job_claim_next
+from jobs.reaper import job_reap_stale, job_release_broken_off
+from jobs.services import job_delete_expired, job_enqueue, job_transition
 from jobs.sessions import session_clean_idle, session_job_finished, session_job_start
 
 logger = logging.getLogger(__name__)
@@ -56,7 +51,7 @@ def run_pending_jobs() -> int:
 def run_next_job() -> str | None:
     """Claim the best pending job and run it; its id, or None if none could start.
 
-    The claim is a compare-and-set on the row (``services.job_claim_next``),
+    The claim is a compare-and-set on the row (``queue.job_claim_next``),
     so no job starts twice, whoever else is claiming.
     """
     if worker.stopping():
@@ -76,7 +71,7 @@ def run_next_job() -> str | None:
 
 def _release(job_id, error: Exception, *, cli_started: bool) -> None:
     """A run that broke off with an error leaves its job running; settle it
-    (``services.job_release_broken_off``). The error is most often the database
+    (``reaper.job_release_broken_off``). The error is most often the database
     going away, and a process's connection pool may take a while to reconnect
     after it is back: retry for up to ``JOB_STALE_SECONDS``, after which the
     reaper's backstop ends the job anyway."""

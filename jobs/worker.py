@@ -9,7 +9,7 @@ long, each worker process runs a small agent thread from its start (django-q2's
 - writes the process's ``Worker`` row every ``JOB_HEARTBEAT_SECONDS`` (what
   ``/health`` reads);
 - every ``JOB_SWEEP_SECONDS`` fails jobs whose worker died
-  (``services.job_reap_stale``) and, while its own process is idle and a job
+  (``reaper.job_reap_stale``) and, while its own process is idle and a job
   could start, sends a wake-up: that is how jobs queued across a restart, a
   Redis flush or a lost message start within seconds;
 - on SIGTERM/SIGINT stops the process gracefully: the task loop claims
@@ -137,7 +137,9 @@ def sweep(*, idle: bool) -> bool:
     start, send a wake-up (which an idle worker, most likely this one, gets).
     Whether it sent one. Only an idle process asks: a busy one claims the next
     job itself when its job ends."""
-    from jobs.services import job_claimable_exists, job_enqueue, job_reap_stale
+    from jobs.queue import job_claimable_exists
+    from jobs.reaper import job_reap_stale
+    from jobs.services import job_enqueue
 
     job_reap_stale()
     if idle and job_claimable_exists() and not _wake_ups_waiting():

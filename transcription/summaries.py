@@ -20,7 +20,8 @@ from django.db import transaction
 from claudesvc.auth import Caller
 from jobs import runner
 from jobs.models import Job, JobStatus
-from jobs.services import job_claim, job_create
+from jobs.queue import job_claim
+from jobs.services import job_create
 from jobs.workspace import workspace_prepare
 
 logger = logging.getLogger(__name__)

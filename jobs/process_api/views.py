@@ -15,6 +15,7 @@ from rest_framework.permissions import AllowAny
 from claudesvc.fields import iso_utc
 from claudesvc.health import service_health
 from claudesvc.parsers import BoundedJSONParser
+from jobs.cli import cli_info
 from jobs.fallback import fallback_available
 from jobs.metrics import caller_is_staff, service_metrics
 from jobs.models import Job, JobStatus
@@ -22,7 +23,6 @@ from jobs.process_api import serializers as s
 from jobs.process_api.envelope import ProcessAPIView, meta, ok
 from jobs.process_api.selectors import process_get, process_list
 from jobs.process_api.services import process_cancel, process_create, process_id, slots_busy
-from jobs.runner import cli_info
 from jobs.streaming import Ended, Idle, follow_job
 
 TAG = ["Process API"]

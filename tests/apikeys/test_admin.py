@@ -43,7 +43,8 @@ def test_adding_a_key_shows_its_secret_once(admin_client):
 def test_the_revoke_action_says_what_it_will_do_then_revokes(admin_client, owner_key):
     from claudesvc.auth import Caller
     from jobs.models import Job, JobStatus
-    from jobs.services import job_claim_next, job_create
+    from jobs.queue import job_claim_next
+    from jobs.services import job_create
 
     for i in range(3):
         job_create(caller=Caller(api_key=owner_key.row), prompt=f"j{i}", enqueue=False)

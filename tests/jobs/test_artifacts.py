@@ -19,7 +19,8 @@ from jobs import runner
 from jobs.artifacts import artifacts_collect
 from jobs.attachments import job_create_with_attachments
 from jobs.models import Artifact, Attachment, Job, JobStatus
-from jobs.services import job_claim_next, job_create, job_delete_expired
+from jobs.queue import job_claim_next
+from jobs.services import job_create, job_delete_expired
 from jobs.uploads import ReceivedFile
 from jobs.workspace import job_paths
 from tests.samples import pdf_bytes, png_bytes

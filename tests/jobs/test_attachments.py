@@ -13,7 +13,7 @@ from claudesvc.auth import Caller
 from jobs import runner
 from jobs.attachments import job_create_with_attachments
 from jobs.models import Attachment, Job, JobStatus
-from jobs.services import job_claim_next
+from jobs.queue import job_claim_next
 from jobs.uploads import ReceivedFile
 from jobs.workspace import job_paths
 from tests.samples import SAMPLES, multipart, pdf_bytes, png_bytes

@@ -16,7 +16,8 @@ from apikeys.models import ApiKey
 from apikeys.services import api_key_create, api_key_revoke
 from claudesvc.auth import Caller, jwt_issue
 from jobs.models import Job, JobStatus, UsageDaily
-from jobs.services import job_claim_next, job_create, job_transition
+from jobs.queue import job_claim_next
+from jobs.services import job_create, job_transition
 from jobs.usage import budget_remaining, owner_spend
 
 pytestmark = pytest.mark.django_db

@@ -11,7 +11,8 @@ from jobs import runner
 from jobs.fallback import API_MODEL_ALIASES, fallback_available
 from jobs.models import Job, JobStatus
 from jobs.process_api.services import process_create
-from jobs.services import job_claim_next, job_create
+from jobs.queue import job_claim_next
+from jobs.services import job_create
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

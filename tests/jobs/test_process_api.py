@@ -13,7 +13,8 @@ from rest_framework.exceptions import Throttled
 from claudesvc.auth import Caller
 from jobs.models import Job, JobStatus
 from jobs.process_api.services import process_create, process_id, process_uuid
-from jobs.services import job_claim_next, job_create, job_transition
+from jobs.queue import job_claim_next
+from jobs.services import job_create, job_transition
 
 pytestmark = pytest.mark.django_db
 

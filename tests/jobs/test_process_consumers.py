@@ -18,7 +18,7 @@ from claudesvc.auth import Caller
 from jobs import runner
 from jobs.models import Job, JobStatus
 from jobs.process_api.services import process_create, process_id, process_uuid
-from jobs.services import job_claim_next
+from jobs.queue import job_claim_next
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

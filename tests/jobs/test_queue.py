@@ -15,7 +15,9 @@ from apikeys.services import api_key_create
 from claudesvc.auth import Caller
 from jobs import runner, tasks, worker
 from jobs.models import Job, JobStatus
-from jobs.services import job_claim_next, job_create, job_reap_stale, job_transition
+from jobs.queue import job_claim_next
+from jobs.reaper import job_reap_stale
+from jobs.services import job_create, job_transition
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

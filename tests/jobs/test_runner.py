@@ -16,7 +16,8 @@ from apikeys.services import api_key_create
 from claudesvc.auth import Caller
 from jobs import runner
 from jobs.models import Job, JobStatus
-from jobs.services import job_cancel, job_claim_next, job_create, job_delete
+from jobs.queue import job_claim_next
+from jobs.services import job_cancel, job_create, job_delete
 from jobs.workspace import job_paths
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("upstream")]

@@ -8,14 +8,9 @@ from django.utils import timezone
 from claudesvc.auth import Caller
 from claudesvc.errors import Conflict, ServiceError
 from jobs.models import Job, JobStatus
-from jobs.services import (
-    job_cancel,
-    job_claim_next,
-    job_create,
-    job_reap_stale,
-    job_transition,
-    resolve_model,
-)
+from jobs.queue import job_claim_next
+from jobs.reaper import job_reap_stale
+from jobs.services import job_cancel, job_create, job_transition, resolve_model
 
 pytestmark = pytest.mark.django_db
 
@@ -116,7 +111,7 @@ def test_a_job_may_not_outlast_the_service_timeout(caller, settings):
 
 
 def test_a_given_job_is_claimed_once(caller):
-    from jobs.services import job_claim
+    from jobs.queue import job_claim
 
     first = job_create(caller=caller, prompt="first", enqueue=False)
     second = job_create(caller=caller, prompt="second", priority=90, enqueue=False)

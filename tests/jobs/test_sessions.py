@@ -13,7 +13,8 @@ from django.utils import timezone
 from claudesvc.auth import Caller
 from jobs import tasks
 from jobs.models import ClaudeSession, Job, JobStatus
-from jobs.services import job_claim_next, job_create, job_transition
+from jobs.queue import job_claim_next
+from jobs.services import job_create, job_transition
 from jobs.sessions import (
     session_clean_idle,
     session_for_call,
@@ -73,7 +74,7 @@ def test_the_claim_itself_refuses_a_turn_beside_a_running_one(caller):
     first, second = turn(caller, session), turn(caller, session)
     Job.objects.filter(pk=first.pk).update(status=JobStatus.RUNNING)
     # Even a worker that picked the second turn before the first started cannot start it.
-    from jobs.services import _claimable
+    from jobs.queue import _claimable
 
     assert _claimable().filter(pk=second.pk).update(status=JobStatus.RUNNING) == 0
 

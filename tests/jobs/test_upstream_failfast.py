@@ -12,7 +12,8 @@ from apikeys.services import api_key_create
 from claudesvc.auth import Caller
 from jobs import runner
 from jobs.models import Job, JobStatus
-from jobs.services import job_claim_next, job_create
+from jobs.queue import job_claim_next
+from jobs.services import job_create
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("upstream")]
 

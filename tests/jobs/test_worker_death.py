@@ -13,7 +13,9 @@ from django.utils import timezone
 from apikeys.services import api_key_create
 from claudesvc.auth import Caller
 from jobs.models import Job, JobStatus
-from jobs.services import job_claim_next, job_create, job_reap_stale
+from jobs.queue import job_claim_next
+from jobs.reaper import job_reap_stale
+from jobs.services import job_create
 from tests.e2e.conftest import ROOT, _database_url
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("upstream")]

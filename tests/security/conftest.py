@@ -13,7 +13,8 @@ from apikeys.services import api_key_create
 from claudesvc.auth import Caller
 from jobs import runner, sandbox
 from jobs.models import Job
-from jobs.services import job_claim_next, job_create
+from jobs.queue import job_claim_next
+from jobs.services import job_create
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,8 @@ from claudesvc.auth import Caller
 from jobs import runner
 from jobs.attachments import job_create_with_attachments
 from jobs.models import Job, JobStatus
-from jobs.services import job_claim_next, job_delete_expired
+from jobs.queue import job_claim_next
+from jobs.services import job_delete_expired
 from jobs.uploads import ReceivedFile
 from jobs.workspace import job_paths
 from tests.security.conftest import files_containing, token, tool

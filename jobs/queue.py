@@ -1,0 +1,275 @@
+"""The queue: which pending job starts next, and the claim that starts it.
+
+The jobs table is the queue. ``job_claim_next`` picks fairly between owners
+(API keys, JWT users) and moves the job to running by compare-and-set;
+``job_claim`` does the same for one given job (a child job its parent runs
+inline). Moved here from ``jobs.services`` (the job lifecycle stays there).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import (
+    BooleanField,
+    Count,
+    DecimalField,
+    Exists,
+    IntegerField,
+    OuterRef,
+    Q,
+    Subquery,
+    Value,
+)
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from jobs.models import Job, JobStatus
+from jobs.outcomes import error_event
+from jobs.progress import JobProgress
+from jobs.services import _next_seq_of, _owner_lock, _owner_of, job_transition, worker_name
+from jobs.usage import budget_refusal, budget_remaining
+
+logger = logging.getLogger(__name__)
+
+
+def _claimable():
+    """Pending jobs that may start now: not a turn of a session that has one running."""
+    busy_sessions = Job.objects.filter(status=JobStatus.RUNNING, session__isnull=False).values("session_id")
+    return Job.objects.filter(status=JobStatus.PENDING).exclude(session_id__in=busy_sessions)
+
+
+# -- per-owner limits (fair sharing) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _OwnerQueue:
+    """One owner with claimable work, as the fair claim sees it."""
+
+    api_key_id: int | None
+    user_id: int | None
+    running: int
+    top_priority: int
+    oldest: Any
+    max_running: int
+    across_keys: bool
+    has_budget: bool
+
+    def order(self) -> tuple:
+        # Fewest running first; a key's priority counts against other keys only
+        # when the admin allowed it; then whoever has waited longest.
+        return (self.running, -(self.top_priority if self.across_keys else 0), self.oldest)
+
+
+def _owner_queues() -> list[_OwnerQueue]:
+    """Every owner with a pending job, its running count and its next job's
+    priority and age, in one query, fastest first.
+
+    It walks the owners (keys, and users for JWT jobs) rather than the pending
+    jobs: per owner an EXISTS, a count of its running jobs and the top of its
+    queue, each an index probe on ``(owner, status, -priority, created_at)``.
+    So it costs the same with fifty or fifty thousand jobs waiting. Whether
+    the owner's next job is held back by its session is for ``_claim_from``.
+    """
+    from django.contrib.auth import get_user_model
+
+    from apikeys.models import ApiKey
+
+    def queue_of(owner_field: str, **extra):
+        pending = Job.objects.filter(
+            **{owner_field: OuterRef("pk")}, status=JobStatus.PENDING, **extra
+        ).order_by("-priority", "created_at")
+        running = (
+            Job.objects.filter(**{owner_field: OuterRef("pk")}, status=JobStatus.RUNNING, **extra)
+            .order_by()
+            .values(owner_field)
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        return {
+            "running": Coalesce(Subquery(running, output_field=IntegerField()), Value(0)),
+            "top": Subquery(pending.values("priority")[:1]),
+            "head_at": Subquery(pending.values("created_at")[:1]),
+        }, Exists(pending)
+
+    key_fields, key_waiting = queue_of("api_key")
+    keys = (
+        ApiKey.objects.filter(key_waiting)
+        .annotate(**key_fields, user_ref=Value(None, output_field=IntegerField()))
+        .values_list(
+            "pk",
+            "user_ref",
+            "running",
+            "top",
+            "head_at",
+            "max_running_jobs",
+            "priority_across_keys",
+            "budget_daily_usd",
+            "budget_monthly_usd",
+        )
+        .order_by()
+    )
+    user_fields, user_waiting = queue_of("user", api_key__isnull=True)
+    users = (
+        get_user_model()
+        .objects.filter(user_waiting)
+        .annotate(
+            **user_fields,
+            key_ref=Value(None, output_field=IntegerField()),
+            cap=Value(None, output_field=IntegerField()),
+            across=Value(False, output_field=BooleanField()),
+            daily=Value(None, output_field=DecimalField(max_digits=12, decimal_places=4)),
+            monthly=Value(None, output_field=DecimalField(max_digits=12, decimal_places=4)),
+        )
+        .values_list("key_ref", "pk", "running", "top", "head_at", "cap", "across", "daily", "monthly")
+        .order_by()
+    )
+    queues = []
+    for api_key_id, user_id, running, top, head_at, cap, across, daily, monthly in keys.union(
+        users, all=True
+    ):
+        queues.append(
+            _OwnerQueue(
+                api_key_id=api_key_id,
+                user_id=user_id,
+                running=running,
+                top_priority=top or 0,
+                oldest=head_at,
+                max_running=settings.JOB_MAX_RUNNING_PER_KEY if cap is None else cap,
+                across_keys=bool(across),
+                has_budget=daily is not None or monthly is not None,
+            )
+        )
+    return sorted(queues, key=_OwnerQueue.order)
+
+
+def job_claimable_exists() -> bool:
+    """Whether a pending job could start now (the sweep wakes a worker if so): one
+    whose session has no running turn, of an owner below its running cap."""
+    for queue in _owner_queues():
+        if queue.max_running and queue.running >= queue.max_running:
+            continue
+        if _claimable().filter(_owner_of(api_key_id=queue.api_key_id, user_id=queue.user_id)).exists():
+            return True
+    return False
+
+
+def job_claim_next(*, worker: str | None = None) -> Job | None:
+    """Move the next pending job to running, fairly between owners, or return None.
+
+    The next job comes from the owner (API key, or JWT user) with the fewest
+    running jobs, so one key's backlog delays another key's job by one job
+    slot at most; among owners with as many running, a key the admin allowed
+    to (``ApiKey.priority_across_keys``) goes first by its jobs' priority,
+    then the owner who has waited longest. Within the owner, its highest
+    priority, then its oldest job. An owner at its running cap
+    (``max_running_jobs``) is skipped; one whose budget is spent has its
+    pending jobs refused (cancelled, ``budget_exceeded``); a job that starts
+    gets the key's remaining budget as its spending cap (``max_budget_usd``).
+
+    The compare-and-set makes a job start at most once even when two workers
+    (or a redelivered task) race; the running cap and budget are checked
+    under the owner's lock in the same transaction as the claim.
+
+    The turns of one session run one after the other: a session's job is not
+    claimed while another of its jobs runs, and since every worker picks the
+    first claimable job in the same order, racing workers pick the same
+    (earliest) turn and only one of them gets it. The update repeats the
+    condition, so a turn never starts beside a running one.
+    """
+    worker = worker or worker_name()
+    for _ in range(20):
+        queues = [q for q in _owner_queues() if not q.max_running or q.running < q.max_running]
+        if not queues:
+            return None
+        raced = False
+        for queue in queues:
+            job, lost_race = _claim_from(queue, worker)
+            if job is not None:
+                return job
+            raced = raced or lost_race
+        if not raced:
+            return None
+    return None
+
+
+def _claim_from(queue: _OwnerQueue, worker: str) -> tuple[Job | None, bool]:
+    """Claim the owner's next job; (the job or None, whether another worker interfered)."""
+    owner = _owner_of(api_key_id=queue.api_key_id, user_id=queue.user_id)
+    candidate = (
+        _claimable()
+        .filter(owner)
+        .order_by("-priority", "created_at", "pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if candidate is None:
+        # Taken meanwhile, or its next turn waits for its session: the next owner's turn.
+        return None, False
+    with transaction.atomic():
+        if queue.max_running or queue.has_budget:
+            _owner_lock(api_key_id=queue.api_key_id, user_id=queue.user_id)
+        if queue.max_running:
+            running = Job.objects.filter(owner, status=JobStatus.RUNNING).count()
+            if running >= queue.max_running:
+                return None, False
+        cap = None
+        if queue.has_budget:
+            from apikeys.models import ApiKey
+
+            key = ApiKey.objects.get(pk=queue.api_key_id)
+            refusal = budget_refusal(key)
+            if refusal is not None:
+                _jobs_refuse_pending(owner=owner, message=refusal.message, code="budget_exceeded")
+                return None, False
+            cap = budget_remaining(key)
+        now = timezone.now()
+        claimed = (
+            _claimable()
+            .filter(pk=candidate)
+            .update(
+                status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker, max_budget_usd=cap
+            )
+        )
+    if not claimed:
+        return None, True
+    logger.info("job %s claimed by %s", candidate, worker)
+    return Job.objects.get(pk=candidate), False
+
+
+def _jobs_refuse_pending(*, owner: Q, message: str, code: str) -> int:
+    """End an owner's pending jobs as cancelled with ``message`` (they would be refused anyway)."""
+    refused = 0
+    for job_id in Job.objects.filter(owner, status=JobStatus.PENDING).values_list("pk", flat=True):
+        if job_transition(
+            job_id=job_id, frm=JobStatus.PENDING, to=JobStatus.CANCELLED, error_message=message
+        ):
+            JobProgress(job_id, start_seq=_next_seq_of(job_id)).emit(
+                "error", dict(error_event(code, message))
+            )
+            refused += 1
+    if refused:
+        logger.info("%d pending job(s) refused: %s", refused, message)
+    return refused
+
+
+def job_claim(*, job_id: uuid.UUID, worker: str | None = None) -> Job | None:
+    """Move one given pending job to running (compare-and-set), or return None.
+
+    For work that runs a job inline instead of through the queue, such as the
+    Claude steps of a transcription job.
+    """
+    worker = worker or worker_name()
+    now = timezone.now()
+    claimed = Job.objects.filter(pk=job_id, status=JobStatus.PENDING).update(
+        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker
+    )
+    if not claimed:
+        return None
+    logger.info("job %s claimed by %s", job_id, worker)
+    return Job.objects.get(pk=job_id)
