@@ -16,6 +16,8 @@ class JobsConfig(AppConfig):
 
             runner.run_job(job_id)
 
-        job_kind_register("claude", execute=run_claude)
+        from jobs.options import ClaudeOptions
+
+        job_kind_register("claude", execute=run_claude, options=ClaudeOptions)
         # Every django-q2 worker process: heartbeat, sweep, graceful stop (jobs/worker.py).
         post_spawn.connect(worker.on_worker_start, dispatch_uid="jobs.worker.on_worker_start")

@@ -1,10 +1,12 @@
-"""Job kinds plug into the core: each registers how its jobs run and what
-deleting one must clean up.
+"""Job kinds plug into the core: each registers how its jobs run, what their
+options may hold, what deleting one must clean up and how the Jobs API shows
+its details.
 
-The core (``jobs.tasks``, ``jobs.services``) dispatches through this registry
-and never imports the apps that provide kinds; an app registers its kind in its
-``AppConfig.ready()`` (``jobs.apps`` for ``claude``, ``transcription.apps`` for
-``transcription``). Adding a kind needs no change to ``jobs/``.
+The core (``jobs.tasks``, ``jobs.services``, the API families) dispatches
+through this registry and never imports the apps that provide kinds; an app
+registers its kind in its ``AppConfig.ready()`` (``jobs.apps`` for ``claude``,
+``transcription.apps`` for ``transcription``). Adding a kind needs no change
+to ``jobs/`` (docs/ARCHITECTURE.md, tests/jobs/test_kinds.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -19,15 +22,28 @@ class JobKindSpec:
     name: str
     # Runs a claimed (running) job to its end; blocks.
     execute: Callable[[uuid.UUID], None]
-    # Before a job's row is deleted: what of it lives outside the job core (files, child jobs).
+    # Before a job's row is deleted: what of it lives outside the job core (files).
     cleanup: Callable[[uuid.UUID], None] | None = None
+    # The TypedDict its ``Job.options`` must fit (jobs.options); None: not checked.
+    options: type | None = None
+    # The Jobs API's details of such a job (``GET /jobs/{id}`` under the kind's
+    # name): a DRF serializer class rendering the job's kind-specific row, and
+    # how to find that row from the job (None when it has none).
+    detail_serializer: Any = None
+    detail_of: Callable[[Any], Any] | None = None
+    # What an ended job of the kind adds to its owner's usage row instead of its
+    # tokens and cost (jobs.usage): {UsageDaily field: amount}.
+    usage_figures: Callable[[Any], dict[str, float | int]] | None = None
+    # The Jobs API's create input (a DRF serializer class) and service for the kind.
+    create_input: Any = None
+    create: Callable[..., Any] | None = None
 
 
 _KINDS: dict[str, JobKindSpec] = {}
 
 
-def job_kind_register(name: str, *, execute: Callable[[uuid.UUID], None], cleanup=None) -> None:
-    _KINDS[name] = JobKindSpec(name=name, execute=execute, cleanup=cleanup)
+def job_kind_register(name: str, *, execute: Callable[[uuid.UUID], None], **hooks: Any) -> None:
+    _KINDS[name] = JobKindSpec(name=name, execute=execute, **hooks)
 
 
 def job_kind(name: str) -> JobKindSpec:
@@ -37,3 +53,7 @@ def job_kind(name: str) -> JobKindSpec:
         raise LookupError(
             f"no job kind {name!r} is registered (known: {', '.join(sorted(_KINDS))})"
         ) from None
+
+
+def job_kind_or_none(name: str) -> JobKindSpec | None:
+    return _KINDS.get(name)

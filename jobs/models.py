@@ -11,7 +11,6 @@ from django.db import models
 from apikeys.models import ToolPolicy
 
 
-
 class JobStatus(models.TextChoices):
     PENDING = "pending"
     RUNNING = "running"

@@ -39,9 +39,12 @@ logger = logging.getLogger(__name__)
 
 
 def _claimable():
-    """Pending jobs that may start now: not a turn of a session that has one running."""
+    """Pending jobs the queue may start now: not a turn of a session that has one
+    running, not a child job (its parent's worker claims and runs it, ``tasks.run_child_job``)."""
     busy_sessions = Job.objects.filter(status=JobStatus.RUNNING, session__isnull=False).values("session_id")
-    return Job.objects.filter(status=JobStatus.PENDING).exclude(session_id__in=busy_sessions)
+    return Job.objects.filter(status=JobStatus.PENDING, parent__isnull=True).exclude(
+        session_id__in=busy_sessions
+    )
 
 
 # -- per-owner limits (fair sharing) ------------------------------------------------------
@@ -82,7 +85,7 @@ def _owner_queues() -> list[_OwnerQueue]:
 
     def queue_of(owner_field: str, **extra):
         pending = Job.objects.filter(
-            **{owner_field: OuterRef("pk")}, status=JobStatus.PENDING, **extra
+            **{owner_field: OuterRef("pk")}, status=JobStatus.PENDING, parent__isnull=True, **extra
         ).order_by("-priority", "created_at")
         running = (
             Job.objects.filter(**{owner_field: OuterRef("pk")}, status=JobStatus.RUNNING, **extra)

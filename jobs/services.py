@@ -44,6 +44,7 @@ from jobs.models import (
     JobKind,
     JobStatus,
 )
+from jobs.options import options_validate
 from jobs.outcomes import CANCELLED_MESSAGE, error_event
 from jobs.progress import JobProgress
 from jobs.storage import job_files_delete
@@ -104,11 +105,15 @@ def job_create(
     timeout_seconds: int | None = None,
     options: dict[str, Any] | None = None,
     session: ClaudeSession | None = None,
+    parent: Job | None = None,
+    tool_policy: str | None = None,
     enqueue: bool = True,
     check_limits: bool = True,
 ) -> Job:
-    """Create a pending job. ``check_limits=False`` is for helper jobs of a job
-    that already passed the checks (a transcription's summary)."""
+    """Create a pending job. ``check_limits=False`` is for child jobs of a job
+    that already passed the checks (a transcription's summary); ``tool_policy``
+    narrows the caller's (a child's is its parent's choice); ``options`` are
+    checked against the kind's options type (``jobs.options``)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ServiceError("prompt is required and must not be empty", field="prompt")
     if len(prompt) > settings.MAX_PROMPT_CHARS:
@@ -129,9 +134,10 @@ def job_create(
             model=model,
             priority=priority,
             timeout_seconds=timeout,
-            tool_policy=caller.tool_policy,
-            options=options or {},
+            tool_policy=tool_policy or caller.tool_policy,
+            options=options_validate(kind, options or {}),
             session=session,
+            parent=parent,
             request_id=current_request_id(),
         )
     logger.info("job %s created by %s (source=%s, model=%s)", job.id, caller.label, source, job.model)
@@ -236,6 +242,12 @@ def job_cancel(*, job: Job, reason: str = CANCELLED_MESSAGE) -> Job:
     else:
         # Running (perhaps since a moment ago): its worker sees the flag and stops the CLI.
         Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(cancel_requested_at=now)
+    # Its child jobs (a transcription's summary) stop with it.
+    for child in Job.objects.filter(parent_id=job.pk, status__in=ACTIVE_STATUSES):
+        try:
+            job_cancel(job=child, reason=reason)
+        except Conflict:
+            continue  # it ended meanwhile
     job.refresh_from_db()
     return job
 
@@ -281,6 +293,10 @@ def job_delete(*, job: Job) -> None:
     directory). A running CLI is killed by its worker, which notices within a
     heartbeat that the row is gone."""
     job_id = job.pk
+    # Its child jobs first, through this same path: their files go too (the
+    # foreign key's cascade would remove only their rows).
+    for child in Job.objects.filter(parent_id=job_id):
+        job_delete(job=child)
     cleanup = job_kind(job.kind).cleanup
     if cleanup is not None:
         cleanup(job_id)

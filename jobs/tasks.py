@@ -20,7 +20,7 @@ from claudesvc.logcontext import bind_job
 from jobs import worker
 from jobs.kinds import job_kind
 from jobs.models import JobStatus
-from jobs.queue import job_claim_next
+from jobs.queue import job_claim, job_claim_next
 from jobs.reaper import job_reap_stale, job_release_broken_off
 from jobs.services import job_delete_expired, job_enqueue, job_transition
 from jobs.sessions import session_clean_idle, session_job_finished, session_job_start
@@ -60,13 +60,36 @@ def run_next_job() -> str | None:
     if job is None:
         return None
     bind_job(job)  # every line of this run carries the job id and its submitting request's id
+    run_claimed_job(job)
+    return str(job.pk)
+
+
+def run_claimed_job(job) -> None:
+    """Run a job this worker claimed, to its end: the one path every job takes
+    after its claim, from the queue (``run_next_job``) or from a parent job
+    (``run_child_job``). A run that breaks off settles its job (``_release``)."""
     with worker.running_task(), worker.running_job(job.pk):
         try:
             _run(job)
         except Exception as exc:
             _release(job.pk, exc, cli_started=worker.state.cli_pid is not None)
             raise
-    return str(job.pk)
+
+
+def run_child_job(job_id) -> bool:
+    """Claim a child job its parent created unqueued (``enqueue=False``) and run it here, inline.
+
+    The parent already holds this worker, so its child needs no second one: a
+    parent waiting for its children can never starve a one-worker cluster.
+    The child is claimed exactly as a queued job (compare-and-set
+    pending -> running) and runs through ``run_claimed_job``. False if it
+    could not be claimed (cancelled before it started).
+    """
+    job = job_claim(job_id=job_id)
+    if job is None:
+        return False
+    run_claimed_job(job)
+    return True
 
 
 def _release(job_id, error: Exception, *, cli_started: bool) -> None:

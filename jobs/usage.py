@@ -18,23 +18,24 @@ running at once may together overshoot by what each was allowed.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from django.apps import apps
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from claudesvc.errors import BudgetExceeded
-from jobs.models import Job, JobKind, JobStatus, UsageDaily
+from jobs.kinds import job_kind_or_none
+from jobs.models import Job, JobSource, JobStatus, UsageDaily
 
-# Child jobs of a transcription (summary, key points) have this source; their
-# cost is real spend and is counted, but they are not jobs the caller asked for.
-_CHILD_SOURCE = "transcription"
+# Child jobs (a transcription's summary, key points) are real spend and are
+# counted, but they are not jobs the caller asked for. Rows written before
+# ``Job.parent`` existed are told by their source.
+_CHILD_SOURCE = JobSource.TRANSCRIPTION
 
 TOKEN_FIELDS = (
     "input_tokens",
@@ -63,33 +64,69 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Token usage, cost and turns of one run or the sum of several: the one
+    place this arithmetic lives (a kind that runs child jobs sums them here)."""
+
+    tokens: dict[str, int]
+    cost_usd: float | None = None
+    num_turns: int | None = None
+
+    @classmethod
+    def of(cls, usage: Any, cost_usd: float | None = None, num_turns: int | None = None) -> Usage:
+        tokens = {
+            k: v
+            for k, v in (usage if isinstance(usage, dict) else {}).items()
+            if isinstance(v, int) and not isinstance(v, bool)
+        }
+        return cls(tokens=tokens, cost_usd=cost_usd, num_turns=num_turns)
+
+    @classmethod
+    def of_job(cls, job: Any) -> Usage:
+        return cls.of(job.usage, job.cost_usd, job.num_turns)
+
+    def __add__(self, other: Usage) -> Usage:
+        tokens = dict(self.tokens)
+        for key, value in other.tokens.items():
+            tokens[key] = tokens.get(key, 0) + value
+
+        def plus(a, b):
+            return b if a is None else a if b is None else a + b
+
+        return Usage(tokens, plus(self.cost_usd, other.cost_usd), plus(self.num_turns, other.num_turns))
+
+    def job_fields(self) -> dict[str, Any]:
+        """As ``Job`` fields (``usage`` None when no tokens were counted)."""
+        return {"usage": self.tokens or None, "cost_usd": self.cost_usd, "num_turns": self.num_turns}
+
+    def figures(self) -> dict[str, float | int]:
+        """What it adds to a ``UsageDaily`` row."""
+        figures: dict[str, float | int] = {name: _int(self.tokens.get(name)) for name in TOKEN_FIELDS}
+        figures["cost_usd"] = float(self.cost_usd or 0)
+        return figures
+
+
+def usage_sum(runs: Iterable[Usage]) -> Usage:
+    total = Usage(tokens={})
+    for run in runs:
+        total = total + run
+    return total
+
+
 def _job_figures(job: Job) -> dict[str, float | int]:
-    """What one ended job adds to its day's row."""
-    child = job.kind == JobKind.CLAUDE and job.source == _CHILD_SOURCE
+    """What one ended job adds to its day's row: a kind may count its own
+    figures instead of tokens (``JobKindSpec.usage_figures``: a transcription
+    counts audio; its usage and cost repeat its child jobs', counted when they ended)."""
+    child = job.parent_id is not None or job.source == _CHILD_SOURCE
     figures: dict[str, float | int] = {
         "jobs": 0 if child else 1,
         "completed": 1 if job.status == JobStatus.COMPLETED and not child else 0,
     }
-    if job.kind == JobKind.TRANSCRIPTION:
-        # The parent's usage/cost repeat its child jobs' (counted when they ended).
-        transcription = _transcription_of(job)
-        seconds = float(transcription.duration_seconds or 0) if transcription else 0.0
-        figures["audio_seconds"] = seconds
-        figures["provider_calls"] = int(transcription.chunk_count or 0) if transcription else 0
-        figures["provider_cost_usd"] = seconds / 60 * settings.TRANSCRIPTION_PRICE_PER_MINUTE_USD
-        return figures
-    usage = job.usage if isinstance(job.usage, dict) else {}
-    for name in TOKEN_FIELDS:
-        figures[name] = _int(usage.get(name))
-    figures["cost_usd"] = float(job.cost_usd or 0)
-    return figures
-
-
-def _transcription_of(job: Job):
-    if not apps.is_installed("transcription"):
-        return None
-    model = apps.get_model("transcription", "Transcription")
-    return model.objects.filter(job_id=job.pk).only("duration_seconds", "chunk_count").first()
+    spec = job_kind_or_none(job.kind)
+    if spec is not None and spec.usage_figures is not None:
+        return {**figures, **spec.usage_figures(job)}
+    return {**figures, **Usage.of_job(job).figures()}
 
 
 def usage_record_job_end(*, job_id) -> None:

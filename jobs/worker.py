@@ -100,11 +100,13 @@ def running_task() -> Iterator[None]:
 
 @contextlib.contextmanager
 def running_job(job_id: uuid.UUID) -> Iterator[None]:
+    # A parent job running a child inline nests these: the parent's are restored after.
+    outer = state.job_id, state.cli_pid
     state.job_id, state.cli_pid = job_id, None
     try:
         yield
     finally:
-        state.job_id, state.cli_pid = None, None
+        state.job_id, state.cli_pid = outer
 
 
 def cli_started(pid: int) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import pycountry
 from django.conf import settings
@@ -13,13 +11,11 @@ from rest_framework import serializers
 
 from claudesvc.fields import StrictCharField
 from jobs.fields import ModelField
+from jobs.filetypes import SNIFF_BYTES, FileSniffer, UnsupportedFileType
 from jobs.models import JobStatus
-from transcription import media
 from transcription.models import Output, Transcription
 
 OUTPUT_NAMES = [o.value for o in Output]
-# ffprobe reads only the header here; this is generous.
-_UPLOAD_PROBE_TIMEOUT = 30
 
 
 def parse_outputs(raw: str) -> list[str]:
@@ -40,16 +36,18 @@ def parse_outputs(raw: str) -> list[str]:
     return list(dict.fromkeys(value))
 
 
-def probe_upload(upload: UploadedFile) -> media.AudioProbe:
-    """Look at the upload's content with ffprobe; its name proves nothing."""
-    if hasattr(upload, "temporary_file_path"):
-        return media.probe_audio(Path(upload.temporary_file_path()), timeout=_UPLOAD_PROBE_TIMEOUT)
-    with tempfile.NamedTemporaryFile(prefix="claudesvc-probe-", dir=settings.FILE_UPLOAD_TEMP_DIR) as tmp:
-        for piece in upload.chunks():
-            tmp.write(piece)
-        tmp.flush()
-        upload.seek(0)
-        return media.probe_audio(Path(tmp.name), timeout=_UPLOAD_PROBE_TIMEOUT)
+def sniff_upload(upload: UploadedFile) -> str:
+    """The upload's type from its first bytes (its name proves nothing): an
+    audio or video container, else ``UnsupportedFileType``. Cheap: ffprobe runs
+    in the job's probe step (``transcription.steps.Probe``), not in the request."""
+    head = upload.read(SNIFF_BYTES)
+    upload.seek(0)
+    sniffer = FileSniffer(name=upload.name or "", declared=getattr(upload, "content_type", "") or "")
+    sniffer.feed(head)
+    found = sniffer.finish()
+    if not found.startswith(("audio/", "video/")):
+        raise UnsupportedFileType(f"its content is {found}, not audio")
+    return found
 
 
 class TranscriptionCreateInput(serializers.Serializer):
@@ -96,14 +94,10 @@ class TranscriptionCreateInput(serializers.Serializer):
         return value
 
     def validate(self, attrs: dict) -> dict:
-        # Last, so a request with another bad field never costs an ffprobe run.
         try:
-            probe = probe_upload(attrs["file"])
-        except media.MediaError as exc:
+            sniff_upload(attrs["file"])
+        except UnsupportedFileType as exc:
             raise serializers.ValidationError({"file": [f"Not a usable audio file: {exc}"]}) from None
-        too_long = media.duration_problem(probe.duration)
-        if too_long:
-            raise serializers.ValidationError({"file": [f"Not accepted: {too_long}."]})
         return attrs
 
 

@@ -1,11 +1,16 @@
 """Summary (``compact``) and key points (``bullets``) of a transcript, written by Claude.
 
-Each is a child Job of kind ``claude``, run inline by the transcription
-worker through ``jobs.runner`` (the only module that drives the CLI): created
-and claimed in one transaction so no queue worker can pick it up in between,
-owned by the same caller, hidden from the caller's job list (source
-``transcription``), and always under the ``read_only`` tool policy, because the
-transcript is untrusted text that could ask for anything.
+Each is a child job (``Job.parent``) of kind ``claude``, created through
+``jobs.services.job_create`` unqueued and run by the transcription's own
+worker through ``jobs.tasks.run_child_job``: claimed like any queued job and
+run through the same path (``run_claimed_job`` → the kind's executor → the
+runner). The parent already holds the worker, so the child needs no second
+one and a one-worker cluster cannot deadlock on a parent waiting for it.
+Cancelling or deleting the parent reaches it (``job_cancel``/``job_delete``
+walk ``Job.children``). It is owned by the same caller, hidden from the
+caller's job list (source ``transcription``), and always under the
+``read_only`` tool policy, because the transcript is untrusted text that
+could ask for anything.
 """
 
 from __future__ import annotations
@@ -15,18 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 
 from claudesvc.auth import Caller
-from jobs import runner
-from jobs.models import Job, JobStatus
-from jobs.queue import job_claim
+from jobs.models import Job, JobSource, JobStatus, ToolPolicy
 from jobs.services import job_create
+from jobs.tasks import run_child_job
 from jobs.workspace import workspace_prepare
 
 logger = logging.getLogger(__name__)
 
-SOURCE = "transcription"
+SOURCE = JobSource.TRANSCRIPTION
 TRANSCRIPT_FILE = "transcript.txt"
 
 SYSTEM_PROMPT = (
@@ -77,31 +80,29 @@ def _prompt(task: str, language: str, transcript: str | None) -> str:
 
 
 def child_job_create(*, parent: Job, task: str, transcript: str, language: str, timeout: int) -> Job:
-    """Create the child job and claim it, in one transaction."""
+    """Create the child job, pending and unqueued (no queue worker is told of it;
+    ``claude_write`` claims and runs it)."""
     prompt = _prompt(task, language, transcript)
     # A transcript too long for a prompt goes into the child's working directory instead.
     in_file = len(prompt) > settings.MAX_PROMPT_CHARS
     if in_file:
         prompt = _prompt(task, language, None)
     caller = Caller(api_key=parent.api_key, user_id=parent.user_id)
-    with transaction.atomic():
-        child = job_create(
-            caller=caller,
-            prompt=prompt,
-            model=parent.model,
-            source=SOURCE,
-            system_prompt=SYSTEM_PROMPT,
-            timeout_seconds=max(min(timeout, settings.JOB_TIMEOUT_SECONDS), 1),
-            enqueue=False,
-            check_limits=False,  # part of the parent job, which passed them
-        )
-        Job.objects.filter(pk=child.pk).update(tool_policy="read_only")
-        claimed = job_claim(job_id=child.pk)
-    if claimed is None:  # cannot happen: nobody saw it pending
-        raise SummaryError(f"the Claude job for the {TASKS[task][0]} could not be started")
+    child = job_create(
+        caller=caller,
+        prompt=prompt,
+        model=parent.model,
+        source=SOURCE,
+        system_prompt=SYSTEM_PROMPT,
+        timeout_seconds=max(min(timeout, settings.JOB_TIMEOUT_SECONDS), 1),
+        parent=parent,
+        tool_policy=ToolPolicy.READ_ONLY,
+        enqueue=False,
+        check_limits=False,  # part of the parent job, which passed them
+    )
     if in_file:
         (workspace_prepare(child.pk).work / TRANSCRIPT_FILE).write_text(transcript, encoding="utf-8")
-    return claimed
+    return child
 
 
 def claude_write(
@@ -118,7 +119,7 @@ def claude_write(
     if on_child:
         on_child(child.pk)
     logger.info("job %s: Claude job %s writes the %s", parent.pk, child.pk, TASKS[task][0])
-    runner.run_job(child.pk)
+    run_child_job(child.pk)
     child.refresh_from_db()
     if child.status != JobStatus.COMPLETED or not child.result.strip():
         reason = child.error_message or f"it ended {child.status} without text"

@@ -10,8 +10,8 @@ from rest_framework import serializers
 from claudesvc.errors import ServiceError
 from claudesvc.fields import StrictCharField, UtcDateTimeField
 from jobs.fields import ModelField
+from jobs.kinds import job_kind_or_none
 from jobs.models import Artifact, Attachment, Job, JobKind, JobStatus
-from transcription.serializers import TranscriptionOutput
 
 # Seed 000 knows four states; the core's others read as "failed" with a reason.
 PUBLIC_STATUS = {
@@ -127,6 +127,33 @@ class UsageOutput(serializers.Serializer):
     cost_usd = serializers.FloatField(allow_null=True)
 
 
+class _KindDetailSchema(dict):
+    """drf-spectacular's annotation of a kind's details field, resolved when the
+    schema is built: the kind registers its serializer in its app's ``ready()``,
+    possibly after this module was imported, and ``jobs`` never imports it."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(field=None)
+        self.kind = kind
+
+    def __getitem__(self, key):
+        if key == "field":
+            spec = job_kind_or_none(self.kind)
+            if spec is not None and spec.detail_serializer is not None:
+                return spec.detail_serializer(allow_null=True)
+            return serializers.DictField(allow_null=True)
+        return super().__getitem__(key)
+
+
+def kind_details(job: Job) -> dict | None:
+    """A job's kind-specific details, rendered by the serializer its kind registered; None if none."""
+    spec = job_kind_or_none(job.kind)
+    if spec is None or spec.detail_serializer is None or spec.detail_of is None:
+        return None
+    row = spec.detail_of(job)
+    return None if row is None else spec.detail_serializer(row).data
+
+
 class JobOutput(serializers.ModelSerializer):
     type = serializers.CharField(source="kind")
     status = serializers.SerializerMethodField()
@@ -190,12 +217,13 @@ class JobOutput(serializers.ModelSerializer):
     def get_stream_url(self, job: Job) -> str:
         return reverse("jobs:stream", args=[job.pk])
 
-    @extend_schema_field(TranscriptionOutput(allow_null=True))
     def get_transcription(self, job: Job) -> dict | None:
         """The transcription's details, for jobs of type transcription."""
-        if job.kind != JobKind.TRANSCRIPTION or not hasattr(job, "transcription"):
+        if job.kind != JobKind.TRANSCRIPTION:
             return None
-        return TranscriptionOutput(job.transcription).data
+        return kind_details(job)
+
+    get_transcription._spectacular_annotation = _KindDetailSchema(JobKind.TRANSCRIPTION)
 
     def get_events_url(self, job: Job) -> str:
         return reverse("jobs:events", args=[job.pk])

@@ -168,7 +168,7 @@ def test_it_refuses_bad_fields_naming_them_and_leaves_nothing_behind(client_for,
 
 
 @pytest.mark.parametrize(
-    "kind", ["missing", "empty", "text", "image", "video without sound", "playlist", "too big"]
+    "kind", ["missing", "empty", "text", "image", "video without sound", "binary junk", "playlist", "too big"]
 )
 def test_it_refuses_a_missing_or_unusable_file(
     client_for, owner_key, audio_dir, tmp_path, voxtral, settings, kind
@@ -183,7 +183,10 @@ def test_it_refuses_a_missing_or_unusable_file(
     elif kind == "image":
         fields["file"] = upload(_image(tmp_path), "photo.m4a")
     elif kind == "video without sound":
-        fields["file"] = upload(_silent_video(tmp_path))
+        fields["file"] = upload(_silent_video(tmp_path))  # Matroska: not an accepted type
+    elif kind == "binary junk":
+        fields["file"] = io.BytesIO(b"\x00\x01\x02\x03" * 4096)
+        fields["file"].name = "speech.mp3"
     elif kind == "playlist":
         # A playlist would make ffmpeg fetch its entries: it must not get that far.
         fields["file"] = upload(_playlist(tmp_path, voxtral.url), "list.mp3")
@@ -199,6 +202,23 @@ def test_it_refuses_a_missing_or_unusable_file(
     assert error["field"] == "file", error
     assert Job.objects.count() == 0 and stored_files() == []
     assert voxtral.gets == []
+
+
+def test_an_mp4_without_sound_is_accepted_the_request_runs_no_ffprobe(
+    client_for, owner_key, tmp_path, monkeypatch
+):
+    # The request checks only cheap things (size, type by its bytes); ffprobe
+    # runs in the job's probe step, which fails the job (tests/transcription/test_pipeline.py).
+    monkeypatch.setattr(
+        "transcription.media.probe_audio", lambda *a, **k: pytest.fail("ffprobe in the request")
+    )
+    video = tmp_path / "video.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=64x64:d=1", "-c:v", "mpeg4", str(video)],
+        check=True,
+    )
+    response = post(client_for(owner_key), file=upload(video))
+    assert response.status_code == 202, response.json()
 
 
 def test_a_json_body_cannot_carry_a_file(client_for, owner_key):

@@ -338,6 +338,38 @@ def test_a_damaged_file_fails_with_a_clear_message(key, voxtral, tmp_path):
     assert not (job_paths(job.pk).root / "transcription").exists()
 
 
+def _silent_video(tmp_path) -> Path:
+    path = tmp_path / "video.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=64x64:d=1", "-c:v", "mpeg4", str(path)],
+        check=True,
+    )
+    return path
+
+
+@pytest.mark.parametrize("kind", ["video without sound", "malformed mp3"])
+def test_a_file_ffprobe_rejects_fails_its_job_with_a_clear_message(key, voxtral, tmp_path, kind):
+    # The request took it (its bytes look like a media container); the probe step refuses it.
+    if kind == "video without sound":
+        path = _silent_video(tmp_path)
+    else:
+        path = tmp_path / "malformed.mp3"
+        path.write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff" * 20 + os.urandom(30_000))
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=key[1])
+    with path.open("rb") as fh:
+        response = client.post("/jobs", {"type": "transcription", "file": fh}, format="multipart")
+    assert response.status_code == 202, response.json()
+    job = run(Job.objects.get(pk=response.json()["data"]["id"]))
+    assert job.status == JobStatus.FAILED
+    assert job.error_message.startswith("The audio file "), job.error_message
+    assert job.events.last().data == {"type": "error", "error": "failed", "message": job.error_message}
+    assert voxtral.requests == []
+    # Nothing left behind: neither the stored upload nor the scratch folder.
+    assert not Transcription.objects.get(pk=job.pk).audio
+    assert not (job_paths(job.pk).root / "transcription").exists()
+
+
 def test_a_file_with_no_audible_audio_fails_with_a_clear_message(key, voxtral, tmp_path):
     # A valid header, then nothing that decodes.
     tone_audio(tmp_path / "good.flac", random_script(31, 20))
