@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import pytest
 
 from apikeys.services import api_key_create
 from claudesvc.auth import Caller
+from claudesvc.errors import ServiceError
 from jobs import tasks
 from jobs.kinds import _KINDS, job_kind, job_kind_register
 from jobs.models import Job, JobStatus
-from jobs.services import job_create, job_delete, job_transition
+from jobs.services import job_cancel, job_create, job_delete, job_transition
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -49,9 +51,22 @@ def test_the_built_in_kinds_are_registered_by_their_apps():
         job_kind("nope")
 
 
-@pytest.mark.parametrize("module", ["tasks.py", "services.py", "worker.py", "kinds.py"])
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
+# The Jobs API view's transcription form, until it creates through the registry
+# (jobs.kinds create_input/create): the one exception, also in pyproject's import contract.
+_NOT_YET = {"jobs_api/views.py"}
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(
+        str(p.relative_to(JOBS))
+        for p in JOBS.rglob("*.py")
+        if "migrations" not in p.parts and str(p.relative_to(JOBS)) not in _NOT_YET
+    ),
+)
 def test_the_job_core_does_not_import_the_transcription_app(module):
-    tree = ast.parse((Path(__file__).resolve().parents[2] / "jobs" / module).read_text())
+    tree = ast.parse((JOBS / module).read_text())
     imported = [
         node.module if isinstance(node, ast.ImportFrom) else alias.name
         for node in ast.walk(tree)
@@ -59,3 +74,103 @@ def test_the_job_core_does_not_import_the_transcription_app(module):
         for alias in node.names
     ]
     assert not [name for name in imported if name and name.startswith("transcription")]
+
+
+# -- a third kind, registered here: no change to jobs/ -------------------------------------
+
+
+class StepsOptions(TypedDict):
+    steps: int
+    note: NotRequired[str]
+
+
+@pytest.fixture
+def steps_kind(monkeypatch):
+    """A kind whose job runs ``steps`` child jobs of its own kind, inline, then completes."""
+    monkeypatch.setattr("jobs.services.job_enqueue", lambda: None)
+    seen = {"ran": [], "cleaned": [], "children": []}
+
+    def execute(job_id):
+        seen["ran"].append(job_id)
+        job = Job.objects.get(pk=job_id)
+        if job.parent_id is None:
+            for n in range(job.options["steps"]):
+                child = job_create(
+                    caller=Caller(api_key=job.api_key),
+                    prompt=f"step {n}",
+                    kind="steps",
+                    options={"steps": 0},
+                    parent=job,
+                    enqueue=False,
+                    check_limits=False,
+                )
+                seen["children"].append(child.pk)
+                assert tasks.run_child_job(child.pk)  # claimed like a queued job, run in this worker
+        job_transition(
+            job_id=job_id, frm=JobStatus.RUNNING, to=JobStatus.COMPLETED, result=f"ran {job.prompt}"
+        )
+
+    job_kind_register("steps", execute=execute, cleanup=seen["cleaned"].append, options=StepsOptions)
+    yield seen
+    _KINDS.pop("steps", None)
+
+
+def test_a_third_kind_with_child_jobs_runs_through_the_queue_on_one_worker(steps_kind):
+    key, _ = api_key_create(name="steps")
+    job = job_create(caller=Caller(api_key=key), prompt="parent", kind="steps", options={"steps": 2})
+    # One worker, one wake-up: the parent runs its children inline, nothing waits for a second worker.
+    assert tasks.run_pending_jobs() == 1
+    job.refresh_from_db()
+    assert job.status == JobStatus.COMPLETED
+    children = list(job.children.order_by("created_at"))
+    assert [c.pk for c in children] == steps_kind["children"]
+    assert all(c.status == JobStatus.COMPLETED and c.parent_id == job.pk for c in children)
+    assert steps_kind["ran"] == [job.pk, *steps_kind["children"]]
+    # Deleting the parent deletes its children through the same path (their cleanup runs).
+    job_delete(job=job)
+    assert set(steps_kind["cleaned"]) == {job.pk, *steps_kind["children"]}
+    assert not Job.objects.filter(pk__in=[job.pk, *steps_kind["children"]]).exists()
+
+
+def test_the_queue_never_claims_a_child_job_and_cancelling_the_parent_cancels_it(steps_kind):
+    key, _ = api_key_create(name="steps")
+    parent = job_create(caller=Caller(api_key=key), prompt="parent", kind="steps", options={"steps": 0})
+    Job.objects.filter(pk=parent.pk).update(status=JobStatus.RUNNING)
+    child = job_create(
+        caller=Caller(api_key=key),
+        prompt="c",
+        kind="steps",
+        options={"steps": 0},
+        parent=parent,
+        enqueue=False,
+    )
+    assert tasks.run_pending_jobs() == 0  # only its parent's worker runs it
+    parent.refresh_from_db()
+    job_cancel(job=parent)
+    child.refresh_from_db()
+    assert child.status == JobStatus.CANCELLED and child.error_message == "Cancelled by the caller"
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"steps": 1, "colour": "red"}, "unknown job option(s) for this kind: colour"),
+        ({"steps": "two"}, "job option 'steps' has the wrong type"),
+        ({"steps": True}, "job option 'steps' has the wrong type"),
+    ],
+)
+def test_a_kinds_options_are_checked_where_the_job_is_created(steps_kind, options, words):
+    key, _ = api_key_create(name="steps")
+    with pytest.raises(ServiceError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        job_create(caller=Caller(api_key=key), prompt="p", kind="steps", options=options)
+    assert not Job.objects.exists()
+
+
+def test_claude_options_refuse_unknown_keys_and_keep_the_stored_shape():
+    key, _ = api_key_create(name="claude-options")
+    with pytest.raises(ServiceError, match="unknown job option"):
+        job_create(caller=Caller(api_key=key), prompt="p", options={"partial_message": True}, enqueue=False)
+    options = {"partial_messages": True, "max_tokens": 100, "cwd": "/tmp", "timeout_ms": 1500}
+    job = job_create(caller=Caller(api_key=key), prompt="p", options=options, enqueue=False)
+    job.refresh_from_db()
+    assert job.options == options
