@@ -42,7 +42,9 @@ def job_release_broken_off(*, job_id: uuid.UUID, error: BaseException, cli_start
 
     started = cli_started or Job.objects.filter(pk=job_id, cli_pid__isnull=False).exists()
     database_away = isinstance(error, (OperationalError, InterfaceError))
-    if database_away and not started and not JobEvent.objects.filter(job_id=job_id).exists():
+    # A child job is never requeued: the queue does not run it, its parent does (tasks.run_child_job).
+    child = Job.objects.filter(pk=job_id, parent__isnull=False).exists()
+    if database_away and not started and not child and not JobEvent.objects.filter(job_id=job_id).exists():
         if not job_requeue(job_id=job_id, reason=f"its run broke off before the CLI started: {error}"):
             return None
         workspace_remove(job_id)
@@ -135,6 +137,7 @@ def job_reap_stale() -> int:
             logger.warning("job %s reaped: %s", job["pk"], message)
             _kill_orphaned_cli(job)
             _emit_reaped(job["pk"], message)
+            _children_abandon(job["pk"])
     if reaped:
         # Turns that waited for a lost job's session can start now.
         services.job_enqueue()
@@ -142,12 +145,24 @@ def job_reap_stale() -> int:
     return reaped
 
 
-def _emit_reaped(job_id: uuid.UUID, message: str) -> None:
+def _children_abandon(parent_id: uuid.UUID) -> None:
+    """A reaped job's children not started yet never will be (only their parent runs them)."""
+    message = "Its parent job was abandoned before it could start."
+    for child_id in Job.objects.filter(parent_id=parent_id, status=JobStatus.PENDING).values_list(
+        "pk", flat=True
+    ):
+        if job_transition(
+            job_id=child_id, frm=JobStatus.PENDING, to=JobStatus.CANCELLED, error_message=message
+        ):
+            _emit_reaped(child_id, message, error=JobStatus.CANCELLED)
+
+
+def _emit_reaped(job_id: uuid.UUID, message: str, *, error: str = JobStatus.FAILED) -> None:
     """The error event a reader waits for (the job's worker can no longer write it)."""
     try:
         last = JobEvent.objects.filter(job_id=job_id).order_by("-seq").values_list("seq", flat=True).first()
         JobProgress(job_id, start_seq=0 if last is None else last + 1).emit(
-            "error", dict(error_event(JobStatus.FAILED, message))
+            "error", dict(error_event(error, message))
         )
     except Exception:  # a reader still sees the final status
         logger.warning("job %s: could not record why it was reaped", job_id, exc_info=True)

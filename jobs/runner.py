@@ -302,8 +302,9 @@ class JobRun:
                 "error_message": CANCELLED_MESSAGE,
             }
         if self.stop_reason == StopReason.SHUTDOWN and res is None:
-            if not self.model_answered:
+            if not self.model_answered and self.job.parent_id is None:
                 # Nothing of it was seen: it runs again from the start on the next worker.
+                # (Not a child job: only its parent runs it, and the parent stops too.)
                 return {**fields, "status": JobStatus.PENDING}
             return {
                 **fields,

@@ -22,7 +22,7 @@ the 400 MB binary and file mappings), CPU seconds and open files. The
 runner bounds the whole process tree as well: its resident memory, its CPU
 time and the number of its processes (``RLIMIT_NPROC`` counts every process of
 a user, and none of root's, so it cannot bound one CLI). A job past a limit
-ends ``failed`` with a message naming it (``jobs.runner.limit_message``).
+ends ``failed`` with a message naming it (``jobs.measure.limit_message``).
 
 ``sandbox_in_force()`` says which sandbox runs ("bwrap" or "none"), for the
 health views. The choice is made once per process: ``CLAUDE_SANDBOX`` unset

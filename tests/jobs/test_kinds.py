@@ -174,3 +174,30 @@ def test_claude_options_refuse_unknown_keys_and_keep_the_stored_shape():
     job = job_create(caller=Caller(api_key=key), prompt="p", options=options, enqueue=False)
     job.refresh_from_db()
     assert job.options == options
+
+
+def test_a_reaped_parent_takes_its_unstarted_children_with_it(steps_kind):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.reaper import job_reap_stale
+
+    key, _ = api_key_create(name="steps")
+    parent = job_create(caller=Caller(api_key=key), prompt="parent", kind="steps", options={"steps": 0})
+    long_ago = timezone.now() - timedelta(hours=1)
+    Job.objects.filter(pk=parent.pk).update(
+        status=JobStatus.RUNNING, worker="elsewhere:1", started_at=long_ago, heartbeat_at=long_ago
+    )
+    child = job_create(
+        caller=Caller(api_key=key),
+        prompt="c",
+        kind="steps",
+        options={"steps": 0},
+        parent=parent,
+        enqueue=False,
+    )
+    assert job_reap_stale() == 1
+    child.refresh_from_db()
+    assert child.status == JobStatus.CANCELLED
+    assert child.events.last().data["error"] == "cancelled"
