@@ -20,7 +20,6 @@ from rest_framework.response import Response
 
 from claudesvc.auth import jwt_issue, owner_label
 from claudesvc.errors import NotFound, ServiceError
-from claudesvc.fields import iso_utc
 from claudesvc.login_throttle import client_address, login_failed, login_succeeded, login_throttle_check
 from claudesvc.negotiation import AnyAcceptNegotiation
 from jobs.compat_api import anthropic_format, catalog, openai_format, structured
@@ -264,17 +263,6 @@ class ModelDetailView(OpenAIView):
 # -- sessions -------------------------------------------------------------------------------
 
 
-def _session_output(session: ClaudeSession, busy: set) -> dict:
-    return {
-        "sessionId": session.external_id,
-        "userId": owner_label(api_key=session.api_key, user=session.user),
-        "model": session.model,
-        "createdAt": iso_utc(session.created_at),
-        "lastActivity": iso_utc(session.last_activity),
-        "status": "busy" if session.pk in busy else "active",
-    }
-
-
 class SessionListView(OpenAIView):
     @extend_schema(
         operation_id="sessions_list",
@@ -284,7 +272,7 @@ class SessionListView(OpenAIView):
     def get(self, request):
         sessions = list(session_list(caller=request.user).select_related("api_key", "user"))
         busy = session_busy_ids(sessions)
-        return Response({"sessions": [_session_output(x, busy) for x in sessions]})
+        return Response(s.SessionListOutput({"sessions": sessions}, context={"busy": busy}).data)
 
     @extend_schema(
         operation_id="sessions_create",
@@ -302,7 +290,7 @@ class SessionListView(OpenAIView):
             caller=request.user, external_id=external_id, model=data.validated_data["model"]
         )
         session = ClaudeSession.objects.select_related("api_key", "user").get(pk=session.pk)
-        return Response(_session_output(session, set()), status=201)
+        return Response(s.SessionOutput(session).data, status=201)
 
 
 class SessionDetailView(OpenAIView):
@@ -313,7 +301,7 @@ class SessionDetailView(OpenAIView):
     )
     def get(self, request, session_id):
         session = session_get(caller=request.user, external_id=session_id)
-        return Response(_session_output(session, session_busy_ids([session])))
+        return Response(s.SessionOutput(session, context={"busy": session_busy_ids([session])}).data)
 
     @extend_schema(
         operation_id="sessions_delete",
@@ -322,7 +310,7 @@ class SessionDetailView(OpenAIView):
     )
     def delete(self, request, session_id):
         session_delete(session=session_get(caller=request.user, external_id=session_id))
-        return Response({"sessionId": session_id, "deleted": True})
+        return Response(s.SessionDeletedOutput({"sessionId": session_id, "deleted": True}).data)
 
 
 # -- login ----------------------------------------------------------------------------------
@@ -351,7 +339,8 @@ class LoginView(OpenAIView):
             raise ServiceError("Invalid username or password", status=401, code="invalid_credentials")
         login_succeeded(username=username, address=address)
         name = user.get_full_name() or user.get_username()
-        return Response({"token": jwt_issue(user), "user": {"id": user.get_username(), "name": name}})
+        login = {"token": jwt_issue(user), "user": {"id": owner_label(api_key=None, user=user), "name": name}}
+        return Response(s.LoginOutput(login).data)
 
 
 # -- Anthropic ------------------------------------------------------------------------------

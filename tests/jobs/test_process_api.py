@@ -526,15 +526,9 @@ def ended_job(key, status, duration_ms, *, ago=timedelta(minutes=1), **fields) -
     return job
 
 
-def make_staff(key) -> None:
-    from django.contrib.auth import get_user_model
-
-    key.row.owner = get_user_model().objects.create_user("operator", password="x" * 12, is_staff=True)
-    key.row.save(update_fields=["owner"])
-
-
-def test_metrics_count_outcomes_and_give_real_percentiles(client_for, owner_key, other_key):
-    make_staff(owner_key)  # service-wide totals are for staff
+def test_metrics_count_outcomes_and_give_real_percentiles(client_for, owner_key, other_key, staff_user):
+    owner_key.row.owner = staff_user.row  # service-wide totals are for staff
+    owner_key.row.save(update_fields=["owner"])
     durations = list(range(100, 2100, 100))  # 20 values, 100 … 2000
     statuses = [JobStatus.COMPLETED] * 16 + [JobStatus.FAILED] * 2 + [JobStatus.TIMEOUT, JobStatus.CANCELLED]
     for status, duration in zip(statuses, durations, strict=True):
