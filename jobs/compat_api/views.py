@@ -408,6 +408,6 @@ class CountTokensView(AnthropicView):
             "tools": v.get("tools") or None,
         }
         counted = count_tokens(body)
-        response = Response({"input_tokens": counted.input_tokens})
+        response = Response(s.CountTokensOutput(counted).data)
         response["X-Token-Count-Source"] = counted.source
         return response

@@ -211,7 +211,8 @@ class JobStreamView(JobsAPIView):
         status = s.PUBLIC_STATUS[job.status]
         events = job_events(job_id=job.pk, offset=offset, limit=query.validated_data["limit"])
         next_offset = events[-1].seq + 1 if events else offset
-        return ok({"status": status, "events": [e.data for e in events], "next_offset": next_offset})
+        page = {"status": status, "events": [e.data for e in events], "next_offset": next_offset}
+        return ok(s.StreamOutput(page).data)
 
 
 def _sse(event: JobEvent) -> str:
