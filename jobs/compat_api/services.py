@@ -18,6 +18,12 @@ from jobs.models import Job
 from jobs.services import job_create
 from jobs.sessions import session_for_call, session_resume_id
 
+RCA_SYSTEM_PROMPT = (
+    "You are an experienced site reliability engineer doing a root cause analysis. "
+    "From the incident details, give: the most likely root cause and the evidence for it, "
+    "how to fix it now, and how to prevent it. Say what information would confirm or rule out your analysis."
+)
+
 
 @transaction.atomic
 def compat_turn_create(
@@ -58,15 +64,14 @@ def compat_turn_create(
     )
 
 
-def compat_rca_create(
-    *, caller: Caller, prompt: str, model: str, max_tokens: int | None, system_prompt: str
-) -> Job:
-    """A root cause analysis: one job, no session."""
+@transaction.atomic
+def compat_rca_create(*, caller: Caller, prompt: str, model: str, max_tokens: int | None) -> Job:
+    """A root cause analysis of an incident description: one job, no session."""
     return job_create(
         caller=caller,
         prompt=prompt,
         model=model,
         source="compat",
-        system_prompt=system_prompt,
+        system_prompt=RCA_SYSTEM_PROMPT,
         options={"partial_messages": True, "max_tokens": max_tokens_for(model, max_tokens).value},
     )

@@ -42,12 +42,6 @@ from jobs.sessions import (
 )
 from jobs.sse import sse_response
 
-RCA_SYSTEM_PROMPT = (
-    "You are an experienced site reliability engineer doing a root cause analysis. "
-    "From the incident details, give: the most likely root cause and the evidence for it, "
-    "how to fix it now, and how to prevent it. Say what information would confirm or rule out your analysis."
-)
-
 OPENAI_ERRORS = {
     400: OpenApiResponse(s.OpenAIError, description="Invalid parameters"),
     401: OpenApiResponse(s.OpenAIError, description="API key or token missing or invalid"),
@@ -198,7 +192,6 @@ class RcaView(OpenAIView):
             prompt=v["prompt"],
             model=v["model"],
             max_tokens=v.get("max_tokens"),
-            system_prompt=RCA_SYSTEM_PROMPT,
         )
         finish = _answer(job, AnswerTracker())
         return _job_headers(Response(openai_format.rca(_reply("chatcmpl-rca", job), finish)), job)

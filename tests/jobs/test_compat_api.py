@@ -10,6 +10,7 @@ import jwt
 import pytest
 
 from claudesvc.auth import jwt_issue
+from claudesvc.errors import ServiceError
 from jobs.models import ClaudeSession, Job, JobStatus
 from jobs.services import job_create
 from jobs.sessions import session_for_call
@@ -359,6 +360,27 @@ def test_a_jwt_users_sessions_name_them_as_the_login_does(client, jwt_user):
         "/v1/sessions", {"model": "haiku"}, content_type="application/json", **jwt_user.headers
     )
     assert created.status_code == 201 and created.json()["userId"] == "demo"  # seed 001's "userId": "demo"
+
+
+def test_a_turn_that_cannot_start_leaves_no_session_behind(owner_key, monkeypatch):
+    from claudesvc.auth import Caller
+    from jobs.compat_api import services
+    from jobs.compat_api.conversation import openai_conversation
+
+    def refuse(**kwargs):
+        raise ServiceError("Too many active jobs", status=429, code="active_jobs_limit")
+
+    monkeypatch.setattr(services, "job_create", refuse)
+    with pytest.raises(ServiceError):
+        services.compat_turn_create(
+            caller=Caller(api_key=owner_key.row),
+            conversation=openai_conversation(OK_MESSAGES),
+            model="haiku",
+            max_tokens=None,
+            session_key="new-session",
+            extra={},
+        )
+    assert_nothing_left()
 
 
 def test_a_session_without_a_name_gets_one(client_for, owner_key):
