@@ -638,7 +638,7 @@ def test_the_seeds_examples_work_as_written(service, owner_key):
 
 
 def test_seed_retry_example_backs_off_on_rate_limit_reset(service, owner_key):
-    """Seed 001's Python retry loop (requests swapped for httpx) against a owner_key
+    """Seed 001's Python retry loop (requests swapped for httpx) against a key
     allowed one call per 6 seconds: of three calls (a second or two each), at
     least two fall in one window, so at least one is refused and retried."""
     from apikeys.models import RateLimitOverride
