@@ -39,10 +39,16 @@ class Caller:
 
     @property
     def label(self) -> str:
-        """A non-secret name for logs and the ``userId`` fields of the seeds."""
+        """A non-secret, never-changing name for logs and rate-limit buckets (no
+        query: a user by id). What callers are shown is ``public_id``."""
         if self.api_key:
             return f"key:{self.api_key.prefix}"
         return f"user:{self.user_id}"
+
+    def public_id(self) -> str:
+        """This caller's ``userId`` (see ``owner_label``); reads the user's name."""
+        user = None if self.api_key else get_user_model().objects.filter(pk=self.user_id).first()
+        return owner_label(api_key=self.api_key, user=user)
 
     def owns(self) -> Q:
         """Filter for rows owned by this caller (rows carry ``api_key`` and ``user``)."""
@@ -52,6 +58,21 @@ class Caller:
 
     def owner_fields(self) -> dict:
         return {"api_key": self.api_key, "user_id": None if self.api_key else self.user_id}
+
+
+def owner_label(*, api_key: ApiKey | None, user) -> str:
+    """The ``userId`` the seeds show for whoever owns a job, a session or a
+    connection; the one definition every API family uses.
+
+    A Django user is named as ``POST /auth/login`` names them (``user.id``:
+    the username, seed 001's ``"userId": "demo"``); seed 002's ``"user-id"``
+    is that same id, as its routes take the same JWT. An API key has no user:
+    it is ``key:<prefix>`` (the prefix is not secret), which no username the
+    admin accepts can imitate (Django's usernames have no colon).
+    """
+    if api_key is not None:
+        return f"key:{api_key.prefix}"
+    return user.get_username() if user is not None else ""
 
 
 def credentials_from_headers(headers) -> str | None:

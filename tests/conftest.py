@@ -1,5 +1,7 @@
-"""Shared fixtures: a fake Anthropic upstream for the real CLI, API keys for an
-owner and an outsider, and per-test folders for job files."""
+"""Shared fixtures: a fake Anthropic upstream for the real CLI, the callers every
+permission test needs (an owner key, an outsider's key, a JWT user, a staff user
+and an admin client signed in as them; as healthchecks' ``hc/test.py``), and
+per-test folders for job files."""
 
 from __future__ import annotations
 
@@ -7,12 +9,15 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from apikeys.models import ApiKey
 from apikeys.services import api_key_create
+from claudesvc.auth import jwt_issue
 from tests.fakes.anthropic_upstream import CLI_ENV, FakeAnthropic
 from tests.fakes.voxtral import FakeVoxtral
 
@@ -125,6 +130,44 @@ def owner_key(db) -> Key:
 @pytest.fixture
 def other_key(db) -> Key:
     return Key(*api_key_create(name="outsider"))
+
+
+@dataclass
+class User:
+    """A Django user who calls with a JWT from ``POST /auth/login``."""
+
+    row: Any
+    password: str
+
+    @property
+    def token(self) -> str:
+        return jwt_issue(self.row)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"HTTP_AUTHORIZATION": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def jwt_user(db) -> User:
+    """Seed 001's demo user: ``demo`` / ``demo-pass-123``, named Demo User."""
+    password = "demo-pass-123"
+    row = get_user_model().objects.create_user("demo", password=password, first_name="Demo", last_name="User")
+    return User(row, password)
+
+
+@pytest.fixture
+def staff_user(db) -> User:
+    """A superuser: the admin, and service-wide figures (a staff user's JWT or keys)."""
+    password = "pw-123456"
+    return User(get_user_model().objects.create_superuser("admin", "admin@example.com", password), password)
+
+
+@pytest.fixture
+def admin_client(client, staff_user):
+    """Django's test client, signed in as the staff user."""
+    client.force_login(staff_user.row)
+    return client
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ response ends. A failure after the 200 is an ``event: error`` frame.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +24,8 @@ from jobs.compat_api.answers import (
     Usage,
 )
 from jobs.compat_api.errors import anthropic_error_body, failure_error
-from jobs.compat_api.openai_format import KEEPALIVE, Reply
+from jobs.compat_api.openai_format import Reply
+from jobs.sse import KEEPALIVE, compact_json, frame
 from jobs.streaming import Idle
 
 
@@ -43,7 +43,7 @@ def message(reply: Reply, finish: Finish) -> dict[str, Any]:
 
 
 def _event(name: str, body: dict[str, Any]) -> str:
-    return f"event: {name}\ndata: {json.dumps(body, separators=(',', ':'))}\n\n"
+    return frame(compact_json(body), event=name)
 
 
 async def events(pieces: AsyncIterator[Piece | Idle], reply: Reply) -> AsyncIterator[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +16,11 @@ from jobs.compat_api.answers import (
     TextDelta,
 )
 from jobs.compat_api.errors import ClaudeExecutionError, failure_error, openai_error_body
+from jobs.sse import KEEPALIVE, compact_json, frame
 from jobs.streaming import Idle
 
-KEEPALIVE = ": keep-alive\n\n"
+# The end of an OpenAI stream: not JSON, the SDK stops reading at it.
+DONE = frame("[DONE]")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def rca(reply: Reply, finish: Finish) -> dict[str, Any]:
 
 
 def _frame(body: dict[str, Any]) -> str:
-    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+    return frame(compact_json(body))
 
 
 async def chunks(
@@ -116,10 +117,10 @@ async def chunks(
                         "usage": piece.usage.openai(),
                     }
                 )
-            yield "data: [DONE]\n\n"
+            yield DONE
         elif isinstance(piece, Failure):
             error = failure_error(piece)
             yield _frame(
                 openai_error_body(classify(error), execution=isinstance(error, ClaudeExecutionError))
             )
-            yield "data: [DONE]\n\n"
+            yield DONE

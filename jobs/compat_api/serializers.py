@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from claudesvc.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from claudesvc.auth import owner_label
+from claudesvc.fields import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    UtcDateTimeField,
+)
 from jobs.fields import ModelField
 
 # Claude Code has its own tools; a caller's function definitions cannot be honoured.
@@ -297,13 +305,21 @@ class SessionCreateInput(serializers.Serializer):
     model = ModelField()
 
 
+# Renders a ClaudeSession; context["busy"] holds the ids of sessions with a turn waiting or running.
 class SessionOutput(serializers.Serializer):
-    sessionId = serializers.CharField()  # noqa: N815
-    userId = serializers.CharField()  # noqa: N815
+    sessionId = serializers.CharField(source="external_id")  # noqa: N815
+    userId = serializers.SerializerMethodField()  # noqa: N815
     model = serializers.CharField()
-    createdAt = serializers.CharField()  # noqa: N815
-    lastActivity = serializers.CharField()  # noqa: N815
-    status = serializers.ChoiceField(choices=["active", "busy"])
+    createdAt = UtcDateTimeField(source="created_at")  # noqa: N815
+    lastActivity = UtcDateTimeField(source="last_activity")  # noqa: N815
+    status = serializers.SerializerMethodField()
+
+    def get_userId(self, session) -> str:  # noqa: N802
+        return owner_label(api_key=session.api_key, user=session.user)
+
+    @extend_schema_field(serializers.ChoiceField(choices=["active", "busy"]))
+    def get_status(self, session) -> str:
+        return "busy" if session.pk in self.context.get("busy", ()) else "active"
 
 
 class SessionListOutput(serializers.Serializer):

@@ -12,44 +12,35 @@ import time
 
 from asgiref.sync import async_to_sync
 from django.contrib.auth import authenticate
-from django.db import transaction
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
-from claudesvc.auth import jwt_issue
+from claudesvc.auth import jwt_issue, owner_label
 from claudesvc.errors import NotFound, ServiceError
-from claudesvc.fields import iso_utc
 from claudesvc.login_throttle import client_address, login_failed, login_succeeded, login_throttle_check
 from claudesvc.negotiation import AnyAcceptNegotiation
 from jobs.compat_api import anthropic_format, catalog, openai_format, structured
 from jobs.compat_api import serializers as s
 from jobs.compat_api.answers import AnswerTracker, Failure, answer_of, answer_pieces
-from jobs.compat_api.catalog import max_tokens_for
-from jobs.compat_api.conversation import Conversation, anthropic_conversation, openai_conversation
+from jobs.compat_api.conversation import anthropic_conversation, openai_conversation
 from jobs.compat_api.errors import AnthropicView, OpenAIView, failure_error
 from jobs.compat_api.openai_format import Reply
+from jobs.compat_api.services import compat_rca_create, compat_turn_create
 from jobs.compat_api.token_count import count_tokens
 from jobs.models import ClaudeSession, Job
-from jobs.services import job_create, resolve_model
+from jobs.services import resolve_model
 from jobs.sessions import (
     session_busy_ids,
     session_check_id,
     session_create,
     session_delete,
-    session_for_call,
     session_get,
     session_list,
-    session_resume_id,
 )
-
-RCA_SYSTEM_PROMPT = (
-    "You are an experienced site reliability engineer doing a root cause analysis. "
-    "From the incident details, give: the most likely root cause and the evidence for it, "
-    "how to fix it now, and how to prevent it. Say what information would confirm or rule out your analysis."
-)
+from jobs.sse import sse_response
 
 OPENAI_ERRORS = {
     400: OpenApiResponse(s.OpenAIError, description="Invalid parameters"),
@@ -111,41 +102,6 @@ def _session_key(request, metadata: dict | None = None) -> str | None:
     return None
 
 
-def _start(
-    request,
-    *,
-    conversation: Conversation,
-    model: str,
-    max_tokens: int | None,
-    session_key: str | None,
-    extra: dict,
-) -> Job:
-    """One compat turn as a job of the caller's session (made if new)."""
-    with transaction.atomic():
-        session = session_for_call(caller=request.user, external_id=session_key, model=model)
-        # A session that already has a Claude Code conversation resumes it: only the new turn goes.
-        resuming = bool(session_resume_id(session.pk))
-        options = {
-            "partial_messages": True,
-            "max_tokens": max_tokens_for(model, max_tokens).value,
-            "cwd": session.cwd,
-            "inline_files": [f.as_option() for f in conversation.files(with_history=not resuming)],
-            **extra,
-        }
-        if not resuming and conversation.history:
-            # Should an earlier turn of this session finish first, the worker resumes it instead.
-            options["resume_prompt"] = conversation.turn_prompt()
-        return job_create(
-            caller=request.user,
-            prompt=conversation.turn_prompt() if resuming else conversation.full_prompt(),
-            model=model,
-            source="compat",
-            system_prompt=conversation.system,
-            options=options,
-            session=session,
-        )
-
-
 def _reply(prefix: str, job: Job) -> Reply:
     created = time.time()
     key = job.session.external_id if job.session else job.pk.hex
@@ -167,13 +123,6 @@ def _job_headers(response, job: Job):
         response["X-Max-Tokens"] = str(job.options["max_tokens"])
     if job.session:
         response["X-Session-ID"] = job.session.external_id
-    return response
-
-
-def _sse(stream) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(stream, content_type="text/event-stream; charset=utf-8")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
     return response
 
 
@@ -205,8 +154,8 @@ class ChatCompletionsView(OpenAIView):
         schema = structured.openai_schema(v.get("response_format"))
         conversation = openai_conversation([dict(m) for m in v["messages"]], input_format=v["input_format"])
         extra = {"end_user": v["user"]} if v.get("user") else {}
-        job = _start(
-            request,
+        job = compat_turn_create(
+            caller=request.user,
             conversation=conversation,
             model=v["model"],
             max_tokens=v.get("max_completion_tokens") or v.get("max_tokens"),
@@ -218,7 +167,7 @@ class ChatCompletionsView(OpenAIView):
         if v["stream"] or v["output_format"] == "stream-json":
             include_usage = bool((v.get("stream_options") or {}).get("include_usage"))
             stream = openai_format.chunks(answer_pieces(job.pk, tracker), reply, include_usage=include_usage)
-            return _job_headers(_sse(stream), job)
+            return _job_headers(sse_response(stream, charset="utf-8"), job)
         finish = _answer(job, tracker)
         if v["output_format"] == "text":
             return _job_headers(HttpResponse(finish.text, content_type="text/plain; charset=utf-8"), job)
@@ -238,16 +187,11 @@ class RcaView(OpenAIView):
         data = s.RcaInput(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        job = job_create(
+        job = compat_rca_create(
             caller=request.user,
             prompt=v["prompt"],
             model=v["model"],
-            source="compat",
-            system_prompt=RCA_SYSTEM_PROMPT,
-            options={
-                "partial_messages": True,
-                "max_tokens": max_tokens_for(v["model"], v.get("max_tokens")).value,
-            },
+            max_tokens=v.get("max_tokens"),
         )
         finish = _answer(job, AnswerTracker())
         return _job_headers(Response(openai_format.rca(_reply("chatcmpl-rca", job), finish)), job)
@@ -312,21 +256,6 @@ class ModelDetailView(OpenAIView):
 # -- sessions -------------------------------------------------------------------------------
 
 
-def _session_output(session: ClaudeSession, busy: set) -> dict:
-    if session.api_key_id:
-        user = f"key:{session.api_key.prefix}"
-    else:
-        user = session.user.get_username() if session.user else ""
-    return {
-        "sessionId": session.external_id,
-        "userId": user,
-        "model": session.model,
-        "createdAt": iso_utc(session.created_at),
-        "lastActivity": iso_utc(session.last_activity),
-        "status": "busy" if session.pk in busy else "active",
-    }
-
-
 class SessionListView(OpenAIView):
     @extend_schema(
         operation_id="sessions_list",
@@ -336,7 +265,7 @@ class SessionListView(OpenAIView):
     def get(self, request):
         sessions = list(session_list(caller=request.user).select_related("api_key", "user"))
         busy = session_busy_ids(sessions)
-        return Response({"sessions": [_session_output(x, busy) for x in sessions]})
+        return Response(s.SessionListOutput({"sessions": sessions}, context={"busy": busy}).data)
 
     @extend_schema(
         operation_id="sessions_create",
@@ -354,7 +283,7 @@ class SessionListView(OpenAIView):
             caller=request.user, external_id=external_id, model=data.validated_data["model"]
         )
         session = ClaudeSession.objects.select_related("api_key", "user").get(pk=session.pk)
-        return Response(_session_output(session, set()), status=201)
+        return Response(s.SessionOutput(session).data, status=201)
 
 
 class SessionDetailView(OpenAIView):
@@ -365,7 +294,7 @@ class SessionDetailView(OpenAIView):
     )
     def get(self, request, session_id):
         session = session_get(caller=request.user, external_id=session_id)
-        return Response(_session_output(session, session_busy_ids([session])))
+        return Response(s.SessionOutput(session, context={"busy": session_busy_ids([session])}).data)
 
     @extend_schema(
         operation_id="sessions_delete",
@@ -374,7 +303,7 @@ class SessionDetailView(OpenAIView):
     )
     def delete(self, request, session_id):
         session_delete(session=session_get(caller=request.user, external_id=session_id))
-        return Response({"sessionId": session_id, "deleted": True})
+        return Response(s.SessionDeletedOutput({"sessionId": session_id, "deleted": True}).data)
 
 
 # -- login ----------------------------------------------------------------------------------
@@ -403,7 +332,8 @@ class LoginView(OpenAIView):
             raise ServiceError("Invalid username or password", status=401, code="invalid_credentials")
         login_succeeded(username=username, address=address)
         name = user.get_full_name() or user.get_username()
-        return Response({"token": jwt_issue(user), "user": {"id": user.get_username(), "name": name}})
+        login = {"token": jwt_issue(user), "user": {"id": owner_label(api_key=None, user=user), "name": name}}
+        return Response(s.LoginOutput(login).data)
 
 
 # -- Anthropic ------------------------------------------------------------------------------
@@ -428,8 +358,8 @@ class MessagesView(AnthropicView):
         schema = structured.anthropic_schema(v.get("output_config"), v.get("output_format"))
         conversation = anthropic_conversation([dict(m) for m in v["messages"]], v.get("system"))
         metadata = v.get("metadata") or {}
-        job = _start(
-            request,
+        job = compat_turn_create(
+            caller=request.user,
             conversation=conversation,
             model=v["model"],
             max_tokens=v.get("max_tokens"),
@@ -439,7 +369,10 @@ class MessagesView(AnthropicView):
         tracker = AnswerTracker(stop_sequences=v.get("stop_sequences") or [], schema=schema)
         reply = _reply("msg", job)
         if v["stream"]:
-            return _job_headers(_sse(anthropic_format.events(answer_pieces(job.pk, tracker), reply)), job)
+            return _job_headers(
+                sse_response(anthropic_format.events(answer_pieces(job.pk, tracker), reply), charset="utf-8"),
+                job,
+            )
         finish = _answer(job, tracker)
         return _job_headers(Response(anthropic_format.message(reply, finish)), job)
 
@@ -468,6 +401,6 @@ class CountTokensView(AnthropicView):
             "tools": v.get("tools") or None,
         }
         counted = count_tokens(body)
-        response = Response({"input_tokens": counted.input_tokens})
+        response = Response(s.CountTokensOutput(counted).data)
         response["X-Token-Count-Source"] = counted.source
         return response

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from claudesvc.envelopes import envelope_schema
 from claudesvc.exceptions import classify, unexpected
 
 
@@ -19,6 +21,31 @@ def jobs_exception_handler(exc, context) -> Response:
     if problem.field:
         error["field"] = problem.field
     return Response({"success": False, "error": error}, status=problem.status, headers=problem.headers)
+
+
+# -- the same shapes for the schema ----------------------------------------------------
+
+
+class ErrorBody(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    field = serializers.CharField(required=False)
+
+
+class ErrorEnvelope(serializers.Serializer):
+    success = serializers.BooleanField(default=False)
+    error = ErrorBody()
+
+
+def envelope(name: str, data_serializer, *, many: bool = False) -> type[serializers.Serializer]:
+    """The schema of ``ok(data)``: ``data_serializer`` is a class (``many`` for a list) or an instance."""
+    data = data_serializer(many=many) if isinstance(data_serializer, type) else data_serializer
+    return envelope_schema(name, data)
+
+
+class DeletedEnvelope(serializers.Serializer):
+    success = serializers.BooleanField(default=True)
+    message = serializers.CharField()
 
 
 class JobsAPIView(APIView):

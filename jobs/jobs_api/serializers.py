@@ -266,37 +266,3 @@ class EventsQuery(serializers.Serializer):
         help_text="Resume after this event (for EventSource, which cannot set the Last-Event-ID header)",
     )
     offset = serializers.IntegerField(required=False, min_value=0, help_text="First event to send")
-
-
-# Envelopes, for the schema.
-class ErrorBody(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    field = serializers.CharField(required=False)
-
-
-class ErrorEnvelope(serializers.Serializer):
-    success = serializers.BooleanField(default=False)
-    error = ErrorBody()
-
-
-def envelope(name: str, data_serializer, *, many: bool = False) -> type[serializers.Serializer]:
-    return type(
-        name,
-        (serializers.Serializer,),
-        {
-            "success": serializers.BooleanField(default=True),
-            "data": data_serializer(many=many) if isinstance(data_serializer, type) else data_serializer,
-        },
-    )
-
-
-JobCreatedEnvelope = envelope("JobCreatedEnvelope", JobCreatedOutput)
-JobEnvelope = envelope("JobEnvelope", JobOutput)
-JobListEnvelope = envelope("JobListEnvelope", JobOutput, many=True)
-StreamEnvelope = envelope("StreamEnvelope", StreamOutput)
-
-
-class DeletedEnvelope(serializers.Serializer):
-    success = serializers.BooleanField(default=True)
-    message = serializers.CharField()

@@ -9,8 +9,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 
 from claudesvc.errors import ServiceError
-from jobs.jobs_api.envelope import JobsAPIView, ok
-from jobs.jobs_api.serializers import ErrorEnvelope, envelope
+from jobs.jobs_api.envelope import ErrorEnvelope, JobsAPIView, envelope, ok
 from jobs.models import Job, JobStatus
 from jobs.services import owner_limits
 from jobs.usage import GROUPS, owner_spend, usage_summary

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -18,32 +17,37 @@ from claudesvc.parsers import BoundedJSONParser as JSONParser
 from jobs.attachments import job_create_with_attachments
 from jobs.jobs_api import serializers as s
 from jobs.jobs_api.downloads import artifact_response
-from jobs.jobs_api.envelope import JobsAPIView, ok
+from jobs.jobs_api.envelope import DeletedEnvelope, ErrorEnvelope, JobsAPIView, envelope, ok
 from jobs.jobs_api.serializers import refuse_unusable_parts
 from jobs.models import JobEvent
 from jobs.selectors import artifact_get, job_events, job_get, job_list
 from jobs.services import job_delete
+from jobs.sse import KEEPALIVE, compact_json, frame, retry, sse_response
 from jobs.streaming import Ended, Idle, follow_job
 from jobs.uploads import ATTACHMENT_FIELDS, TRANSCRIPTION_FIELD, AttachmentMultiPartParser
 from transcription.serializers import TranscriptionCreateInput
 from transcription.services import transcription_create
 
+JobCreatedEnvelope = envelope("JobCreatedEnvelope", s.JobCreatedOutput)
+JobEnvelope = envelope("JobEnvelope", s.JobOutput)
+JobListEnvelope = envelope("JobListEnvelope", s.JobOutput, many=True)
+StreamEnvelope = envelope("StreamEnvelope", s.StreamOutput)
 ERRORS = {
-    400: OpenApiResponse(s.ErrorEnvelope, description="Invalid parameters"),
-    401: OpenApiResponse(s.ErrorEnvelope, description="API key missing or invalid"),
+    400: OpenApiResponse(ErrorEnvelope, description="Invalid parameters"),
+    401: OpenApiResponse(ErrorEnvelope, description="API key missing or invalid"),
 }
-NOT_FOUND = {404: OpenApiResponse(s.ErrorEnvelope, description="No such job for this key")}
+NOT_FOUND = {404: OpenApiResponse(ErrorEnvelope, description="No such job for this key")}
 UPLOAD_ERRORS = {
-    411: OpenApiResponse(s.ErrorEnvelope, description="A body without Content-Length (chunked)"),
+    411: OpenApiResponse(ErrorEnvelope, description="A body without Content-Length (chunked)"),
     413: OpenApiResponse(
-        s.ErrorEnvelope, description="A file is larger than the per-file limit, or the body than any upload"
+        ErrorEnvelope, description="A file is larger than the per-file limit, or the body than any upload"
     ),
-    415: OpenApiResponse(s.ErrorEnvelope, description="A file's content is not of an accepted type"),
+    415: OpenApiResponse(ErrorEnvelope, description="A file's content is not of an accepted type"),
 }
 LIMIT_ERRORS = {
-    402: OpenApiResponse(s.ErrorEnvelope, description="The key's budget is spent (code budget_exceeded)"),
+    402: OpenApiResponse(ErrorEnvelope, description="The key's budget is spent (code budget_exceeded)"),
     429: OpenApiResponse(
-        s.ErrorEnvelope,
+        ErrorEnvelope,
         description="Too many requests (rate_limited), or too many active jobs (active_jobs_limit); see Retry-After",
     ),
 }
@@ -104,7 +108,7 @@ class JobListCreateView(JobsAPIView):
             "application/json": s.JobCreateInput,
             "multipart/form-data": JobCreateForm,
         },
-        responses={202: s.JobCreatedEnvelope, **ERRORS, **UPLOAD_ERRORS, **LIMIT_ERRORS},
+        responses={202: JobCreatedEnvelope, **ERRORS, **UPLOAD_ERRORS, **LIMIT_ERRORS},
     )
     def post(self, request):
         uploads = [f for field in ATTACHMENT_FIELDS for f in request.FILES.getlist(field)]
@@ -153,7 +157,7 @@ class JobListCreateView(JobsAPIView):
         operation_id="jobs_list",
         summary="List this key's jobs, newest first",
         parameters=[s.JobListQuery],
-        responses={200: s.JobListEnvelope, **ERRORS},
+        responses={200: JobListEnvelope, **ERRORS},
     )
     def get(self, request):
         query = s.JobListQuery(data=request.query_params)
@@ -176,7 +180,7 @@ class JobDetailView(JobsAPIView):
     @extend_schema(
         operation_id="jobs_retrieve",
         summary="Status and result of a job",
-        responses={200: s.JobEnvelope, **ERRORS, **NOT_FOUND},
+        responses={200: JobEnvelope, **ERRORS, **NOT_FOUND},
     )
     def get(self, request, job_id):
         return ok(s.JobOutput(job_get(caller=request.user, id=job_id)).data)
@@ -184,7 +188,7 @@ class JobDetailView(JobsAPIView):
     @extend_schema(
         operation_id="jobs_delete",
         summary="Delete a job, stopping it if it runs",
-        responses={200: s.DeletedEnvelope, **ERRORS, **NOT_FOUND},
+        responses={200: DeletedEnvelope, **ERRORS, **NOT_FOUND},
     )
     def delete(self, request, job_id):
         job_delete(job=job_get(caller=request.user, id=job_id))
@@ -196,7 +200,7 @@ class JobStreamView(JobsAPIView):
         operation_id="jobs_stream",
         summary="Events of a job from an offset (polling)",
         parameters=[s.OffsetQuery],
-        responses={200: s.StreamEnvelope, **ERRORS, **NOT_FOUND},
+        responses={200: StreamEnvelope, **ERRORS, **NOT_FOUND},
     )
     def get(self, request, job_id):
         job = job_get(caller=request.user, id=job_id)
@@ -207,23 +211,25 @@ class JobStreamView(JobsAPIView):
         status = s.PUBLIC_STATUS[job.status]
         events = job_events(job_id=job.pk, offset=offset, limit=query.validated_data["limit"])
         next_offset = events[-1].seq + 1 if events else offset
-        return ok({"status": status, "events": [e.data for e in events], "next_offset": next_offset})
+        page = {"status": status, "events": [e.data for e in events], "next_offset": next_offset}
+        return ok(s.StreamOutput(page).data)
 
 
 def _sse(event: JobEvent) -> str:
-    return f"id: {event.seq}\nevent: {event.type}\ndata: {json.dumps(event.data, separators=(',', ':'))}\n\n"
+    return frame(compact_json(event.data), event=event.type, id=event.seq)
 
 
 async def _sse_stream(job_id, offset: int):
-    yield "retry: 2000\n\n"
+    yield retry(2000)
     async for item in follow_job(job_id, offset=offset):
         if isinstance(item, JobEvent):
             yield _sse(item)
         elif isinstance(item, Idle):
-            yield ": keep-alive\n\n"
+            yield KEEPALIVE
         elif isinstance(item, Ended):
             status = s.PUBLIC_STATUS.get(item.status, "deleted") if item.status else "deleted"
-            yield f"event: done\ndata: {json.dumps({'status': status})}\n\n"
+            # json.dumps' default spacing: the bytes this frame has always had.
+            yield frame(json.dumps({"status": status}), event="done")
 
 
 class JobEventsView(JobsAPIView):
@@ -257,12 +263,7 @@ class JobEventsView(JobsAPIView):
                 raise ServiceError(
                     "Last-Event-ID must be an event id (an integer)", field="Last-Event-ID"
                 ) from None
-        response = StreamingHttpResponse(
-            _sse_stream(job.pk, max(offset, 0)), content_type="text/event-stream"
-        )
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return response
+        return sse_response(_sse_stream(job.pk, max(offset, 0)))
 
 
 class JobDownloadView(JobsAPIView):

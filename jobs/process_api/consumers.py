@@ -102,7 +102,9 @@ class ProcessConsumer(AsyncWebsocketConsumer):
         elif (session_caller := await self._session_caller()) is not None:
             # A browser page of this origin: its session cookie (see asgi.py) stands for the caller.
             self.caller = session_caller
-            await self.send_event("claude:authenticated", {"userId": self.caller.label})
+            await self.send_event(
+                "claude:authenticated", {"userId": await database_sync_to_async(self.caller.public_id)()}
+            )
         else:
             self.auth_deadline = asyncio.create_task(self._close_unless_authenticated())
 
@@ -122,7 +124,9 @@ class ProcessConsumer(AsyncWebsocketConsumer):
         self.credential = credential
         if self.auth_deadline is not None:
             self.auth_deadline.cancel()
-        await self.send_event("claude:authenticated", {"userId": caller.label})
+        await self.send_event(
+            "claude:authenticated", {"userId": await database_sync_to_async(caller.public_id)()}
+        )
         return True
 
     async def _session_caller(self) -> Caller | None:

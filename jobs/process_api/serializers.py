@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from claudesvc.auth import owner_label
+from claudesvc.envelopes import envelope_schema
 from claudesvc.errors import ServiceError
-from claudesvc.fields import StrictCharField, StrictIntegerField, iso_utc
+from claudesvc.fields import StrictCharField, StrictIntegerField, UtcDateTimeField
 from claudesvc.views import HealthChecksOutput
 from jobs.fields import ModelField
 from jobs.models import Job, JobStatus
@@ -101,93 +104,7 @@ class MetricsQuery(serializers.Serializer):
     recentLimit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=1000)
 
 
-# -- output ---------------------------------------------------------------------------
-
-
-def _usage(job: Job) -> dict | None:
-    if job.usage is None:
-        return None
-    usage = job.usage
-    # What the model read, cached or not: Claude Code caches most of its prompt.
-    input_tokens = sum(
-        int(usage.get(name) or 0)
-        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    )
-    output_tokens = int(usage.get("output_tokens") or 0)
-    return {
-        "inputTokens": input_tokens,
-        "outputTokens": output_tokens,
-        "totalTokens": input_tokens + output_tokens,
-    }
-
-
-def _duration_ms(job: Job) -> int | None:
-    if job.duration_ms is not None:
-        return job.duration_ms
-    if job.started_at and job.finished_at:
-        return int((job.finished_at - job.started_at).total_seconds() * 1000)
-    return None
-
-
-def process_result(job: Job) -> dict:
-    """What a finished process produced: the seed's execute body."""
-    parsed = None
-    if job.status == JobStatus.COMPLETED:
-        parsed = {"content": job.result, "usage": _usage(job)}
-    return {
-        "id": process_id(job),
-        "userId": job_user_id(job),
-        "status": process_status(job),
-        "model": job.model,
-        "stdout": job.result,
-        "stderr": job.stderr,
-        "exitCode": job.exit_code,
-        "error": job.error_message or None,
-        "executedVia": (job.options or {}).get("executed_via", "cli"),
-        "startedAt": iso_utc(job.started_at),
-        "completedAt": iso_utc(job.finished_at),
-        "durationMs": _duration_ms(job),
-        "parsedResponse": parsed,
-    }
-
-
-def process_summary(job: Job, *, with_result: bool = False) -> dict:
-    """A process in the seed's status shapes: keys that do not apply yet are left out."""
-    data = {"processId": process_id(job), "status": process_status(job), "createdAt": iso_utc(job.created_at)}
-    if job.started_at:
-        data["startedAt"] = iso_utc(job.started_at)
-    if job.is_final:
-        data["completedAt"] = iso_utc(job.finished_at)
-        data["durationMs"] = _duration_ms(job)
-        if with_result:
-            data["result"] = process_result(job)
-    return data
-
-
-def job_user_id(job: Job) -> str:
-    if job.api_key_id:
-        return f"key:{job.api_key.prefix}"
-    return f"user:{job.user_id}"
-
-
-def recent_metric(job: Job) -> dict:
-    data = {
-        "processId": process_id(job),
-        "userId": job_user_id(job),
-        "durationMs": _duration_ms(job),
-        "inputSize": len(job.prompt) + len(job.system_prompt),
-        "outputSize": len(job.result),
-        "success": job.status == JobStatus.COMPLETED,
-        "timestamp": iso_utc(job.finished_at),
-    }
-    if job.peak_memory_bytes is not None:
-        data["peakMemoryBytes"] = job.peak_memory_bytes
-    if job.cpu_time_ms is not None:
-        data["cpuTimeMs"] = job.cpu_time_ms
-    return data
-
-
-# -- schema-only shapes (the views build plain dicts; these describe them) -------------
+# -- output: the classes that render the answers are the ones the schema shows -------------
 
 
 class ProcessMetaOutput(serializers.Serializer):
@@ -216,49 +133,134 @@ class ProcessErrorEnvelope(serializers.Serializer):
     meta = ProcessMetaOutput()
 
 
+def _duration_ms(job: Job) -> int | None:
+    if job.duration_ms is not None:
+        return job.duration_ms
+    if job.started_at and job.finished_at:
+        return int((job.finished_at - job.started_at).total_seconds() * 1000)
+    return None
+
+
+# Fields read from the whole Job (source="*"), typed for the schema as what they render.
+
+
+class ProcessIdField(serializers.CharField):
+    def __init__(self, **kwargs):
+        super().__init__(source="*", **kwargs)
+
+    def to_representation(self, job: Job) -> str:
+        return process_id(job)
+
+
+class UserIdField(serializers.CharField):
+    """The job owner's ``userId`` (``claudesvc.auth.owner_label``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(source="*", **kwargs)
+
+    def to_representation(self, job: Job) -> str:
+        return owner_label(api_key=job.api_key, user=job.user)
+
+
+class ProcessStatusField(serializers.ChoiceField):
+    def __init__(self, **kwargs):
+        super().__init__(choices=PROCESS_STATUSES, source="*", **kwargs)
+
+    def to_representation(self, job: Job) -> str:
+        return process_status(job)
+
+
+class DurationMsField(serializers.IntegerField):
+    def __init__(self, **kwargs):
+        super().__init__(source="*", allow_null=True, **kwargs)
+
+    def to_representation(self, job: Job) -> int | None:
+        return _duration_ms(job)
+
+
+class ExecutedViaField(serializers.ChoiceField):
+    def __init__(self, **kwargs):
+        super().__init__(choices=["cli", "api"], source="options", **kwargs)
+
+    def to_representation(self, options: dict) -> str:
+        return (options or {}).get("executed_via", "cli")
+
+
+# Seed 002's token counts, from the CLI's usage of a job.
 class ProcessUsageOutput(serializers.Serializer):
     inputTokens = serializers.IntegerField()
     outputTokens = serializers.IntegerField()
     totalTokens = serializers.IntegerField()
 
+    def to_representation(self, usage: dict) -> dict:
+        # What the model read, cached or not: Claude Code caches most of its prompt.
+        input_tokens = sum(
+            int(usage.get(name) or 0)
+            for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        )
+        output_tokens = int(usage.get("output_tokens") or 0)
+        return {
+            "inputTokens": input_tokens,
+            "outputTokens": output_tokens,
+            "totalTokens": input_tokens + output_tokens,
+        }
 
+
+# The answer of a completed process (a Job); null for any other.
 class ProcessParsedResponseOutput(serializers.Serializer):
-    content = serializers.CharField()
+    content = serializers.CharField(source="result")
     usage = ProcessUsageOutput(allow_null=True)
 
+    def to_representation(self, job: Job) -> dict | None:
+        return super().to_representation(job) if job.status == JobStatus.COMPLETED else None
 
+
+# What a finished process (a Job) produced: the seed's execute body.
 class ProcessResultOutput(serializers.Serializer):
-    id = serializers.CharField()
-    userId = serializers.CharField()
-    status = serializers.ChoiceField(choices=PROCESS_STATUSES)
+    id = ProcessIdField()
+    userId = UserIdField()
+    status = ProcessStatusField()
     model = serializers.CharField()
-    stdout = serializers.CharField()
+    stdout = serializers.CharField(source="result")
     stderr = serializers.CharField()
-    exitCode = serializers.IntegerField(allow_null=True)
-    error = serializers.CharField(allow_null=True)
-    executedVia = serializers.ChoiceField(
-        choices=["cli", "api"], help_text="api: the CLI could not run; answered by the Messages API"
-    )
-    startedAt = serializers.CharField(allow_null=True)
-    completedAt = serializers.CharField(allow_null=True)
-    durationMs = serializers.IntegerField(allow_null=True)
-    parsedResponse = ProcessParsedResponseOutput(allow_null=True)
+    exitCode = serializers.IntegerField(source="exit_code", allow_null=True)
+    error = serializers.SerializerMethodField()
+    executedVia = ExecutedViaField(help_text="api: the CLI could not run; answered by the Messages API")
+    startedAt = UtcDateTimeField(source="started_at", allow_null=True)
+    completedAt = UtcDateTimeField(source="finished_at", allow_null=True)
+    durationMs = DurationMsField()
+    parsedResponse = ProcessParsedResponseOutput(source="*", allow_null=True)
+
+    def get_error(self, job: Job) -> str | None:
+        return job.error_message or None
+
+
+# A process (a Job) in the seed's status shapes: keys that do not apply yet are
+# left out; result only with context={"with_result": True}.
+class ProcessOutput(serializers.Serializer):
+    processId = ProcessIdField()
+    status = ProcessStatusField()
+    createdAt = UtcDateTimeField(source="created_at")
+    startedAt = UtcDateTimeField(source="started_at", required=False)
+    completedAt = UtcDateTimeField(source="finished_at", required=False)
+    durationMs = DurationMsField(required=False)
+    result = ProcessResultOutput(source="*", required=False)
+
+    def to_representation(self, job: Job) -> dict:
+        data = super().to_representation(job)
+        if not job.started_at:
+            del data["startedAt"]
+        if not job.is_final:
+            del data["completedAt"], data["durationMs"]
+        if not (job.is_final and self.context.get("with_result")):
+            del data["result"]
+        return data
 
 
 class ProcessAcceptedOutput(serializers.Serializer):
     processId = serializers.CharField()
     status = serializers.CharField(help_text="pending (async) or queued (every slot busy)")
     message = serializers.CharField()
-
-
-class ProcessOutput(serializers.Serializer):
-    processId = serializers.CharField()
-    status = serializers.ChoiceField(choices=PROCESS_STATUSES)
-    createdAt = serializers.CharField()
-    startedAt = serializers.CharField(required=False)
-    completedAt = serializers.CharField(required=False)
-    durationMs = serializers.IntegerField(required=False, allow_null=True)
-    result = ProcessResultOutput(required=False)
 
 
 class ProcessPaginationOutput(serializers.Serializer):
@@ -285,9 +287,14 @@ class ProcessCliOutput(serializers.Serializer):
     error = serializers.CharField(required=False)
 
 
+@extend_schema_field(HealthChecksOutput(help_text="The checks of GET /health: database, broker, workers"))
+class HealthChecksField(serializers.JSONField):
+    """``/health``'s checks as they are (that view's shape, documented by its serializer)."""
+
+
 class ProcessHealthOutput(serializers.Serializer):
     healthy = serializers.BooleanField()
-    checks = HealthChecksOutput(help_text="The checks of GET /health: database, broker, workers")
+    checks = HealthChecksField()
     cli = ProcessCliOutput()
     apiFallbackAvailable = serializers.BooleanField()
     activeProcesses = serializers.IntegerField()
@@ -295,43 +302,76 @@ class ProcessHealthOutput(serializers.Serializer):
     maxConcurrentProcesses = serializers.IntegerField()
 
 
+# One recently ended process (a Job); the measurements only when the worker took them.
 class ProcessRecentMetricOutput(serializers.Serializer):
-    processId = serializers.CharField()
-    userId = serializers.CharField()
-    durationMs = serializers.IntegerField(allow_null=True)
-    peakMemoryBytes = serializers.IntegerField(required=False)
-    cpuTimeMs = serializers.IntegerField(required=False)
-    inputSize = serializers.IntegerField()
-    outputSize = serializers.IntegerField()
-    success = serializers.BooleanField()
-    timestamp = serializers.CharField()
+    processId = ProcessIdField()
+    userId = UserIdField()
+    durationMs = DurationMsField()
+    peakMemoryBytes = serializers.IntegerField(source="peak_memory_bytes", required=False)
+    cpuTimeMs = serializers.IntegerField(source="cpu_time_ms", required=False)
+    inputSize = serializers.SerializerMethodField()
+    outputSize = serializers.SerializerMethodField()
+    success = serializers.SerializerMethodField()
+    timestamp = UtcDateTimeField(source="finished_at")
+
+    def get_inputSize(self, job: Job) -> int:
+        return len(job.prompt) + len(job.system_prompt)
+
+    def get_outputSize(self, job: Job) -> int:
+        return len(job.result)
+
+    def get_success(self, job: Job) -> bool:
+        return job.status == JobStatus.COMPLETED
+
+    def to_representation(self, job: Job) -> dict:
+        data = super().to_representation(job)
+        for name in ("peakMemoryBytes", "cpuTimeMs"):
+            if data[name] is None:
+                del data[name]
+        return data
 
 
+# Renders jobs.metrics.service_metrics' figures; recentMetrics from context["recent"] when given.
 class ProcessMetricsOutput(serializers.Serializer):
-    totalProcesses = serializers.IntegerField()
-    successfulProcesses = serializers.IntegerField()
-    failedProcesses = serializers.IntegerField()
-    timedOutProcesses = serializers.IntegerField()
-    cancelledProcesses = serializers.IntegerField()
-    activeProcesses = serializers.IntegerField()
-    queuedProcesses = serializers.IntegerField()
-    avgDurationMs = serializers.IntegerField(allow_null=True)
-    minDurationMs = serializers.IntegerField(allow_null=True)
-    maxDurationMs = serializers.IntegerField(allow_null=True)
-    p95DurationMs = serializers.IntegerField(allow_null=True)
-    p99DurationMs = serializers.IntegerField(allow_null=True)
-    successRate = serializers.FloatField(allow_null=True, help_text="0-1; null when nothing ended")
-    timestamp = serializers.CharField()
-    periodSeconds = serializers.IntegerField()
+    totalProcesses = serializers.IntegerField(source="total")
+    successfulProcesses = serializers.IntegerField(source="successful")
+    failedProcesses = serializers.IntegerField(source="failed")
+    timedOutProcesses = serializers.IntegerField(source="timed_out")
+    cancelledProcesses = serializers.IntegerField(source="cancelled")
+    activeProcesses = serializers.IntegerField(source="active")
+    queuedProcesses = serializers.IntegerField(source="queued")
+    avgDurationMs = serializers.IntegerField(source="durations.avg", allow_null=True)
+    minDurationMs = serializers.IntegerField(source="durations.min", allow_null=True)
+    maxDurationMs = serializers.IntegerField(source="durations.max", allow_null=True)
+    p95DurationMs = serializers.IntegerField(source="durations.p95", allow_null=True)
+    p99DurationMs = serializers.IntegerField(source="durations.p99", allow_null=True)
+    successRate = serializers.FloatField(
+        source="success_rate", allow_null=True, help_text="0-1; null when nothing ended"
+    )
+    timestamp = UtcDateTimeField()
+    periodSeconds = serializers.IntegerField(source="period_seconds")
     recentMetrics = ProcessRecentMetricOutput(many=True, required=False)
+
+    def to_representation(self, metrics) -> dict:
+        data = super().to_representation(metrics)  # no recentMetrics: the figures have none
+        recent = self.context.get("recent")
+        if recent is not None:
+            data["recentMetrics"] = self.fields["recentMetrics"].to_representation(recent)
+        return data
+
+
+def process_result(job: Job) -> dict:
+    """The execute body of a process (for code that renders outside a view: the WebSocket)."""
+    return ProcessResultOutput(job).data
+
+
+def process_summary(job: Job, *, with_result: bool = False) -> dict:
+    return ProcessOutput(job, context={"with_result": with_result}).data
 
 
 def envelope(name: str, data, *, success: bool = True) -> type[serializers.Serializer]:
-    return type(
-        name,
-        (serializers.Serializer,),
-        {"success": serializers.BooleanField(default=success), "data": data, "meta": ProcessMetaOutput()},
-    )
+    """The schema of ``envelope.ok``: seed 002's ``{"success", "data", "meta"}``."""
+    return envelope_schema(name, data, success=success, meta=ProcessMetaOutput())
 
 
 ExecuteEnvelope = envelope("ProcessExecuteEnvelope", ProcessResultOutput())

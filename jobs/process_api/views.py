@@ -12,7 +12,6 @@ from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.permissions import AllowAny
 
-from claudesvc.fields import iso_utc
 from claudesvc.health import service_health
 from claudesvc.parsers import BoundedJSONParser
 from jobs.cli import cli_info
@@ -38,7 +37,8 @@ PENDING_MESSAGE = "Process started. Poll /api/v1/claude/processes/:id for status
 
 
 def _accepted(request, job: Job, status: str, message: str):
-    return ok(request, {"processId": process_id(job), "status": status, "message": message}, status=202)
+    data = s.ProcessAcceptedOutput({"processId": process_id(job), "status": status, "message": message}).data
+    return ok(request, data, status=202)
 
 
 async def _result_when_done(job_id, request_id: str):
@@ -51,7 +51,11 @@ async def _result_when_done(job_id, request_id: str):
             yield b" "
         elif isinstance(item, Ended):
             ended = item
-    job = await Job.objects.select_related("api_key").filter(pk=job_id).afirst() if ended.status else None
+    job = (
+        await Job.objects.select_related("api_key", "user").filter(pk=job_id).afirst()
+        if ended.status
+        else None
+    )
     request_meta = {**meta(), "requestId": request_id}
     if job is None:
         body = {
@@ -136,24 +140,22 @@ class ProcessListView(ProcessAPIView):
         page, page_size = query.validated_data["page"], query.validated_data["pageSize"]
         paginator = Paginator(
             process_list(caller=request.user, status=query.validated_data.get("status")).select_related(
-                "api_key"
+                "api_key", "user"
             ),
             page_size,
         )
         total = paginator.count
         jobs = paginator.page(page).object_list if page <= paginator.num_pages and total else []
-        return ok(
-            request,
-            {
-                "processes": [s.process_summary(job) for job in jobs],
-                "total": total,
-                "pagination": {
-                    "page": page,
-                    "pageSize": page_size,
-                    "totalPages": paginator.num_pages if total else 0,
-                },
+        listing = {
+            "processes": jobs,
+            "total": total,
+            "pagination": {
+                "page": page,
+                "pageSize": page_size,
+                "totalPages": paginator.num_pages if total else 0,
             },
-        )
+        }
+        return ok(request, s.ProcessListOutput(listing).data)
 
 
 class ProcessDetailView(ProcessAPIView):
@@ -166,7 +168,8 @@ class ProcessDetailView(ProcessAPIView):
         responses={200: s.ProcessEnvelope, **ERRORS, **NOT_FOUND},
     )
     def get(self, request, id):
-        return ok(request, s.process_summary(process_get(caller=request.user, id=id), with_result=True))
+        job = process_get(caller=request.user, id=id)
+        return ok(request, s.ProcessOutput(job, context={"with_result": True}).data)
 
     @extend_schema(
         operation_id="process_cancel",
@@ -183,7 +186,8 @@ class ProcessDetailView(ProcessAPIView):
     )
     def delete(self, request, id):
         job = process_cancel(job=process_get(caller=request.user, id=id))
-        return ok(request, {"message": "Process cancelled successfully", "processId": process_id(job)})
+        data = {"message": "Process cancelled successfully", "processId": process_id(job)}
+        return ok(request, s.ProcessCancelledOutput(data).data)
 
 
 class HealthView(ProcessAPIView):
@@ -223,7 +227,7 @@ class HealthView(ProcessAPIView):
             "queueSize": Job.objects.filter(status=JobStatus.PENDING).count(),
             "maxConcurrentProcesses": settings.MAX_CONCURRENT_PROCESSES,
         }
-        return ok(request, data, status=200 if healthy else 503, success=healthy)
+        return ok(request, s.ProcessHealthOutput(data).data, status=200 if healthy else 503, success=healthy)
 
 
 class MetricsView(ProcessAPIView):
@@ -248,29 +252,12 @@ class MetricsView(ProcessAPIView):
         # Service-wide totals are for staff; a key sees its own jobs' figures.
         scope = None if caller_is_staff(request.user) else request.user.owns()
         m = service_metrics(period_seconds=query.validated_data["periodSeconds"], scope=scope)
-        data = {
-            "totalProcesses": m.total,
-            "successfulProcesses": m.successful,
-            "failedProcesses": m.failed,
-            "timedOutProcesses": m.timed_out,
-            "cancelledProcesses": m.cancelled,
-            "activeProcesses": m.active,
-            "queuedProcesses": m.queued,
-            "avgDurationMs": m.durations.avg,
-            "minDurationMs": m.durations.min,
-            "maxDurationMs": m.durations.max,
-            "p95DurationMs": m.durations.p95,
-            "p99DurationMs": m.durations.p99,
-            "successRate": m.success_rate,
-            "timestamp": iso_utc(m.timestamp),
-            "periodSeconds": m.period_seconds,
-        }
+        recent = None
         if query.validated_data["includeRecent"]:
             recent = (
                 process_list(caller=request.user)
                 .filter(finished_at__isnull=False)
-                .select_related("api_key")
+                .select_related("api_key", "user")
                 .order_by("-finished_at")[: query.validated_data["recentLimit"]]
             )
-            data["recentMetrics"] = [s.recent_metric(job) for job in recent]
-        return ok(request, data)
+        return ok(request, s.ProcessMetricsOutput(m, context={"recent": recent}).data)

@@ -37,7 +37,8 @@ async def test_the_session_cookie_authenticates_and_signing_out_ends_it():
     connected, _ = await ws.connect()
     assert connected
     hello = await ws.receive_json_from(timeout=10)
-    assert hello["event"] == "claude:authenticated" and hello["data"]["userId"].startswith("user:")
+    # A user is named as /auth/login names them (claudesvc.auth.owner_label).
+    assert hello["event"] == "claude:authenticated" and hello["data"]["userId"] == "lin"
     await ws.send_json_to({"event": "claude:status", "data": "claude_" + "0" * 32})
     answer = await ws.receive_json_from(timeout=10)
     assert answer["event"] == "claude:error" and answer["data"]["code"] == "NOT_FOUND"

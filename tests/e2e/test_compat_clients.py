@@ -19,8 +19,6 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.conftest import Key
-
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 FULL_SONNET = "claude-sonnet-4-5-20250929"
@@ -30,13 +28,6 @@ FULL_HAIKU = "claude-haiku-4-5-20251001"
 class City(BaseModel):
     name: str
     population: int
-
-
-@pytest.fixture
-def key(db):
-    from apikeys.services import api_key_create
-
-    return Key(*api_key_create(name="compat-clients-e2e"))
 
 
 def marker() -> str:
@@ -62,8 +53,8 @@ PARIS = '[[structured:{"name": "Paris", "population": 2100000}]]'
 # -- openai --------------------------------------------------------------------------------------
 
 
-def test_openai_parse_returns_the_model_instance(service, key):
-    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=key.secret, max_retries=0, timeout=60)
+def test_openai_parse_returns_the_model_instance(service, owner_key):
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=owner_key.secret, max_retries=0, timeout=60)
     completion = client.chat.completions.parse(
         model="haiku",
         messages=[{"role": "user", "content": f"Biggest city of France? {PARIS}"}],
@@ -74,8 +65,8 @@ def test_openai_parse_returns_the_model_instance(service, key):
     assert json.loads(completion.choices[0].message.content) == {"name": "Paris", "population": 2100000}
 
 
-def test_openai_json_object_answers_json(service, key):
-    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=key.secret, max_retries=0, timeout=60)
+def test_openai_json_object_answers_json(service, owner_key):
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=owner_key.secret, max_retries=0, timeout=60)
     completion = client.chat.completions.create(
         model="haiku",
         messages=[{"role": "user", "content": "Answer in JSON"}],
@@ -84,8 +75,8 @@ def test_openai_json_object_answers_json(service, key):
     assert isinstance(json.loads(completion.choices[0].message.content), dict)
 
 
-def test_structured_output_the_model_does_not_give_is_a_clear_error(service, key):
-    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=key.secret, max_retries=0, timeout=60)
+def test_structured_output_the_model_does_not_give_is_a_clear_error(service, owner_key):
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=owner_key.secret, max_retries=0, timeout=60)
     with pytest.raises(openai.InternalServerError, match="did not return structured output") as failed:
         client.chat.completions.parse(
             model="haiku",
@@ -95,8 +86,8 @@ def test_structured_output_the_model_does_not_give_is_a_clear_error(service, key
     assert failed.value.body["code"] == "structured_output_failed"
 
 
-def test_openai_stream_helper(service, key):
-    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=key.secret, max_retries=0, timeout=60)
+def test_openai_stream_helper(service, owner_key):
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=owner_key.secret, max_retries=0, timeout=60)
     with client.chat.completions.stream(
         model="haiku", messages=[{"role": "user", "content": "[[reply:one two three]]"}]
     ) as stream:
@@ -106,8 +97,8 @@ def test_openai_stream_helper(service, key):
     assert final.choices[0].message.content == "one two three"
 
 
-def test_openai_stream_helper_with_a_schema(service, key):
-    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=key.secret, max_retries=0, timeout=60)
+def test_openai_stream_helper_with_a_schema(service, owner_key):
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=owner_key.secret, max_retries=0, timeout=60)
     with client.chat.completions.stream(
         model="haiku", messages=[{"role": "user", "content": f"City {PARIS}"}], response_format=City
     ) as stream:
@@ -120,8 +111,8 @@ def test_openai_stream_helper_with_a_schema(service, key):
 # -- anthropic -----------------------------------------------------------------------------------
 
 
-def test_anthropic_stream_count_tokens_and_models(service, key, upstream):
-    client = anthropic.Anthropic(base_url=service.url, api_key=key.secret, max_retries=0, timeout=60)
+def test_anthropic_stream_count_tokens_and_models(service, owner_key, upstream):
+    client = anthropic.Anthropic(base_url=service.url, api_key=owner_key.secret, max_retries=0, timeout=60)
     with client.messages.stream(
         model=FULL_HAIKU, max_tokens=64000, messages=[{"role": "user", "content": "[[reply:streamed words]]"}]
     ) as stream:
@@ -142,8 +133,8 @@ def test_anthropic_stream_count_tokens_and_models(service, key, upstream):
     assert client.models.retrieve("sonnet").created_at.year >= 2023
 
 
-def test_anthropic_parse_with_output_format(service, key):
-    client = anthropic.Anthropic(base_url=service.url, api_key=key.secret, max_retries=0, timeout=60)
+def test_anthropic_parse_with_output_format(service, owner_key):
+    client = anthropic.Anthropic(base_url=service.url, api_key=owner_key.secret, max_retries=0, timeout=60)
     message = client.messages.parse(
         model=FULL_HAIKU,
         max_tokens=1024,
@@ -156,22 +147,22 @@ def test_anthropic_parse_with_output_format(service, key):
 # -- LangChain ------------------------------------------------------------------------------------
 
 
-def test_langchain_chat_openai_with_defaults(service, key):
+def test_langchain_chat_openai_with_defaults(service, owner_key):
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(model=FULL_HAIKU, base_url=f"{service.url}/v1", api_key=key.secret, max_retries=0)
+    llm = ChatOpenAI(model=FULL_HAIKU, base_url=f"{service.url}/v1", api_key=owner_key.secret, max_retries=0)
     assert llm.invoke("[[reply:hello from langchain]]").content == "hello from langchain"
     assert "".join(chunk.content for chunk in llm.stream("[[reply:a b c]]")) == "a b c"
     structured = llm.with_structured_output(City, method="json_schema")
     assert structured.invoke(f"City {PARIS}") == City(name="Paris", population=2100000)
 
 
-def test_langchain_chat_anthropic_with_defaults(service, key, upstream):
+def test_langchain_chat_anthropic_with_defaults(service, owner_key, upstream):
     from langchain_anthropic import ChatAnthropic
     from langchain_core.messages import HumanMessage
 
     mark = marker()
-    llm = ChatAnthropic(model=FULL_SONNET, base_url=service.url, api_key=key.secret, max_retries=0)
+    llm = ChatAnthropic(model=FULL_SONNET, base_url=service.url, api_key=owner_key.secret, max_retries=0)
     assert llm.max_tokens == 64000  # its default for current models, which the service used to refuse
     answer = llm.invoke(f"{mark} [[reply:hello from claude]]")
     assert answer.content == "hello from claude"
@@ -216,11 +207,13 @@ def litellm(monkeypatch, outside_lookups):
     return litellm
 
 
-def test_litellm_openai_and_anthropic_providers_with_full_model_ids(service, key, litellm, outside_lookups):
+def test_litellm_openai_and_anthropic_providers_with_full_model_ids(
+    service, owner_key, litellm, outside_lookups
+):
     answer = litellm.completion(
         model=f"openai/{FULL_HAIKU}",
         api_base=f"{service.url}/v1",
-        api_key=key.secret,
+        api_key=owner_key.secret,
         messages=[{"role": "user", "content": "[[reply:via litellm openai]]"}],
         num_retries=0,
     )
@@ -228,7 +221,7 @@ def test_litellm_openai_and_anthropic_providers_with_full_model_ids(service, key
     answer = litellm.completion(
         model=f"anthropic/{FULL_SONNET}",
         api_base=service.url,
-        api_key=key.secret,
+        api_key=owner_key.secret,
         messages=[{"role": "user", "content": "[[reply:via litellm anthropic]]"}],
         num_retries=0,
     )
@@ -236,7 +229,7 @@ def test_litellm_openai_and_anthropic_providers_with_full_model_ids(service, key
     chunks = litellm.completion(
         model=f"anthropic/{FULL_SONNET}",
         api_base=service.url,
-        api_key=key.secret,
+        api_key=owner_key.secret,
         messages=[{"role": "user", "content": "[[reply:p q r]]"}],
         stream=True,
         num_retries=0,
@@ -248,8 +241,8 @@ def test_litellm_openai_and_anthropic_providers_with_full_model_ids(service, key
 # -- EventSource ---------------------------------------------------------------------------------------
 
 
-def test_an_eventsource_style_reader_follows_and_resumes_a_job(service, key):
-    client = service.client(key)
+def test_an_eventsource_style_reader_follows_and_resumes_a_job(service, owner_key):
+    client = service.client(owner_key)
     job_id = client.post("/jobs", json={"prompt": "[[reply:one two three four]]", "model": "haiku"}).json()[
         "data"
     ]["id"]
@@ -281,7 +274,7 @@ def test_an_eventsource_style_reader_follows_and_resumes_a_job(service, key):
     # A browser's EventSource cannot set headers: the query parameter does the same.
     response = httpx.get(
         f"{service.url}/jobs/{job_id}/events?last_event_id={ids[-1]}",
-        headers={**headers, "X-API-Key": key.secret},
+        headers={**headers, "X-API-Key": owner_key.secret},
         timeout=60,
     )
     assert "event: done" in response.text

@@ -16,8 +16,6 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi import checks
 
-from tests.conftest import Key
-
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 MAX_EXAMPLES = 3
@@ -34,13 +32,6 @@ schema = schemathesis.openapi.from_dict(_document())
 schema.config.generation.update(modes=[GenerationMode.POSITIVE], max_examples=MAX_EXAMPLES)
 
 
-@pytest.fixture
-def own_key(db):
-    from apikeys.services import api_key_create
-
-    return Key(*api_key_create(name="openapi-e2e"))
-
-
 # POST /jobs: schemathesis cannot generate its multipart file parts (format: binary
 # in an array); its JSON form is covered by tests/jobs/test_jobs_api.py.
 @schema.exclude(method="POST", path="/jobs").parametrize()
@@ -50,10 +41,10 @@ def own_key(db):
     suppress_health_check=list(HealthCheck),
     derandomize=True,
 )
-def test_every_operation_answers_what_the_document_says(case, service, own_key):
+def test_every_operation_answers_what_the_document_says(case, service, owner_key):
     case.call_and_validate(
         base_url=service.url,
-        headers={"X-API-Key": own_key.secret},
+        headers={"X-API-Key": owner_key.secret},
         timeout=90,
         checks=[
             not_a_server_error,

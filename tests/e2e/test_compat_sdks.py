@@ -16,24 +16,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Key
 from tests.fakes.anthropic_upstream import _text_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def key(db):
-    from apikeys.services import api_key_create
-
-    return Key(*api_key_create(name="compat-e2e"))
-
-
-@pytest.fixture
-def outsider(db):
-    from apikeys.services import api_key_create
-
-    return Key(*api_key_create(name="compat-e2e-outsider"))
 
 
 def oai(service, secret: str, **kwargs) -> openai.OpenAI:
@@ -84,9 +69,9 @@ def wait_final(job_id: str, timeout: float = 30):
 # -- OpenAI SDK ----------------------------------------------------------------------------------
 
 
-def test_openai_sdk_completes_with_the_clis_token_counts(service, key, upstream):
+def test_openai_sdk_completes_with_the_clis_token_counts(service, owner_key, upstream):
     mark = marker()
-    raw = oai(service, key.secret).chat.completions.with_raw_response.create(
+    raw = oai(service, owner_key.secret).chat.completions.with_raw_response.create(
         model="haiku",
         messages=[
             {"role": "system", "content": f"Answer tersely {mark}."},
@@ -116,10 +101,10 @@ def test_openai_sdk_completes_with_the_clis_token_counts(service, key, upstream)
     assert upstream_turns(upstream, mark) == [("user", f"What is 2+2? {mark} [[reply:Four.]]")]
 
 
-def test_openai_sdk_streams_text_as_it_is_generated(service, key):
+def test_openai_sdk_streams_text_as_it_is_generated(service, owner_key):
     words = [f"w{i}" for i in range(25)]
     started = time.monotonic()
-    stream = oai(service, key.secret).chat.completions.create(
+    stream = oai(service, owner_key.secret).chat.completions.create(
         model="haiku",
         messages=[{"role": "user", "content": f"Count [[slow:0.3]] [[reply:{' '.join(words)}]]"}],
         stream=True,
@@ -154,9 +139,9 @@ def _cli_alive(pid: int | None) -> bool:
     return True
 
 
-def test_openai_max_tokens_ends_with_length_and_stops_the_job(service, key, upstream):
+def test_openai_max_tokens_ends_with_length_and_stops_the_job(service, owner_key, upstream):
     mark = marker()
-    client = oai(service, key.secret)
+    client = oai(service, owner_key.secret)
     raw = client.chat.completions.with_raw_response.create(
         model="haiku",
         messages=[{"role": "user", "content": f"Talk {mark} [[reply:a b c d e f g h i j]]"}],
@@ -188,8 +173,8 @@ def test_openai_max_tokens_ends_with_length_and_stops_the_job(service, key, upst
     assert streamed[-1].choices[0].finish_reason == "length"
 
 
-def test_openai_stop_sequences_cut_the_answer(service, key):
-    completion = oai(service, key.secret).chat.completions.create(
+def test_openai_stop_sequences_cut_the_answer(service, owner_key):
+    completion = oai(service, owner_key.secret).chat.completions.create(
         model="haiku",
         messages=[{"role": "user", "content": "List [[reply:one two STOP three]]"}],
         stop=["STOP"],
@@ -198,10 +183,10 @@ def test_openai_stop_sequences_cut_the_answer(service, key):
     assert completion.choices[0].finish_reason == "stop"
 
 
-def test_openai_sdk_sends_an_image_as_a_file_claude_can_read(service, key, upstream):
+def test_openai_sdk_sends_an_image_as_a_file_claude_can_read(service, owner_key, upstream):
     mark = marker()
     png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
-    raw = oai(service, key.secret).chat.completions.with_raw_response.create(
+    raw = oai(service, owner_key.secret).chat.completions.with_raw_response.create(
         model="haiku",
         messages=[
             {
@@ -226,9 +211,9 @@ def test_openai_sdk_sends_an_image_as_a_file_claude_can_read(service, key, upstr
 # -- Anthropic SDK --------------------------------------------------------------------------------
 
 
-def test_anthropic_sdk_creates_a_message(service, key, upstream):
+def test_anthropic_sdk_creates_a_message(service, owner_key, upstream):
     mark = marker()
-    raw = ant(service, key.secret).messages.with_raw_response.create(
+    raw = ant(service, owner_key.secret).messages.with_raw_response.create(
         model="haiku",
         max_tokens=1024,
         system=[{"type": "text", "text": f"You are terse {mark}."}],
@@ -247,9 +232,9 @@ def test_anthropic_sdk_creates_a_message(service, key, upstream):
     assert f"You are terse {mark}." in json.dumps(request["body"]["system"])
 
 
-def test_anthropic_sdk_streams_the_event_sequence(service, key):
+def test_anthropic_sdk_streams_the_event_sequence(service, owner_key):
     words = [f"v{i}" for i in range(12)]
-    client = ant(service, key.secret)
+    client = ant(service, owner_key.secret)
     started = time.monotonic()
     first_text = None
     events = []
@@ -273,8 +258,8 @@ def test_anthropic_sdk_streams_the_event_sequence(service, key):
     assert first_text < whole - 2, (first_text, whole)
 
 
-def test_anthropic_max_tokens_and_stop_sequences(service, key):
-    client = ant(service, key.secret)
+def test_anthropic_max_tokens_and_stop_sequences(service, owner_key):
+    client = ant(service, owner_key.secret)
     cut = client.messages.create(
         model="haiku", max_tokens=2, messages=[{"role": "user", "content": "Go [[reply:a b c d e f]]"}]
     )
@@ -292,11 +277,11 @@ def test_anthropic_max_tokens_and_stop_sequences(service, key):
     )
 
 
-def test_anthropic_documents_become_files_the_cli_may_read(service, key, upstream):
+def test_anthropic_documents_become_files_the_cli_may_read(service, owner_key, upstream):
     from jobs.models import ClaudeSession
 
     session = f"docs-{uuid.uuid4().hex[:8]}"
-    client = ant(service, key.secret)
+    client = ant(service, owner_key.secret)
     mark = marker()
     document = {
         "type": "document",
@@ -327,9 +312,9 @@ def test_anthropic_documents_become_files_the_cli_may_read(service, key, upstrea
 # -- sessions -------------------------------------------------------------------------------------
 
 
-def test_a_session_keeps_context_and_sends_only_the_new_turn(service, key, upstream):
+def test_a_session_keeps_context_and_sends_only_the_new_turn(service, owner_key, upstream):
     session, first, second = f"conv-{uuid.uuid4().hex[:8]}", marker(), marker()
-    client = oai(service, key.secret)
+    client = oai(service, owner_key.secret)
     headers = {"X-Request-ID": session}
     one = client.chat.completions.with_raw_response.create(
         model="haiku",
@@ -356,14 +341,14 @@ def test_a_session_keeps_context_and_sends_only_the_new_turn(service, key, upstr
     job_one, job_two = job_of(one.headers["x-job-id"]), job_of(two.headers["x-job-id"])
     assert job_two.options["resume"] == job_one.claude_session_id
     assert job_two.session_id == job_one.session_id
-    with service.client(key) as http:
+    with service.client(owner_key) as http:
         listed = http.get("/v1/sessions").json()["sessions"]
     assert session in [s["sessionId"] for s in listed]
 
 
-def test_an_anthropic_session_named_by_metadata_user_id(service, key, upstream):
+def test_an_anthropic_session_named_by_metadata_user_id(service, owner_key, upstream):
     session, first, second = f"user-{uuid.uuid4().hex[:8]}", marker(), marker()
-    client = ant(service, key.secret)
+    client = ant(service, owner_key.secret)
     for text in [f"Erste Frage {first}", f"Folge-Frage {second}"]:
         client.messages.create(
             model="haiku",
@@ -376,9 +361,9 @@ def test_an_anthropic_session_named_by_metadata_user_id(service, key, upstream):
     assert len(turns) == 3
 
 
-def test_history_without_a_session_is_sent_as_context(service, key, upstream):
+def test_history_without_a_session_is_sent_as_context(service, owner_key, upstream):
     mark = marker()
-    oai(service, key.secret).chat.completions.create(
+    oai(service, owner_key.secret).chat.completions.create(
         model="haiku",
         messages=[
             {"role": "user", "content": "Remember: the code is 4711."},
@@ -393,14 +378,14 @@ def test_history_without_a_session_is_sent_as_context(service, key, upstream):
     assert sent.endswith(f"What is the code? {mark}")
 
 
-def test_two_callers_with_the_same_request_id_do_not_share_context(service, key, outsider, upstream):
+def test_two_callers_with_the_same_request_id_do_not_share_context(service, owner_key, other_key, upstream):
     session, secret_mark, probe = "shared-name", marker(), marker()
-    oai(service, key.secret).chat.completions.create(
+    oai(service, owner_key.secret).chat.completions.create(
         model="haiku",
         messages=[{"role": "user", "content": f"The password is swordfish {secret_mark}"}],
         extra_headers={"X-Request-ID": session},
     )
-    raw = oai(service, outsider.secret).chat.completions.with_raw_response.create(
+    raw = oai(service, other_key.secret).chat.completions.with_raw_response.create(
         model="haiku",
         messages=[{"role": "user", "content": f"What is the password? {probe}"}],
         extra_headers={"X-Request-ID": session},
@@ -411,9 +396,9 @@ def test_two_callers_with_the_same_request_id_do_not_share_context(service, key,
     assert "resume" not in job_of(raw.headers["x-job-id"]).options
 
 
-def test_two_calls_on_one_session_run_one_after_the_other(service, key, upstream):
+def test_two_calls_on_one_session_run_one_after_the_other(service, owner_key, upstream):
     session, first, second = f"busy-{uuid.uuid4().hex[:8]}", marker(), marker()
-    client = oai(service, key.secret)
+    client = oai(service, owner_key.secret)
     results: dict[str, object] = {}
 
     def call(name: str, content: str) -> None:
@@ -469,8 +454,8 @@ def test_login_then_both_sdks_with_the_token(service, django_user_model, setting
 # -- errors as each SDK's typed exceptions -----------------------------------------------------------
 
 
-def test_each_sdk_raises_its_typed_errors(service, key):
-    client, aclient = oai(service, key.secret), ant(service, key.secret)
+def test_each_sdk_raises_its_typed_errors(service, owner_key):
+    client, aclient = oai(service, owner_key.secret), ant(service, owner_key.secret)
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="haiku", messages=[])
     assert bad.value.code == "missing_messages"
@@ -492,12 +477,12 @@ def test_each_sdk_raises_its_typed_errors(service, key):
         )
 
 
-def test_an_upstream_400_is_a_400_the_sdks_do_not_retry(service, key):
+def test_an_upstream_400_is_a_400_the_sdks_do_not_retry(service, owner_key):
     from jobs.models import Job
 
     mark = marker()
     # Default retries on: a refused request is not repeated.
-    client = oai(service, key.secret, max_retries=2)
+    client = oai(service, owner_key.secret, max_retries=2)
     with pytest.raises(openai.BadRequestError) as failed:
         client.chat.completions.create(
             model="haiku", messages=[{"role": "user", "content": f"{mark} [[error:400]]"}]
@@ -508,19 +493,19 @@ def test_an_upstream_400_is_a_400_the_sdks_do_not_retry(service, key):
     assert "fake upstream 400" in failed.value.message
     assert Job.objects.filter(prompt__contains=mark).count() == 1
     with pytest.raises(anthropic.BadRequestError):
-        ant(service, key.secret, max_retries=2).messages.create(
+        ant(service, owner_key.secret, max_retries=2).messages.create(
             model="haiku", max_tokens=10, messages=[{"role": "user", "content": f"{mark}b [[error:400]]"}]
         )
     assert Job.objects.filter(prompt__contains=f"{mark}b").count() == 1
 
 
-def test_a_failure_after_the_stream_started_reaches_each_sdk(service, key):
+def test_a_failure_after_the_stream_started_reaches_each_sdk(service, owner_key):
     with pytest.raises(openai.APIError, match="fake upstream 400"):
-        for _ in oai(service, key.secret).chat.completions.create(
+        for _ in oai(service, owner_key.secret).chat.completions.create(
             model="haiku", messages=[{"role": "user", "content": "x [[error:400]]"}], stream=True
         ):
             pass
-    client = ant(service, key.secret)
+    client = ant(service, owner_key.secret)
     failing = client.messages.stream(
         model="haiku", max_tokens=10, messages=[{"role": "user", "content": "x [[error:400]]"}]
     )
@@ -536,8 +521,8 @@ def sse_data(response: httpx.Response) -> list[str]:
     return [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
 
 
-def test_the_seeds_examples_work_as_written(service, key):
-    with service.client(key) as http:
+def test_the_seeds_examples_work_as_written(service, owner_key):
+    with service.client(owner_key) as http:
         request_id = f"user-123-{int(time.time())}"
         message = http.post(
             "/v1/messages",
@@ -652,18 +637,18 @@ def test_the_seeds_examples_work_as_written(service, key):
         }
 
 
-def test_seed_retry_example_backs_off_on_rate_limit_reset(service, key):
+def test_seed_retry_example_backs_off_on_rate_limit_reset(service, owner_key):
     """Seed 001's Python retry loop (requests swapped for httpx) against a key
     allowed one call per 6 seconds: of three calls (a second or two each), at
     least two fall in one window, so at least one is refused and retried."""
     from apikeys.models import RateLimitOverride
 
-    RateLimitOverride.objects.create(api_key=key.row, group="compat", requests=1, window_seconds=6)
+    RateLimitOverride.objects.create(api_key=owner_key.row, group="compat", requests=1, window_seconds=6)
     waits = []
 
     def call_api_with_retry(url, data, max_retries=3):
         for _attempt in range(max_retries):
-            response = httpx.post(url, json=data, headers={"X-API-Key": key.secret}, timeout=60)
+            response = httpx.post(url, json=data, headers={"X-API-Key": owner_key.secret}, timeout=60)
             if response.status_code == 429:
                 reset_time = int(response.headers.get("RateLimit-Reset", 60))
                 waits.append((reset_time, response.json()))

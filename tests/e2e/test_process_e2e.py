@@ -15,19 +15,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import Key
-
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 BASE = "/api/v1/claude"
 FINAL = {"completed", "failed", "timeout", "cancelled"}
-
-
-@pytest.fixture
-def key(db):
-    from apikeys.services import api_key_create
-
-    return Key(*api_key_create(name="e2e-process"))
 
 
 def wait_status(client: httpx.Client, pid: str, wanted: set[str], timeout: float = 90) -> dict:
@@ -59,8 +50,8 @@ def test_health_without_a_key(service):
     assert data["maxConcurrentProcesses"] == 2
 
 
-def test_execute_waits_and_answers_the_seed_body(service, key, upstream):
-    with service.client(key) as client:
+def test_execute_waits_and_answers_the_seed_body(service, owner_key, upstream):
+    with service.client(owner_key) as client:
         response = client.post(
             f"{BASE}/execute",
             json={
@@ -75,7 +66,7 @@ def test_execute_waits_and_answers_the_seed_body(service, key, upstream):
     assert body["meta"]["requestId"] == "req_xyz789"
     data = body["data"]
     assert data["status"] == "completed", (data, service.logs())
-    assert data["id"].startswith("claude_") and data["userId"] == f"key:{key.row.prefix}"
+    assert data["id"].startswith("claude_") and data["userId"] == f"key:{owner_key.row.prefix}"
     assert (data["stdout"], data["exitCode"], data["executedVia"]) == ("Recursion is a technique", 0, "cli")
     assert data["startedAt"] < data["completedAt"] and data["durationMs"] > 0
     parsed = data["parsedResponse"]
@@ -87,8 +78,8 @@ def test_execute_waits_and_answers_the_seed_body(service, key, upstream):
     assert "You are a helpful programming tutor" in json.dumps(sent["system"])
 
 
-def test_execute_async_then_poll(service, key):
-    with service.client(key) as client:
+def test_execute_async_then_poll(service, owner_key):
+    with service.client(owner_key) as client:
         response = client.post(
             f"{BASE}/execute/async", json={"prompt": "Hi [[reply:Hello]]", "model": "haiku"}
         )
@@ -109,8 +100,8 @@ def test_execute_async_then_poll(service, key):
     assert data["result"]["stdout"] == "Hello" and data["result"]["stderr"] == ""
 
 
-def test_busy_slots_answer_202_queued_and_waiting_processes_start_by_priority(service, key):
-    with service.client(key) as client:
+def test_busy_slots_answer_202_queued_and_waiting_processes_start_by_priority(service, owner_key):
+    with service.client(owner_key) as client:
         busy = [start(client, slow_prompt()) for _ in range(2)]
         for pid in busy:
             wait_status(client, pid, {"running"})
@@ -137,8 +128,8 @@ def test_busy_slots_answer_202_queued_and_waiting_processes_start_by_priority(se
     assert order == ["high-a", "high-b", "mid", "queued", "low-a", "low-b"]
 
 
-def test_a_process_past_its_timeout_ends_as_timeout(service, key):
-    with service.client(key) as client:
+def test_a_process_past_its_timeout_ends_as_timeout(service, owner_key):
+    with service.client(owner_key) as client:
         pid = start(client, slow_prompt(words=200, pause=0.3), timeoutMs=3000)
         data = wait_status(client, pid, FINAL)
     assert data["status"] == "timeout"
@@ -147,11 +138,11 @@ def test_a_process_past_its_timeout_ends_as_timeout(service, key):
     assert data["durationMs"] < 15_000
 
 
-def test_cancelling_a_running_process_stops_its_cli(service, key):
+def test_cancelling_a_running_process_stops_its_cli(service, owner_key):
     from jobs.models import Job
     from jobs.process_api.services import process_uuid
 
-    with service.client(key) as client:
+    with service.client(owner_key) as client:
         pid = start(client, slow_prompt(words=200, pause=0.3))
         wait_status(client, pid, {"running"})
         deadline = time.monotonic() + 30
@@ -172,11 +163,11 @@ def test_cancelling_a_running_process_stops_its_cli(service, key):
         os.kill(cli_pid, 0)
 
 
-def test_processes_page_and_feed_the_metrics(service, key):
+def test_processes_page_and_feed_the_metrics(service, owner_key):
     from jobs.models import Job
 
     prompts = [f"Metric {i} [[slow:0.05]]" + " word" * (i * 8) for i in range(4)] + ["Broken [[error:400]]"]
-    with service.client(key) as client:
+    with service.client(owner_key) as client:
         pids = [start(client, prompt) for prompt in prompts]
         for pid in pids:
             wait_status(client, pid, FINAL)
@@ -209,11 +200,11 @@ def test_processes_page_and_feed_the_metrics(service, key):
     assert {m["success"] for m in recent} == {True, False}
 
 
-def test_a_process_reads_the_working_directory_it_was_given(service, key):
+def test_a_process_reads_the_working_directory_it_was_given(service, owner_key):
     project = Path(service.env["PROCESS_ALLOWED_WORKDIRS"]) / "demo"
     project.mkdir(exist_ok=True)
     (project / "README.txt").write_text("PROJECT-README-CONTENT")
-    with service.client(key) as client:
+    with service.client(owner_key) as client:
         refused = client.post(f"{BASE}/execute/async", json={"prompt": "hi", "workingDirectory": "/etc"})
         assert refused.status_code == 400 and refused.json()["error"]["field"] == "workingDirectory"
         response = client.post(
@@ -233,9 +224,9 @@ def ws_url(service) -> str:
 
 
 @contextlib.contextmanager
-def ws_open(service, key):
+def ws_open(service, owner_key):
     with ws_connect(
-        ws_url(service), subprotocols=["claudesvc.v1", f"bearer.{key.secret}"], origin=service.url
+        ws_url(service), subprotocols=["claudesvc.v1", f"bearer.{owner_key.secret}"], origin=service.url
     ) as ws:
         assert ws.subprotocol == "claudesvc.v1"
         assert json.loads(ws.recv(timeout=10))["event"] == "claude:authenticated"
@@ -252,9 +243,9 @@ def ws_until(ws, event: str, timeout: float = 90) -> list[tuple[float, dict]]:
             return seen
 
 
-def test_a_websocket_client_executes_and_streams(service, key):
+def test_a_websocket_client_executes_and_streams(service, owner_key):
     words = " ".join(f"w{i}" for i in range(12))
-    with ws_open(service, key) as ws:
+    with ws_open(service, owner_key) as ws:
         ws.send(
             json.dumps({"event": "claude:execute", "data": {"prompt": f"[[slow:0.25]][[reply:{words}]]"}})
         )
@@ -272,8 +263,8 @@ def test_a_websocket_client_executes_and_streams(service, key):
     assert complete_at - outputs[0][0] > 1.5
 
 
-def test_a_websocket_client_cancels_its_process(service, key):
-    with ws_open(service, key) as ws:
+def test_a_websocket_client_cancels_its_process(service, owner_key):
+    with ws_open(service, owner_key) as ws:
         ws.send(
             json.dumps({"event": "claude:execute", "data": {"prompt": slow_prompt(words=200, pause=0.3)}})
         )

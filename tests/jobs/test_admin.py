@@ -22,13 +22,6 @@ from jobs.workspace import job_paths
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def admin_client(client):
-    user = get_user_model().objects.create_superuser("admin", "admin@example.com", "pw-123456")
-    client.force_login(user)
-    return client
-
-
 def make_job(key, **fields) -> Job:
     job = job_create(caller=Caller(api_key=key), prompt=fields.pop("prompt", "hi"), enqueue=False)
     if fields:
@@ -216,6 +209,12 @@ def test_deleting_keys_in_bulk_removes_their_jobs_files(admin_client):
         assert_gone(job, stored)
 
 
+def test_the_jobs_changelist_and_change_page_render(admin_client, owner_key):
+    job = make_job(owner_key.row)
+    assert admin_client.get("/admin/jobs/job/").status_code == 200
+    assert admin_client.get(f"/admin/jobs/job/{job.pk}/change/").status_code == 200
+
+
 def test_the_cancel_action_cancels_pending_jobs(admin_client, owner_key):
     job = make_job(owner_key.row)
     admin_client.post("/admin/jobs/job/", {"action": "cancel", "_selected_action": [str(job.pk)]})
@@ -227,8 +226,8 @@ def test_the_sessions_changelist_renders(admin_client, owner_key):
     assert admin_client.get("/admin/jobs/claudesession/").status_code == 200
 
 
-def test_deleting_a_user_removes_the_files_of_their_jwt_jobs(admin_client, owner_key):
-    user = get_user_model().objects.create_user("jwt-user", password="pw-123456")
+def test_deleting_a_user_removes_the_files_of_their_jwt_jobs(admin_client, owner_key, jwt_user):
+    user = jwt_user.row
     job = job_create(caller=Caller(user_id=user.pk), prompt="hi", enqueue=False)
     names = with_files(job)
     kept = make_job(owner_key.row)

@@ -8,9 +8,9 @@ import time
 
 import jwt
 import pytest
-from django.contrib.auth import get_user_model
 
 from claudesvc.auth import jwt_issue
+from claudesvc.errors import ServiceError
 from jobs.models import ClaudeSession, Job, JobStatus
 from jobs.services import job_create
 from jobs.sessions import session_for_call
@@ -21,13 +21,6 @@ CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
 RCA = "/api/rca"
 OK_MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def user(db):
-    return get_user_model().objects.create_user(
-        "demo", password="demo-pass-123", first_name="Demo", last_name="User"
-    )
 
 
 def assert_nothing_left():
@@ -242,14 +235,14 @@ def test_a_model_can_be_retrieved_and_an_unknown_one_is_404(client_for, owner_ke
     assert openai_error(client.get("/v1/models/gpt-4o"), 404)["code"] == "model_not_found"
 
 
-def test_login_answers_a_token_and_the_user(client, user):
+def test_login_answers_a_token_and_the_user(client, jwt_user):
     response = client.post(
         "/auth/login", {"username": "demo", "password": "demo-pass-123"}, content_type="application/json"
     )
     assert response.status_code == 200
     body = response.json()
     assert body["user"] == {"id": "demo", "name": "Demo User"}
-    assert jwt.decode(body["token"], options={"verify_signature": False})["sub"] == str(user.pk)
+    assert jwt.decode(body["token"], options={"verify_signature": False})["sub"] == str(jwt_user.row.pk)
 
 
 @pytest.mark.parametrize(
@@ -262,16 +255,16 @@ def test_login_answers_a_token_and_the_user(client, user):
         ({"username": 1, "password": "x"}, 400, "username"),
     ],
 )
-def test_login_refuses_bad_credentials(client, user, body, status, param):
+def test_login_refuses_bad_credentials(client, jwt_user, body, status, param):
     error = openai_error(client.post("/auth/login", body, content_type="application/json"), status)
     assert error["param"] == param
     if status == 401:
         assert (error["type"], error["code"]) == ("authentication_error", "invalid_credentials")
 
 
-def test_login_refuses_an_inactive_user(client, user):
-    user.is_active = False
-    user.save()
+def test_login_refuses_an_inactive_user(client, jwt_user):
+    jwt_user.row.is_active = False
+    jwt_user.row.save()
     response = client.post(
         "/auth/login", {"username": "demo", "password": "demo-pass-123"}, content_type="application/json"
     )
@@ -279,19 +272,19 @@ def test_login_refuses_an_inactive_user(client, user):
 
 
 @pytest.mark.parametrize("path", ["/jobs", "/v1/models", "/v1/sessions"])
-def test_a_jwt_works_on_every_family(client, user, path):
-    response = client.get(path, HTTP_AUTHORIZATION=f"Bearer {jwt_issue(user)}")
+def test_a_jwt_works_on_every_family(client, jwt_user, path):
+    response = client.get(path, HTTP_AUTHORIZATION=f"Bearer {jwt_issue(jwt_user.row)}")
     assert response.status_code == 200, response.content
 
 
-def test_a_jwt_callers_jobs_are_theirs_alone(client, user, owner_key, client_for):
-    token = jwt_issue(user)
+def test_a_jwt_callers_jobs_are_theirs_alone(client, jwt_user, owner_key, client_for):
+    token = jwt_issue(jwt_user.row)
     created = client.post(
         "/jobs", {"prompt": "mine"}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
     )
     assert created.status_code == 202
     job = Job.objects.get()
-    assert job.user_id == user.pk and job.api_key is None
+    assert job.user_id == jwt_user.row.pk and job.api_key is None
     assert client_for(owner_key).get(f"/jobs/{job.pk}").status_code == 404
 
 
@@ -323,8 +316,8 @@ def _forged(claims: dict, key: str) -> str:
     ],
     ids=["expired", "wrong-key", "no-exp", "no-such-user", "wrong-issuer", "alg-none", "garbage"],
 )
-def test_a_bad_jwt_is_401_in_each_familys_shape(client, user, settings, token):
-    value = token(user, settings.JWT_SIGNING_KEY)
+def test_a_bad_jwt_is_401_in_each_familys_shape(client, jwt_user, settings, token):
+    value = token(jwt_user.row, settings.JWT_SIGNING_KEY)
     headers = {"HTTP_AUTHORIZATION": f"Bearer {value}"}
     assert client.get("/jobs", **headers).json()["error"]["code"] == "unauthorized"
     assert openai_error(client.get("/v1/models", **headers), 401)["type"] == "authentication_error"
@@ -332,16 +325,16 @@ def test_a_bad_jwt_is_401_in_each_familys_shape(client, user, settings, token):
     assert anthropic_error(response, 401)["type"] == "authentication_error"
 
 
-def test_a_jwt_of_a_deactivated_user_stops_working(client, user):
-    token = jwt_issue(user)
-    user.is_active = False
-    user.save()
+def test_a_jwt_of_a_deactivated_user_stops_working(client, jwt_user):
+    token = jwt_issue(jwt_user.row)
+    jwt_user.row.is_active = False
+    jwt_user.row.save()
     assert client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {token}").status_code == 401
 
 
-def test_the_token_lifetime_is_a_setting(user, settings):
+def test_the_token_lifetime_is_a_setting(jwt_user, settings):
     settings.JWT_EXPIRY_SECONDS = 120
-    claims = jwt.decode(jwt_issue(user), options={"verify_signature": False})
+    claims = jwt.decode(jwt_issue(jwt_user.row), options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == 120
 
 
@@ -360,6 +353,34 @@ def test_sessions_are_listed_in_the_seed_shape(client_for, owner_key):
     assert session["sessionId"] == "user-123-1734185905" and session["model"] == "haiku"
     assert session["status"] == "active" and session["userId"] == f"key:{owner_key.row.prefix}"
     assert session["createdAt"].endswith("Z")
+
+
+def test_a_jwt_users_sessions_name_them_as_the_login_does(client, jwt_user):
+    created = client.post(
+        "/v1/sessions", {"model": "haiku"}, content_type="application/json", **jwt_user.headers
+    )
+    assert created.status_code == 201 and created.json()["userId"] == "demo"  # seed 001's "userId": "demo"
+
+
+def test_a_turn_that_cannot_start_leaves_no_session_behind(owner_key, monkeypatch):
+    from claudesvc.auth import Caller
+    from jobs.compat_api import services
+    from jobs.compat_api.conversation import openai_conversation
+
+    def refuse(**kwargs):
+        raise ServiceError("Too many active jobs", status=429, code="active_jobs_limit")
+
+    monkeypatch.setattr(services, "job_create", refuse)
+    with pytest.raises(ServiceError):
+        services.compat_turn_create(
+            caller=Caller(api_key=owner_key.row),
+            conversation=openai_conversation(OK_MESSAGES),
+            model="haiku",
+            max_tokens=None,
+            session_key="new-session",
+            extra={},
+        )
+    assert_nothing_left()
 
 
 def test_a_session_without_a_name_gets_one(client_for, owner_key):

@@ -527,15 +527,9 @@ def ended_job(key, status, duration_ms, *, ago=timedelta(minutes=1), **fields) -
     return job
 
 
-def make_staff(key) -> None:
-    from django.contrib.auth import get_user_model
-
-    key.row.owner = get_user_model().objects.create_user("operator", password="x" * 12, is_staff=True)
-    key.row.save(update_fields=["owner"])
-
-
-def test_metrics_count_outcomes_and_give_real_percentiles(client_for, owner_key, other_key):
-    make_staff(owner_key)  # service-wide totals are for staff
+def test_metrics_count_outcomes_and_give_real_percentiles(client_for, owner_key, other_key, staff_user):
+    owner_key.row.owner = staff_user.row  # service-wide totals are for staff
+    owner_key.row.save(update_fields=["owner"])
     durations = list(range(100, 2100, 100))  # 20 values, 100 … 2000
     statuses = [JobStatus.COMPLETED] * 16 + [JobStatus.FAILED] * 2 + [JobStatus.TIMEOUT, JobStatus.CANCELLED]
     for status, duration in zip(statuses, durations, strict=True):
@@ -676,3 +670,73 @@ async def test_a_waiting_execute_reports_a_process_deleted_meanwhile(owner_key, 
     await Job.objects.filter(pk=job.pk).adelete()
     body = json.loads(b"".join([chunk async for chunk in _result_when_done(job.pk, "req_gone")]))
     assert body["success"] is False and body["error"]["code"] == "NOT_FOUND"
+
+
+# -- the answers are what the OpenAPI document says ---------------------------------------------
+
+
+def _strict(node):
+    """An OpenAPI 3.0 schema as JSON Schema that refuses undocumented keys: ``nullable``
+    becomes a null alternative and every object with properties is closed."""
+    if isinstance(node, list):
+        return [_strict(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _strict(v) for k, v in node.items()}
+    if "properties" in node:
+        node.setdefault("additionalProperties", False)
+    if node.pop("nullable", False):
+        node = {"anyOf": [node, {"type": "null"}]}
+    return node
+
+
+@pytest.fixture
+def conforms(client):
+    """Check a response body against the schema the document gives for its route and status."""
+    import jsonschema
+    import yaml
+
+    document = yaml.safe_load(client.get("/openapi.yaml").content)
+    components = _strict(document["components"])
+
+    def check(body: dict, path: str, method: str, status: int) -> None:
+        content = document["paths"][path][method]["responses"][str(status)]["content"]
+        schema = {**_strict(content["application/json"]["schema"]), "components": components}
+        jsonschema.validate(body, schema)
+
+    return check
+
+
+def test_every_process_answer_is_the_shape_its_schema_documents(client_for, owner_key, conforms, live_worker):
+    api = client_for(owner_key)
+    health = api.get(f"{BASE}/health")
+    conforms(health.json(), "/api/v1/claude/health", "get", health.status_code)
+    accepted = api.post(f"{BASE}/execute/async", {"prompt": "hi"}, format="json")
+    conforms(accepted.json(), "/api/v1/claude/execute/async", "post", 202)
+    pending = Job.objects.get()
+    done = finish(make_process(owner_key))
+    failed = finish(make_process(owner_key), status=JobStatus.FAILED, error_message="boom", exit_code=1)
+    Job.objects.filter(pk=done.pk).update(peak_memory_bytes=1024, cpu_time_ms=5)
+    for job in (pending, done, failed):
+        body = api.get(f"{BASE}/processes/{process_id(job)}").json()
+        conforms(body, "/api/v1/claude/processes/{id}", "get", 200)
+    assert "result" not in api.get(f"{BASE}/processes/{process_id(pending)}").json()["data"]
+    conforms(api.get(f"{BASE}/processes").json(), "/api/v1/claude/processes", "get", 200)
+    metrics = api.get(f"{BASE}/metrics", {"includeRecent": "true"}).json()
+    assert len(metrics["data"]["recentMetrics"]) == 2
+    conforms(metrics, "/api/v1/claude/metrics", "get", 200)
+    conforms(api.get(f"{BASE}/metrics").json(), "/api/v1/claude/metrics", "get", 200)
+    cancelled = api.delete(f"{BASE}/processes/{process_id(pending)}").json()
+    conforms(cancelled, "/api/v1/claude/processes/{id}", "delete", 200)
+    refused = api.delete(f"{BASE}/processes/{process_id(done)}")
+    conforms(refused.json(), "/api/v1/claude/processes/{id}", "delete", 400)
+
+
+def test_a_process_of_a_jwt_user_names_them_as_the_login_does(client, jwt_user):
+    job = process_create(caller=Caller(user_id=jwt_user.row.pk), prompt="hi")
+    finish(job)
+    data = client.get(f"{BASE}/processes/{process_id(job)}", **jwt_user.headers).json()["data"]
+    login = client.post(
+        "/auth/login", {"username": "demo", "password": jwt_user.password}, "application/json"
+    )
+    assert data["result"]["userId"] == login.json()["user"]["id"] == "demo"

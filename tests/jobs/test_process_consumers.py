@@ -26,16 +26,6 @@ URL = "/api/v1/claude/ws"
 ORIGIN = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
 
 
-@pytest.fixture
-def key():
-    return api_key_create(name="ws")[1]
-
-
-@pytest.fixture
-def other():
-    return api_key_create(name="ws-other")
-
-
 def communicator(*, subprotocols=None, headers=ORIGIN) -> WebsocketCommunicator:
     return WebsocketCommunicator(application, URL, headers=headers, subprotocols=subprotocols)
 
@@ -88,25 +78,37 @@ def run_next_job_in_a_thread() -> threading.Thread:
 # -- connecting and authenticating ---------------------------------------------------------
 
 
-async def test_a_connection_from_another_site_is_refused(key):
+async def test_a_connection_from_another_site_is_refused(owner_key):
     ws = communicator(
-        subprotocols=["claudesvc.v1", f"bearer.{key}"], headers=[(b"origin", b"https://evil.example")]
+        subprotocols=["claudesvc.v1", f"bearer.{owner_key.secret}"],
+        headers=[(b"origin", b"https://evil.example")],
     )
     connected, _ = await ws.connect()
     assert not connected
 
 
-async def test_the_credential_subprotocol_authenticates_and_is_never_echoed(key):
-    ws = communicator(subprotocols=["claudesvc.v1", f"bearer.{key}"])
+async def test_the_credential_subprotocol_authenticates_and_is_never_echoed(owner_key):
+    ws = communicator(subprotocols=["claudesvc.v1", f"bearer.{owner_key.secret}"])
     connected, subprotocol = await ws.connect()
     assert connected and subprotocol == "claudesvc.v1"
     hello = await ws.receive_json_from()
-    assert hello["event"] == "claude:authenticated" and hello["data"]["userId"].startswith("key:")
+    assert (
+        hello["event"] == "claude:authenticated" and hello["data"]["userId"] == f"key:{owner_key.row.prefix}"
+    )
     await ws.disconnect()
 
 
-async def test_a_header_authenticates_clients_that_can_send_one(key):
-    ws = communicator(headers=[*ORIGIN, (b"x-api-key", key.encode())])
+async def test_a_jwt_user_is_named_as_the_login_names_them(jwt_user):
+    ws = communicator(subprotocols=["claudesvc.v1", f"bearer.{jwt_user.token}"])
+    connected, _ = await ws.connect()
+    assert connected
+    hello = await ws.receive_json_from(timeout=10)
+    assert hello == {"event": "claude:authenticated", "data": {"userId": "demo"}}
+    await ws.disconnect()
+
+
+async def test_a_header_authenticates_clients_that_can_send_one(owner_key):
+    ws = communicator(headers=[*ORIGIN, (b"x-api-key", owner_key.secret.encode())])
     connected, _ = await ws.connect()
     assert connected
     assert (await ws.receive_json_from())["event"] == "claude:authenticated"
@@ -121,11 +123,11 @@ async def test_a_bad_credential_closes_with_1008():
     assert error["data"]["message"] == "Invalid or expired authentication token"
 
 
-async def test_the_first_message_may_authenticate(key):
+async def test_the_first_message_may_authenticate(owner_key):
     ws = communicator()
     connected, subprotocol = await ws.connect()
     assert connected and subprotocol is None
-    await send(ws, "auth", {"token": key})
+    await send(ws, "auth", {"token": owner_key.secret})
     assert (await ws.receive_json_from())["event"] == "claude:authenticated"
     await send(ws, "claude:status", "claude_" + "0" * 32, request_id="r1")
     error = await ws.receive_json_from()
@@ -157,12 +159,11 @@ async def test_anything_else_first_closes_with_1008(first):
     assert not await sync_to_async(Job.objects.exists)()
 
 
-async def test_a_key_revoked_while_connected_stops_working(key):
-    from apikeys.models import ApiKey
+async def test_a_key_revoked_while_connected_stops_working(owner_key):
     from apikeys.services import api_key_revoke
 
-    ws = await connect(key)
-    row = await ApiKey.objects.aget(prefix=key[len("csk_live_") : len("csk_live_") + 8])
+    ws = await connect(owner_key.secret)
+    row = owner_key.row
     await sync_to_async(api_key_revoke)(key=row)
     await send(ws, "claude:execute", {"prompt": "after revocation"})
     await expect_closed_unauthorized(ws)
@@ -193,8 +194,8 @@ async def test_silence_closes_the_connection_after_the_auth_timeout(settings):
         ("just a string", "data"),
     ],
 )
-async def test_execute_validates_like_the_http_api(key, data, field):
-    ws = await connect(key)
+async def test_execute_validates_like_the_http_api(owner_key, data, field):
+    ws = await connect(owner_key.secret)
     await send(ws, "claude:execute", data, request_id="x1")
     error = await ws.receive_json_from()
     assert error["event"] == "claude:error" and error["requestId"] == "x1"
@@ -203,8 +204,8 @@ async def test_execute_validates_like_the_http_api(key, data, field):
     await ws.disconnect()
 
 
-async def test_unknown_events_and_bad_frames_are_errors_not_disconnects(key):
-    ws = await connect(key)
+async def test_unknown_events_and_bad_frames_are_errors_not_disconnects(owner_key):
+    ws = await connect(owner_key.secret)
     await send(ws, "claude:fly", {})
     assert (await ws.receive_json_from())["data"]["field"] == "event"
     await ws.send_to(text_data="[1, 2]")
@@ -214,8 +215,8 @@ async def test_unknown_events_and_bad_frames_are_errors_not_disconnects(key):
     await ws.disconnect()
 
 
-async def test_execute_streams_progress_and_completes(key, upstream):
-    ws = await connect(key)
+async def test_execute_streams_progress_and_completes(owner_key, upstream):
+    ws = await connect(owner_key.secret)
     await send(ws, "claude:execute", {"prompt": "Stream [[reply:alpha beta gamma delta]]"}, request_id="e1")
     started = await ws.receive_json_from()
     assert started["event"] == "claude:progress" and started["requestId"] == "e1"
@@ -241,8 +242,8 @@ async def test_execute_streams_progress_and_completes(key, upstream):
     await ws.disconnect()
 
 
-async def test_cancel_ends_a_process_and_reports_it(key):
-    ws = await connect(key)
+async def test_cancel_ends_a_process_and_reports_it(owner_key):
+    ws = await connect(owner_key.secret)
     await send(ws, "claude:execute", {"prompt": "never runs"})
     pid = (await ws.receive_json_from())["data"]["processId"]
     await send(ws, "claude:cancel", pid, request_id="c1")
@@ -256,10 +257,10 @@ async def test_cancel_ends_a_process_and_reports_it(key):
     await ws.disconnect()
 
 
-async def test_a_client_never_hears_about_another_callers_process(key, other):
-    other_row, other_secret = other
+async def test_a_client_never_hears_about_another_callers_process(owner_key, other_key):
+    other_row, other_secret = other_key.row, other_key.secret
     theirs = await sync_to_async(process_create)(caller=Caller(api_key=other_row), prompt="private")
-    ws = await connect(key)
+    ws = await connect(owner_key.secret)
     for event in ("claude:status", "claude:cancel"):
         await send(ws, event, process_id(theirs))
         error = await ws.receive_json_from()
@@ -274,8 +275,8 @@ async def test_a_client_never_hears_about_another_callers_process(key, other):
     await own.disconnect()
 
 
-async def test_messages_are_json_objects_with_event_and_data(key):
-    ws = await connect(key)
+async def test_messages_are_json_objects_with_event_and_data(owner_key):
+    ws = await connect(owner_key.secret)
     await ws.send_to(text_data=json.dumps({"event": "claude:status", "data": "claude_nope"}))
     raw = await ws.receive_from()
     assert set(json.loads(raw)) == {"event", "data"}

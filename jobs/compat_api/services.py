@@ -1,0 +1,77 @@
+"""Compat API services: the writes a compat call makes, each in one transaction.
+
+The views parse a request into a ``Conversation`` and call one of these; the
+answer is translated back by the format modules. (HackSoft's styleguide: input
+serializer → one transactional service → output.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from claudesvc.auth import Caller
+from jobs.compat_api.catalog import max_tokens_for
+from jobs.compat_api.conversation import Conversation
+from jobs.models import Job
+from jobs.services import job_create
+from jobs.sessions import session_for_call, session_resume_id
+
+RCA_SYSTEM_PROMPT = (
+    "You are an experienced site reliability engineer doing a root cause analysis. "
+    "From the incident details, give: the most likely root cause and the evidence for it, "
+    "how to fix it now, and how to prevent it. Say what information would confirm or rule out your analysis."
+)
+
+
+@transaction.atomic
+def compat_turn_create(
+    *,
+    caller: Caller,
+    conversation: Conversation,
+    model: str,
+    max_tokens: int | None,
+    session_key: str | None,
+    extra: dict[str, Any],
+) -> Job:
+    """One compat turn as a job of the caller's session (made if new).
+
+    A session that already has a Claude Code conversation resumes it: only the
+    new turn goes to the CLI. Otherwise the whole conversation goes, and should
+    an earlier turn of the session finish first, the worker resumes that one
+    with ``resume_prompt`` instead.
+    """
+    session = session_for_call(caller=caller, external_id=session_key, model=model)
+    resuming = bool(session_resume_id(session.pk))
+    options = {
+        "partial_messages": True,
+        "max_tokens": max_tokens_for(model, max_tokens).value,
+        "cwd": session.cwd,
+        "inline_files": [f.as_option() for f in conversation.files(with_history=not resuming)],
+        **extra,
+    }
+    if not resuming and conversation.history:
+        options["resume_prompt"] = conversation.turn_prompt()
+    return job_create(
+        caller=caller,
+        prompt=conversation.turn_prompt() if resuming else conversation.full_prompt(),
+        model=model,
+        source="compat",
+        system_prompt=conversation.system,
+        options=options,
+        session=session,
+    )
+
+
+@transaction.atomic
+def compat_rca_create(*, caller: Caller, prompt: str, model: str, max_tokens: int | None) -> Job:
+    """A root cause analysis of an incident description: one job, no session."""
+    return job_create(
+        caller=caller,
+        prompt=prompt,
+        model=model,
+        source="compat",
+        system_prompt=RCA_SYSTEM_PROMPT,
+        options={"partial_messages": True, "max_tokens": max_tokens_for(model, max_tokens).value},
+    )
