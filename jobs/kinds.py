@@ -34,7 +34,8 @@ class JobKindSpec:
     # What an ended job of the kind adds to its owner's usage row instead of its
     # tokens and cost (jobs.usage): {UsageDaily field: amount}.
     usage_figures: Callable[[Any], dict[str, float | int]] | None = None
-    # The Jobs API's create input (a DRF serializer class) and service for the kind.
+    # The Jobs API's create input (a DRF serializer class) for ``POST /jobs`` with
+    # ``type=<name>``, and the service it calls: ``create(caller=, data=validated_data) -> Job``.
     create_input: Any = None
     create: Callable[..., Any] | None = None
 
@@ -57,3 +58,8 @@ def job_kind(name: str) -> JobKindSpec:
 
 def job_kind_or_none(name: str) -> JobKindSpec | None:
     return _KINDS.get(name)
+
+
+def job_kinds_creatable() -> list[JobKindSpec]:
+    """The kinds a client can create through the Jobs API (``type=<name>``), by name."""
+    return sorted((k for k in _KINDS.values() if k.create_input and k.create), key=lambda k: k.name)

@@ -28,10 +28,17 @@ def details(job):
     return getattr(job, "transcription", None)
 
 
-def create(**kwargs):
+def create(*, caller, data):
+    """``POST /jobs`` with ``type=transcription``: ``data`` is ``TranscriptionCreateInput``'s."""
     from transcription.services import transcription_create
 
-    return transcription_create(**kwargs)
+    return transcription_create(
+        caller=caller,
+        file=data["file"],
+        outputs=data["output"],
+        language=data["language"],
+        model=data["model"],
+    )
 
 
 def usage_figures(job) -> dict[str, float | int]:

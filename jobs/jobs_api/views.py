@@ -19,14 +19,13 @@ from jobs.jobs_api import serializers as s
 from jobs.jobs_api.downloads import artifact_response
 from jobs.jobs_api.envelope import DeletedEnvelope, ErrorEnvelope, JobsAPIView, envelope, ok
 from jobs.jobs_api.serializers import refuse_unusable_parts
+from jobs.kinds import job_kinds_creatable
 from jobs.models import JobEvent
 from jobs.selectors import artifact_get, job_events, job_get, job_list
 from jobs.services import job_delete
 from jobs.sse import KEEPALIVE, compact_json, frame, retry, sse_response
 from jobs.streaming import Ended, Idle, follow_job
 from jobs.uploads import ATTACHMENT_FIELDS, TRANSCRIPTION_FIELD, AttachmentMultiPartParser
-from transcription.serializers import TranscriptionCreateInput
-from transcription.services import transcription_create
 
 JobCreatedEnvelope = envelope("JobCreatedEnvelope", s.JobCreatedOutput)
 JobEnvelope = envelope("JobEnvelope", s.JobOutput)
@@ -55,14 +54,20 @@ LIMIT_ERRORS = {
 
 def _form_schema() -> type[serializers.Serializer]:
     """The multipart body of POST /jobs for the schema: one flat form whose files are
-    ``format: binary``, so /docs shows file pickers (a ``oneOf`` renders as a JSON box)."""
+    ``format: binary``, so /docs shows file pickers (a ``oneOf`` renders as a JSON box).
+    Other job kinds (``jobs.kinds``: those with a ``create_input``) add their fields."""
     claude = s.JobCreateMultipartInput().fields
-    audio = TranscriptionCreateInput().fields
+    others = job_kinds_creatable()
     fields = {
         "type": serializers.ChoiceField(
-            choices=["claude", "transcription"],
+            choices=["claude", *(kind.name for kind in others)],
             default="claude",
-            help_text="claude (default): prompt, model, attachments[]. transcription: file, output, language",
+            help_text=" ".join(
+                [
+                    "claude (default): prompt, model, attachments[].",
+                    *(f"{kind.name}: {', '.join(_own_fields(kind))}" for kind in others),
+                ]
+            ),
         ),
         "prompt": serializers.CharField(
             required=False, help_text="The prompt for Claude (type=claude: required)"
@@ -74,17 +79,22 @@ def _form_schema() -> type[serializers.Serializer]:
         "attachments[]": serializers.ListField(
             child=serializers.FileField(), required=False, help_text=claude["attachments[]"].help_text
         ),
-        "file": serializers.FileField(
-            required=False, help_text=f"type=transcription: {audio['file'].help_text}"
-        ),
-        "output": serializers.CharField(
-            required=False, help_text=f"type=transcription: {audio['output'].help_text}"
-        ),
-        "language": serializers.CharField(
-            required=False, help_text=f"type=transcription: {audio['language'].help_text}"
-        ),
     }
+    for kind in others:
+        own = kind.create_input().fields
+        for name in _own_fields(kind):
+            field = own[name]
+            documented_as = (
+                serializers.FileField if isinstance(field, serializers.FileField) else serializers.CharField
+            )
+            documented = documented_as(required=False, help_text=f"type={kind.name}: {field.help_text}")
+            fields.setdefault(name, documented)
     return type("JobCreateForm", (serializers.Serializer,), fields)
+
+
+def _own_fields(kind) -> list[str]:
+    """The fields of a kind's create form that a Claude job does not have."""
+    return [name for name in kind.create_input().fields if name not in ("type", "model")]
 
 
 JobCreateForm = _form_schema()
@@ -116,21 +126,16 @@ class JobListCreateView(JobsAPIView):
         try:
             refuse_unusable_parts(request)
             kind = (request.data.get("type") if isinstance(request.data, Mapping) else None) or "claude"
-            if kind == "transcription":
+            spec = next((k for k in job_kinds_creatable() if k.name == kind), None)
+            if spec is not None:
                 if uploads:
                     raise ServiceError(
-                        "a transcription job takes its audio as file, not attachments[]",
+                        f"a {kind} job takes no attachments[] (its fields: {', '.join(_own_fields(spec))})",
                         field=ATTACHMENT_FIELDS[0],
                     )
-                form = TranscriptionCreateInput(data=request.data)
+                form = spec.create_input(data=request.data)
                 form.is_valid(raise_exception=True)
-                job = transcription_create(
-                    caller=request.user,
-                    file=form.validated_data["file"],
-                    outputs=form.validated_data["output"],
-                    language=form.validated_data["language"],
-                    model=form.validated_data["model"],
-                )
+                job = spec.create(caller=request.user, data=form.validated_data)
             elif kind == "claude":
                 if audio:
                     raise ServiceError(
@@ -147,7 +152,8 @@ class JobListCreateView(JobsAPIView):
                     options={"partial_messages": True} if data.validated_data["partial_messages"] else None,
                 )
             else:
-                raise ServiceError('type must be "claude" (the default) or "transcription"', field="type")
+                known = ", ".join(f'"{k.name}"' for k in job_kinds_creatable())
+                raise ServiceError(f'type must be "claude" (the default) or one of {known}', field="type")
         finally:
             for upload in [*uploads, *audio]:
                 upload.close()  # deletes the temporary file unless storage moved it
