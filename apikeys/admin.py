@@ -14,7 +14,7 @@ from django.utils import timezone
 from apikeys.models import ApiKey, RateLimitOverride
 from apikeys.services import api_key_active_jobs, api_key_create, api_key_revoke
 from apikeys.spend_admin import KeySpendAdmin  # noqa: F401 (registers the "spend by key" page)
-from jobs.services import jobs_delete_for_owner
+from jobs.owners import jobs_delete_for_owner
 
 
 class RateLimitOverrideInline(admin.TabularInline):

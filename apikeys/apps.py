@@ -4,8 +4,3 @@ from django.apps import AppConfig
 class ApiKeysConfig(AppConfig):
     name = "apikeys"
     verbose_name = "API keys"
-
-    def ready(self) -> None:
-        from apikeys.signals import connect
-
-        connect()

@@ -8,6 +8,7 @@ constant time. The clear key exists only in the return value of
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import secrets
@@ -20,6 +21,7 @@ from django.db import models
 from django.utils import timezone
 
 from apikeys.models import ApiKey, ToolPolicy
+from apikeys.signals import api_key_revoked
 
 KEY_PREFIX = "csk_live_"
 _ALPHABET = string.ascii_letters + string.digits
@@ -72,13 +74,15 @@ def api_key_authenticate(raw_key: str) -> ApiKey | None:
 
 
 def api_key_revoke(*, key: ApiKey) -> dict[str, int]:
-    """Revoke a key: it stops authenticating at once, its pending jobs are
-    cancelled and its running ones stopped. Returns those counts."""
-    from jobs.services import owner_jobs_cancel  # jobs imports the auth that imports this module
-
+    """Revoke a key: it stops authenticating at once; the apps above are told
+    (``api_key_revoked``: the job core cancels its pending jobs and stops its
+    running ones). Returns what they report stopped, summed."""
     ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     key.refresh_from_db()
-    return owner_jobs_cancel(api_key_id=key.pk, reason="Cancelled: the API key was revoked")
+    stopped: collections.Counter[str] = collections.Counter()
+    for _receiver, counts in api_key_revoked.send(sender=ApiKey, key=key):
+        stopped.update(counts or {})
+    return {"pending": stopped["pending"], "running": stopped["running"], **stopped}
 
 
 def api_key_active_jobs(*, key: ApiKey) -> dict[str, int]:
@@ -92,10 +96,3 @@ def api_key_active_jobs(*, key: ApiKey) -> dict[str, int]:
         .annotate(n=models.Count("pk"))
     )
     return {"pending": counts.get(JobStatus.PENDING, 0), "running": counts.get(JobStatus.RUNNING, 0)}
-
-
-def user_deactivated(*, user_id: int) -> dict[str, int]:
-    """A Django user can no longer log in: their JWT jobs go the way of a revoked key's."""
-    from jobs.services import owner_jobs_cancel
-
-    return owner_jobs_cancel(user_id=user_id, reason="Cancelled: the user was deactivated")

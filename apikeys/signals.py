@@ -1,29 +1,14 @@
-"""Where a user's deactivation reaches their jobs.
+"""What the apikeys app tells the apps above it (``jobs`` stops a revoked key's work).
 
-Django's own admin (and ``manage.py`` or any code) deactivates a user by
-saving ``is_active=False``; there is no service of ours in that path, so a
-``post_save`` receiver is the one place that sees it. It only hands over to
-``apikeys.services.user_deactivated``.
+``apikeys`` sits below the job core (the auth that every API uses reads keys),
+so it never imports ``jobs``: it sends these signals and ``jobs`` receives them
+(``jobs/receivers.py``, connected in ``JobsConfig.ready()``).
 """
 
 from __future__ import annotations
 
-from django.conf import settings
-from django.db import transaction
-from django.db.models.signals import post_save
+from django.dispatch import Signal
 
-
-def _on_user_saved(sender, instance, created: bool, **kwargs) -> None:
-    if created or getattr(instance, "is_active", True):
-        return
-    from apikeys.services import user_deactivated
-
-    user_id = instance.pk
-    # After the commit: the user's row is really inactive (and JWTs refused) before jobs stop.
-    transaction.on_commit(lambda: user_deactivated(user_id=user_id))
-
-
-def connect() -> None:
-    post_save.connect(
-        _on_user_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="apikeys.user_deactivated"
-    )
+# Sent with ``key`` (an ApiKey) once it no longer authenticates. A receiver
+# returns counts of what it stopped, e.g. ``{"pending": 2, "running": 1}``.
+api_key_revoked = Signal()

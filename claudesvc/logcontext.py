@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from claudesvc.middleware import request_id_var
-
+# Set by claudesvc.middleware.RequestIdMiddleware for each request.
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 job_id_var: ContextVar[str | None] = ContextVar("job_id", default=None)
 key_prefix_var: ContextVar[str | None] = ContextVar("key_prefix", default=None)
 

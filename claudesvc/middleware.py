@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from contextvars import ContextVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+from claudesvc.logcontext import bind_key_prefix, request_id_var
+
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -34,7 +34,6 @@ class RequestIdMiddleware:
         rid = incoming if _SAFE_ID.match(incoming) else new_request_id()
         request.request_id = rid
         request_id_var.set(rid)
-        from claudesvc.logcontext import bind_key_prefix  # (logcontext imports this module)
 
         bind_key_prefix(None)  # until authentication names the key
         return rid

@@ -32,7 +32,8 @@ from django.utils.timezone import localtime
 from claudesvc.errors import ServiceError
 from jobs.jobs_api.downloads import artifact_response
 from jobs.models import ACTIVE_STATUSES, Artifact, Attachment, ClaudeSession, Job, JobEvent
-from jobs.services import job_cancel, job_delete, jobs_delete_for_owner
+from jobs.owners import jobs_delete_for_owner
+from jobs.services import job_cancel, job_delete
 from jobs.sessions import session_delete
 
 EMPTY = "-"

@@ -1,6 +1,13 @@
 from django.apps import AppConfig
 
 
+def _preload_tasks(**_kwargs) -> None:
+    """In each new worker process, now, not when the first wake-up arrives:
+    importing the runner and the pipelines takes seconds on a busy machine, and
+    the process counts as idle (and asks for work) until its task has started."""
+    import jobs.tasks  # noqa: F401
+
+
 class JobsConfig(AppConfig):
     name = "jobs"
     verbose_name = "Jobs"
@@ -21,3 +28,8 @@ class JobsConfig(AppConfig):
         job_kind_register("claude", execute=run_claude, options=ClaudeOptions)
         # Every django-q2 worker process: heartbeat, sweep, graceful stop (jobs/worker.py).
         post_spawn.connect(worker.on_worker_start, dispatch_uid="jobs.worker.on_worker_start")
+        post_spawn.connect(_preload_tasks, dispatch_uid="jobs.apps.preload_tasks")
+        # A revoked key, a deactivated user: their jobs stop (apikeys never imports jobs).
+        from jobs import receivers
+
+        receivers.connect()

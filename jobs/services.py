@@ -323,26 +323,6 @@ def _scrub_database() -> None:
         cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def jobs_delete_for_owner(*, api_key=None, user=None) -> int:
-    """Delete everything an API key (or a Django user, for JWT callers) owns that has
-    files, through the services that remove them: its sessions (their folders and
-    transcripts), then its jobs (stored files, working folders, transcription child
-    jobs). For deleting the key or user itself; returns the number of jobs deleted."""
-    from jobs.sessions import session_delete
-
-    if (api_key is None) == (user is None):
-        raise ValueError("name exactly one owner: api_key or user")
-    owner = {"api_key": api_key} if api_key is not None else {"user": user}
-    for session in ClaudeSession.objects.filter(**owner):
-        session_delete(session=session)
-    deleted = 0
-    # Children (a transcription's summaries) go with their parent; re-read after each delete.
-    while job := Job.objects.filter(**owner).order_by("created_at").first():
-        job_delete(job=job)
-        deleted += 1
-    return deleted
-
-
 def job_delete_expired(*, batch: int = 200) -> int:
     """Delete finished jobs older than ``JOB_RETENTION_DAYS`` with their files; 0 keeps everything."""
     if not settings.JOB_RETENTION_DAYS:

@@ -125,11 +125,6 @@ def on_worker_start(sender=None, proc_name: str = "", **_kwargs) -> None:
     """django-q2's ``post_spawn``: runs in each new worker process."""
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    # Now, not when the first wake-up arrives: importing the runner and the
-    # pipelines takes seconds on a busy machine, and the process counts as idle
-    # (and asks for work) until its task has started.
-    import jobs.tasks  # noqa: F401
-
     state.agent = threading.Thread(target=_agent, name="claudesvc-worker-agent", daemon=True)
     state.agent.start()
 

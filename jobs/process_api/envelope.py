@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from claudesvc.exceptions import Problem, classify, unexpected
 from claudesvc.fields import iso_utc
-from claudesvc.middleware import request_id_var
+from claudesvc.logcontext import request_id_var
 
 # The core's neutral codes in seed 002's vocabulary; a ServiceError raised
 # with an upper-case code (PROCESS_ALREADY_COMPLETED …) keeps it.
