@@ -45,7 +45,7 @@ from django.db import connections
 from django.utils import timezone
 
 from claudesvc.errors import NotFound
-from jobs import fallback, worker
+from jobs import cli_launcher, fallback, worker
 from jobs.artifacts import artifacts_collect
 from jobs.attachments import AttachmentUnavailable, PlacedAttachment, attachments_place
 from jobs.filetypes import human_size
@@ -325,7 +325,8 @@ def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptio
         if job.tool_policy != "read_only":
             policy["add_dirs"] = [str(paths.output)]
     return ClaudeAgentOptions(
-        cli_path=str(LAUNCHER),
+        # latency hook (cold path): the launcher without a PATH lookup or site packages
+        cli_path=cli_launcher.executable(Path(settings.VAR_DIR) / "run"),
         cwd=str(cwd),
         model=job.model,
         env=env,
