@@ -216,9 +216,13 @@ Q_CLUSTER = {
     "label": "Task queue",
 }
 if REDIS_URL:
+    # The Redis broker's pusher blocks on the list (BRPOP): a message wakes it at once.
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
+    # The ORM broker whose pusher is woken by each enqueue (jobs/wakeup.py) instead
+    # of finding the message at its next poll; "poll" stays as the fallback.
+    Q_CLUSTER["broker_class"] = "jobs.wakeup.BrokerBell"
 
 # -- files ---------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from jobs.attachments import AttachmentUnavailable, PlacedAttachment, attachment
 from jobs.filetypes import human_size
 from jobs.models import Job, JobStatus
 from jobs.progress import JobGone, JobProgress
-from jobs.sandbox import cli_limits, sandbox_argv
+from jobs.sandbox import cli_limits, group_running, sandbox_argv
 from jobs.services import job_requeue, job_transition
 from jobs.sessions import session_store_options
 from jobs.upstream import upstream_status_of
@@ -624,13 +624,8 @@ class JobRun:
             self._consumer.cancel()
 
     def _group_alive(self) -> bool:
-        if self.pid is None:
-            return False
-        try:
-            os.killpg(self.pid, 0)
-        except OSError:
-            return False
-        return True
+        # latency hook (cold path): a zombie-only group counts as ended (jobs.sandbox.group_running)
+        return self.pid is not None and group_running(self.pid)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         if self.pid is None:

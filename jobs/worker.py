@@ -127,6 +127,12 @@ def on_worker_start(sender=None, proc_name: str = "", **_kwargs) -> None:
     # pipelines takes seconds on a busy machine, and the process counts as idle
     # (and asks for work) until its task has started.
     import jobs.tasks  # noqa: F401
+    from jobs.workspace import workspace_trash_empty
+
+    try:
+        workspace_trash_empty()  # what a killed worker of this host left to delete
+    except Exception:
+        logger.warning("worker %s: could not empty the job folders' trash", os.getpid(), exc_info=True)
 
     state.agent = threading.Thread(target=_agent, name="claudesvc-worker-agent", daemon=True)
     state.agent.start()
