@@ -398,7 +398,7 @@ def main() -> None:
                 "psql",
                 args.database_url.rsplit("/", 1)[0] + "/postgres",
                 "-qc",
-                f"DROP DATABASE IF EXISTS {args.database_url.rsplit('/', 1)[-1]}",
+                f"DROP DATABASE IF EXISTS {args.database_url.rsplit('/', 1)[-1]} WITH (FORCE)",
             ],
             check=False,
         )
