@@ -12,6 +12,7 @@ Without either, and as the fallback, it re-checks every ``STREAM_POLL_MS``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -60,6 +61,7 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
     keepalive = settings.STREAM_KEEPALIVE_SECONDS
     last_sent = time.monotonic()
     next_seq = offset
+    receiving: asyncio.Future | None = None
     try:
         while True:
             events = await sync_to_async(job_events)(job_id=job_id, offset=next_seq, limit=500)
@@ -80,7 +82,15 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
                 return
             try:
                 if channel:
-                    await asyncio.wait_for(layer.receive(channel), timeout=poll)
+                    # The receive stays pending across polls rather than being
+                    # cancelled by a timeout: channels-redis' pub/sub layer
+                    # unsubscribes a channel whose receive() is cancelled.
+                    if receiving is None:
+                        receiving = asyncio.ensure_future(layer.receive(channel))
+                    done, _ = await asyncio.wait({receiving}, timeout=poll)
+                    if done:
+                        receiving, finished = None, receiving
+                        finished.result()  # a broken layer fails the stream, as before
                 elif bell:
                     # Set since the last read already (a ring that came meanwhile): no wait.
                     await asyncio.wait_for(rang.wait(), timeout=poll)
@@ -93,6 +103,10 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
                 last_sent = time.monotonic()
                 yield Idle()
     finally:
+        if receiving is not None:
+            receiving.cancel()
+            with contextlib.suppress(BaseException):
+                await receiving
         if bell:
             loop.remove_reader(bell.fileno())
             bell.close()
