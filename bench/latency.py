@@ -110,7 +110,9 @@ class Service:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
+        # A busy shared machine takes a while to import the workers (the health
+        # check waits for their first heartbeat).
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
@@ -119,6 +121,7 @@ class Service:
                 pass
             time.sleep(0.2)
         else:
+            self.stop()
             raise SystemExit(f"the service did not start; see {self.log.name}")
         self.http = httpx.Client(base_url=self.url, headers={"X-API-Key": self.key}, timeout=120)
 
@@ -145,6 +148,8 @@ class Paths:
         self.jobs: list[
             tuple[str, float, float]
         ] = []  # (job id, submitted at, seen completed at), epoch seconds
+        # (job id, event seq, received at (epoch seconds)) of the ``jobs_delivery`` samples
+        self.received: list[tuple[str, int, float]] = []
 
     # -- the yardstick ------------------------------------------------------------------
 
@@ -200,6 +205,27 @@ class Paths:
         ) as r:
             for line in r.iter_lines():
                 if line == "event: done":
+                    break
+        return time.perf_counter() - started
+
+    def jobs_delivery(self) -> float:
+        """A streamed job (partial messages, 8 chunks 50 ms apart) followed on ``/events``;
+        every event's arrival time is kept for the delivery figures (``delivery``)."""
+        started = time.perf_counter()
+        job_id = self.service.http.post("/jobs", json={"prompt": SLOW, "partial_messages": True}).json()[
+            "data"
+        ]["id"]
+        seq = None
+        with self.service.http.stream(
+            "GET", f"/jobs/{job_id}/events", headers={"Accept": "text/event-stream"}
+        ) as r:
+            for line in r.iter_lines():
+                if line.startswith("id: "):
+                    seq = int(line[4:])
+                elif line.startswith("data: ") and seq is not None:
+                    self.received.append((job_id, seq, time.time()))
+                    seq = None
+                elif line == "event: done":
                     break
         return time.perf_counter() - started
 
@@ -277,19 +303,49 @@ def breakdown(service: Service, jobs: list[tuple[str, float, float]]) -> dict[st
     return {name: statistics.median(values) for name, values in stages.items()}
 
 
+def delivery(received: list[tuple[str, int, float]]) -> dict[str, float]:
+    """Seconds from an event's row being written by the worker to its arrival at an SSE client.
+
+    Call after ``breakdown`` (which set Django up in this process)."""
+    from jobs.models import JobEvent
+
+    delays = []
+    by_job = defaultdict(dict)
+    for job_id, seq, at in received:
+        by_job[job_id][seq] = at
+    for job_id, arrivals in by_job.items():
+        for seq, written in JobEvent.objects.filter(job_id=job_id).values_list("seq", "created_at"):
+            if seq in arrivals:
+                delays.append(arrivals[seq] - written.timestamp())
+    if not delays:
+        return {}
+    delays.sort()
+
+    def pct(p: float) -> float:
+        return delays[min(len(delays) - 1, int(p * len(delays)))]
+
+    return {"events": len(delays), "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": delays[-1]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--scaleout", action="store_true", help="PostgreSQL + Redis instead of SQLite")
-    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/claudesvc_bench")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a database this run creates and drops (default: claudesvc_bench_<random> on 127.0.0.1)",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="claudesvc-latency-"))
     home = work / "home"
     home.mkdir()
+    if args.database_url is None:
+        args.database_url = f"postgres://postgres@127.0.0.1:5432/claudesvc_bench_{uuid.uuid4().hex[:8]}"
     if args.scaleout:
         name = args.database_url.rsplit("/", 1)[-1]
         subprocess.run(
@@ -312,6 +368,7 @@ def main() -> None:
             ("bare_cli", paths.bare_cli),
             ("jobs_poll", paths.jobs_poll),
             ("jobs_sse", paths.jobs_sse),
+            ("jobs_delivery", paths.jobs_delivery),
             ("compat", paths.compat),
             ("session_turn2", paths.session_turn2),
             ("bare_first_token", paths.bare_first_token),
@@ -323,13 +380,28 @@ def main() -> None:
             for _, fn in order:  # warm-up: page cache, first connections, the CLI's first run
                 fn()
             paths.jobs.clear()
+            paths.received.clear()
             for _ in range(args.rounds):
                 for name, fn in order:
                     samples[name].append(fn())
             stages = breakdown(service, paths.jobs)
+            delivered = delivery(paths.received)
         finally:
             service.stop()
     shutil.rmtree(work, ignore_errors=True)
+    if args.scaleout:
+        from django.db import connections
+
+        connections.close_all()
+        subprocess.run(
+            [
+                "psql",
+                args.database_url.rsplit("/", 1)[0] + "/postgres",
+                "-qc",
+                f"DROP DATABASE IF EXISTS {args.database_url.rsplit('/', 1)[-1]} WITH (FORCE)",
+            ],
+            check=False,
+        )
 
     setup = "scale-out (PostgreSQL + Redis)" if args.scaleout else "embedded (SQLite, ORM broker)"
     print(f"# {setup}, {args.rounds} interleaved rounds, medians")
@@ -345,6 +417,11 @@ def main() -> None:
     print("| --- | --- |")
     for name, value in stages.items():
         print(f"| {name} | {value * 1000:.0f} ms |")
+    if delivered:
+        print(
+            f"\nevent delivery, worker's row → SSE client ({delivered['events']} events): "
+            + ", ".join(f"{k} {delivered[k] * 1000:.0f} ms" for k in ("p50", "p90", "p99", "max"))
+        )
     print(json.dumps({name: statistics.median(v) for name, v in samples.items()}))
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from claude_agent_sdk import ClaudeAgentOptions
 from django.conf import settings
 
+from jobs import cli_launcher
 from jobs.attachments import PlacedAttachment
 from jobs.cli import real_cli_path
 from jobs.filetypes import human_size
@@ -146,7 +147,8 @@ def build_options(job: Job, paths: JobPaths, *, stderr_sink) -> ClaudeAgentOptio
         if job.tool_policy != "read_only":
             policy["add_dirs"] = [str(paths.output)]
     return ClaudeAgentOptions(
-        cli_path=str(LAUNCHER),
+        # The launcher without a PATH lookup or site packages (cli_launcher.executable).
+        cli_path=cli_launcher.executable(Path(settings.VAR_DIR) / "run"),
         cwd=str(cwd),
         model=job.model,
         env=env,

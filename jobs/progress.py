@@ -1,27 +1,54 @@
 """A job's events: written to the database first, then pushed to live readers.
 
 The runner and the transcription pipeline report through ``JobProgress``; the
-stored rows are the truth (readers resume from a sequence number), the push on
-the channel layer only wakes readers up sooner.
+stored rows are the truth (readers resume from a sequence number), the push
+only wakes readers up sooner: on the channel layer where it reaches other
+processes (Redis), else by ringing the job's bells (``jobs.wakeup``: readers of
+the embedded setup on this machine). ``job_ended_push`` does the same once the
+job's final status is written, so that a reader ends without waiting for its
+next poll.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import IntegrityError
 
 from jobs.models import JobEvent
+from jobs.wakeup import bells_root, ring
 
 logger = logging.getLogger(__name__)
 
 
 def job_group(job_id: uuid.UUID | str) -> str:
     return f"job-{job_id}"
+
+
+def job_bells(job_id: uuid.UUID | str) -> Path:
+    """Where the embedded setup's readers of a job register their bells."""
+    return bells_root() / "jobs" / str(job_id)
+
+
+async def _push(job_id: uuid.UUID | str, message: dict[str, Any]) -> None:
+    ring(job_bells(job_id))  # nobody waits: one failed listdir
+    layer = get_channel_layer()
+    if layer is None or isinstance(layer, InMemoryChannelLayer):
+        return  # an in-memory layer never reaches a reader in the web process
+    try:
+        await layer.group_send(job_group(job_id), message)
+    except Exception:  # the push is an optimisation; readers poll the table anyway
+        logger.warning("live push for job %s failed", job_id, exc_info=True)
+
+
+def job_ended_push(job_id: uuid.UUID | str) -> None:
+    """Wake the job's readers after its final status was written (they end then)."""
+    async_to_sync(_push)(job_id, {"type": "job.ended"})
 
 
 class JobGone(Exception):
@@ -56,13 +83,7 @@ class JobProgress:
         return seq
 
     async def _publish(self, seq: int) -> None:
-        layer = get_channel_layer()
-        if layer is None:
-            return
-        try:
-            await layer.group_send(job_group(self.job_id), {"type": "job.event", "seq": seq})
-        except Exception:  # the push is an optimisation; readers poll the table anyway
-            logger.warning("live push for job %s failed", self.job_id, exc_info=True)
+        await _push(self.job_id, {"type": "job.event", "seq": seq})
 
     def _publish_sync(self, seq: int) -> None:
         async_to_sync(self._publish)(seq)

@@ -45,7 +45,7 @@ from jobs.measure import Measure, children_cpu_seconds, limit_message, rlimit_hi
 from jobs.models import Job, JobStatus
 from jobs.outcomes import CANCELLED_MESSAGE, error_event, timeout_message
 from jobs.progress import JobGone, JobProgress
-from jobs.sandbox import cli_limits
+from jobs.sandbox import cli_limits, group_running
 from jobs.services import job_requeue, job_transition
 from jobs.sessions import session_store_options
 from jobs.upstream import upstream_status_of
@@ -238,13 +238,8 @@ class JobRun:
             self._consumer.cancel()
 
     def _group_alive(self) -> bool:
-        if self.pid is None:
-            return False
-        try:
-            os.killpg(self.pid, 0)
-        except OSError:
-            return False
-        return True
+        # A zombie-only group counts as ended (jobs.sandbox.group_running).
+        return self.pid is not None and group_running(self.pid)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         if self.pid is None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -202,3 +203,34 @@ def sandbox_argv(*, cli: str, cwd: Path, read_only: list[Path], writable: list[P
         args += ["--bind", str(path), str(path)]
     args += ["--chdir", str(cwd)]
     return args
+
+
+def group_running(pgid: int) -> bool:
+    """Whether a process of the group ``pgid`` still runs; zombies do not count.
+
+    bubblewrap's outer process exits as soon as the sandbox reports the CLI's
+    exit status, before it reaps the sandbox's init, which is then reaped by
+    whoever adopts it: ``serve`` (a subreaper, every 0.3 s) or PID 1 (seconds on
+    some hosts). A ``killpg(pgid, 0)`` succeeds until then, so waiting for it
+    would add that delay to every job's end.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return False
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:  # no /proc (not Linux): trust killpg
+        return True
+    for pid in pids:
+        try:
+            if os.getpgid(pid) != pgid:
+                continue
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) S ...": the state follows the last ")" (comm may hold spaces and parentheses).
+        if stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X"):
+            return True
+    return False

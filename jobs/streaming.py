@@ -2,26 +2,30 @@
 (Server-Sent Events, the compat streams, WebSocket).
 
 Rows are read from the database by sequence number, so a reader that starts
-late or reconnects misses nothing; a push on the channel layer (Redis in the
-scale-out deployment) wakes it up at once, and where no push can arrive it
-re-checks every ``STREAM_POLL_MS``.
+late or reconnects misses nothing. What wakes a reader when a row lands (or the
+job ends): a push on the channel layer (Redis) in the scale-out deployment; in
+the embedded one, where the in-memory layer cannot reach the web process from a
+worker, a bell of the job's (``jobs.wakeup``) that ``jobs.progress`` rings.
+Without either, and as the fallback, it re-checks every ``STREAM_POLL_MS``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
 from jobs.models import FINAL_STATUSES, Job, JobEvent
-from jobs.progress import job_group
+from jobs.progress import job_bells, job_group
 from jobs.selectors import job_events
+from jobs.wakeup import bell_open
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,26 @@ class Ended:
 
 async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[JobEvent | Idle | Ended]:
     layer = get_channel_layer()
+    if isinstance(layer, InMemoryChannelLayer):
+        layer = None  # in-process only: no worker's push reaches it
     channel = await layer.new_channel() if layer else None
     if channel:
         await layer.group_add(job_group(job_id), channel)
+    bell = None if channel else bell_open(job_bells(job_id))
+    rang = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if bell:
+
+        def on_ring() -> None:
+            bell.drain()
+            rang.set()
+
+        loop.add_reader(bell.fileno(), on_ring)
     poll = settings.STREAM_POLL_MS / 1000
     keepalive = settings.STREAM_KEEPALIVE_SECONDS
     last_sent = time.monotonic()
     next_seq = offset
+    receiving: asyncio.Future | None = None
     try:
         while True:
             events = await sync_to_async(job_events)(job_id=job_id, offset=next_seq, limit=500)
@@ -65,14 +82,33 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
                 return
             try:
                 if channel:
-                    await asyncio.wait_for(layer.receive(channel), timeout=poll)
+                    # The receive stays pending across polls rather than being
+                    # cancelled by a timeout: channels-redis' pub/sub layer
+                    # unsubscribes a channel whose receive() is cancelled.
+                    if receiving is None:
+                        receiving = asyncio.ensure_future(layer.receive(channel))
+                    done, _ = await asyncio.wait({receiving}, timeout=poll)
+                    if done:
+                        receiving, finished = None, receiving
+                        finished.result()  # a broken layer fails the stream, as before
+                elif bell:
+                    # Set since the last read already (a ring that came meanwhile): no wait.
+                    await asyncio.wait_for(rang.wait(), timeout=poll)
                 else:
                     await asyncio.sleep(poll)
             except TimeoutError:
                 pass
+            rang.clear()
             if time.monotonic() - last_sent >= keepalive:
                 last_sent = time.monotonic()
                 yield Idle()
     finally:
+        if receiving is not None:
+            receiving.cancel()
+            with contextlib.suppress(BaseException):
+                await receiving
+        if bell:
+            loop.remove_reader(bell.fileno())
+            bell.close()
         if channel:
             await layer.group_discard(job_group(job_id), channel)

@@ -20,6 +20,7 @@ from claudesvc.logcontext import bind_job
 from jobs import worker
 from jobs.kinds import job_kind
 from jobs.models import JobStatus
+from jobs.progress import job_ended_push
 from jobs.queue import job_claim, job_claim_next
 from jobs.reaper import job_reap_stale, job_release_broken_off
 from jobs.services import job_delete_expired, job_enqueue, job_transition
@@ -129,6 +130,8 @@ def _run(job) -> None:
     try:
         job_kind(job.kind).execute(job.pk)
     finally:
+        # Readers following the job end now, not at their next poll.
+        job_ended_push(job.pk)
         # Whatever happened, the session's next turn must not wait for a wake-up that never comes.
         session_job_finished(job)
 

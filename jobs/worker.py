@@ -125,6 +125,12 @@ def on_worker_start(sender=None, proc_name: str = "", **_kwargs) -> None:
     """django-q2's ``post_spawn``: runs in each new worker process."""
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    from jobs.workspace import workspace_trash_empty
+
+    try:
+        workspace_trash_empty()  # what a killed worker of this host left to delete
+    except Exception:
+        logger.warning("worker %s: could not empty the job folders' trash", os.getpid(), exc_info=True)
     state.agent = threading.Thread(target=_agent, name="claudesvc-worker-agent", daemon=True)
     state.agent.start()
 

@@ -17,6 +17,7 @@ from jobs import runner, tasks, worker
 from jobs.models import Job, JobStatus
 from jobs.queue import job_claim_next
 from jobs.reaper import job_reap_stale
+from jobs.sandbox import group_running
 from jobs.services import job_create, job_transition
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -215,8 +216,8 @@ def test_a_job_the_model_was_answering_ends_failed_naming_the_shutdown(caller, s
     assert "shut down (SIGTERM)" in job.error_message and "SHUTDOWN_GRACE_SECONDS" in job.error_message
     assert time.monotonic() - stop_at < settings.SHUTDOWN_GRACE_SECONDS + settings.JOB_KILL_GRACE_SECONDS + 5
     assert time.monotonic() - started < 30
-    with pytest.raises(ProcessLookupError):
-        os.killpg(job.cli_pid, 0)
+    # Nothing of the CLI runs any more (the sandbox's init may wait as a zombie for its adopter).
+    assert not group_running(job.cli_pid)
 
 
 def test_a_run_broken_off_by_the_database_before_the_cli_started_goes_back_to_the_queue(

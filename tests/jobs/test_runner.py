@@ -8,13 +8,15 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connections
 
 from apikeys.services import api_key_create
 from claudesvc.auth import Caller
-from jobs import runner
+from jobs import cli_launcher, runner
 from jobs.models import Job, JobStatus
 from jobs.queue import job_claim_next
 from jobs.services import job_cancel, job_create, job_delete
@@ -148,7 +150,7 @@ def test_build_options_never_passes_the_prompt_as_an_argument():
     options = runner.build_options(job, job_paths(job.pk), stderr_sink=print)
     assert options.permission_mode == "dontAsk"
     assert "Bash" not in options.tools
-    assert options.cli_path == str(runner.LAUNCHER)
+    assert options.cli_path == cli_launcher.executable(django_settings.VAR_DIR / "run")
     assert "--dangerously-skip-permissions" not in json.dumps(options.extra_args)
 
 
@@ -284,3 +286,18 @@ def test_a_working_directory_is_readable_and_stays_unwritten(settings, tmp_path)
     runner.run_job(job.pk)
     assert target.read_text() == "data"
     assert sorted(p.name for p in project.iterdir()) == ["notes.txt", "out"]
+
+
+def test_the_launcher_starts_through_a_copy_naming_this_interpreter(tmp_path):
+    """No ``#!/usr/bin/env python3`` lookup (a pyenv shim costs up to half a second) and no site packages."""
+    path = cli_launcher.executable(tmp_path)
+    assert path.startswith(str(tmp_path)) and os.access(path, os.X_OK)
+    first, rest = Path(path).read_text().split("\n", 1)
+    assert first == f"#!{os.path.realpath(sys.executable)} -IS"
+    assert rest == runner.LAUNCHER.read_text().split("\n", 1)[1]
+    assert cli_launcher.executable(tmp_path) == path  # written once per process
+
+
+def test_the_launcher_falls_back_to_its_own_file_where_a_copy_cannot_run(tmp_path):
+    path = cli_launcher.executable(tmp_path, python="/nonexistent/" + "p" * 150)
+    assert path == str(runner.LAUNCHER)

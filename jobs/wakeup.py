@@ -1,0 +1,196 @@
+"""Wake-ups between the processes of one machine, for the embedded setup.
+
+In the embedded deployment (SQLite, django-q2's ORM broker, no Redis) the web
+server and the workers are separate processes with nothing to push through:
+the broker's pusher polls its table every ``Q_CLUSTER["poll"]`` seconds and a
+streaming reader polls the events table every ``STREAM_POLL_MS``, which adds
+on average half of each interval to every job and every event.
+
+A *bell* closes that gap: a process that waits binds a Unix datagram socket
+and registers it as a file in a folder under ``VAR_DIR/run/``; a process with
+news rings the folder, that is sends an empty datagram to every socket
+registered there. The waiter wakes at once and reads the table as before. The
+rows stay the truth and the poll stays as the fallback, so a lost ring (a full
+socket buffer, a bell on another host, a platform without abstract sockets)
+only costs the old delay.
+
+Uses:
+
+- ``BrokerBell`` (``Q_CLUSTER["broker_class"]`` in the embedded setup): every
+  enqueue rings the cluster's pusher, which waits on its bell instead of
+  sleeping ``poll``;
+- ``jobs.streaming.follow_job`` waits on a bell of its job's folder, which
+  ``jobs.progress`` rings after each event it writes and when the job ends.
+
+Sockets live in Linux's abstract namespace (no path length limit, gone with
+their process); the registry file only names them. Elsewhere nothing rings and
+everything polls, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import select
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django_q.brokers.orm import ORM
+from django_q.conf import Conf
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED = sys.platform.startswith("linux")
+
+
+def bells_root() -> Path:
+    """Where this deployment's bells are registered (one folder per cluster name)."""
+    return Path(settings.VAR_DIR) / "run" / f"bells-{settings.Q_CLUSTER_NAME}"
+
+
+def _address(folder: Path, name: str) -> str:
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:20]
+    return f"\0claudesvc-bell/{digest}/{name}"
+
+
+class Bell:
+    """One waiter's socket, registered in ``folder`` until ``close()``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self.sock.setblocking(False)
+            self.sock.bind(_address(folder, self.name))
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / self.name).touch()
+        except OSError:
+            self.sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self) -> int:
+        """Read every ring waiting; how many there were."""
+        count = 0
+        while True:
+            try:
+                self.sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return count
+            except OSError:
+                return count
+            count += 1
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a ring or ``timeout`` seconds; whether it rang (the rings are consumed)."""
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        return bool(ready) and self.drain() > 0
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.folder / self.name).unlink()
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()  # only once empty: the last waiter of a job tidies up
+        self.sock.close()
+
+
+def bell_open(folder: Path) -> Bell | None:
+    """A bell in ``folder``, or None where bells cannot work (then the caller polls)."""
+    if not SUPPORTED:
+        return None
+    try:
+        return Bell(folder)
+    except OSError:
+        logger.debug("no bell in %s; polling instead", folder, exc_info=True)
+        return None
+
+
+_sender: socket.socket | None = None
+
+
+def ring(folder: Path) -> int:
+    """Wake every bell registered in ``folder``; how many were rung. Never blocks or raises."""
+    global _sender
+    if not SUPPORTED:
+        return 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0  # nobody waits
+    if _sender is None:
+        _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        _sender.setblocking(False)
+    rung = 0
+    for name in names:
+        try:
+            _sender.sendto(b"!", _address(folder, name))
+            rung += 1
+        except (BlockingIOError, InterruptedError):
+            rung += 1  # its buffer is full of rings already: it wakes anyway
+        except (ConnectionRefusedError, FileNotFoundError):
+            # Its process is gone without closing it (killed): forget it.
+            with contextlib.suppress(OSError):
+                (folder / name).unlink()
+        except OSError:
+            continue
+    return rung
+
+
+# -- the broker's pusher ----------------------------------------------------------------------
+
+
+def broker_folder() -> Path:
+    return bells_root() / "broker"
+
+
+class BrokerBell(ORM):
+    """django-q2's ORM broker, whose pusher wakes when a task is enqueued instead
+    of after its next ``poll`` sleep. Messages and their locking are the ORM
+    broker's own; only the empty-queue sleep and the enqueue's ring differ."""
+
+    _bell: Bell | None = None
+    _bell_pid: int | None = None
+
+    def enqueue(self, task):
+        pk = super().enqueue(task)
+        ring(broker_folder())
+        return pk
+
+    def _own_bell(self) -> Bell | None:
+        # Bound lazily in the process that dequeues (the cluster's pusher), never in a web process.
+        if self._bell_pid != os.getpid():
+            self._bell = bell_open(broker_folder())
+            self._bell_pid = os.getpid()
+        return self._bell
+
+    def dequeue(self):
+        bell = self._own_bell()
+        if bell is not None:
+            bell.drain()  # before the read: a ring after it is one the read may have missed
+        tasks = self.get_connection().filter(key=self.list_key, lock__lt=self._now())[0 : Conf.BULK]
+        if tasks:
+            task_list = []
+            for task in tasks:
+                if self.get_connection().filter(id=task.id, lock=task.lock).update(lock=self.timeout(task)):
+                    task_list.append((task.pk, task.payload))
+                # else another cluster was faster on that task
+            return task_list
+        if bell is not None:
+            bell.wait(Conf.POLL)
+        else:
+            select.select([], [], [], Conf.POLL)
+        return None
+
+    @staticmethod
+    def _now():
+        from django.utils import timezone
+
+        return timezone.now()
