@@ -148,10 +148,14 @@ def job_create(
     return job
 
 
-def _claimable():
-    """Pending jobs that may start now: not a turn of a session that has one running."""
+def _claimable(worker: str | None = None):
+    """Pending jobs that may start now: not a turn of a session that has one running
+    (nor, live sessions, one whose live CLI another worker holds: ``jobs.live``)."""
     busy_sessions = Job.objects.filter(status=JobStatus.RUNNING, session__isnull=False).values("session_id")
-    return Job.objects.filter(status=JobStatus.PENDING).exclude(session_id__in=busy_sessions)
+    pending = Job.objects.filter(status=JobStatus.PENDING).exclude(session_id__in=busy_sessions)
+    from jobs.live import claimable_filter  # live sessions hook
+
+    return claimable_filter(pending, worker)
 
 
 # -- per-owner limits (fair sharing) ------------------------------------------------------
@@ -332,7 +336,7 @@ def job_claimable_exists() -> bool:
     return False
 
 
-def job_claim_next(*, worker: str | None = None) -> Job | None:
+def job_claim_next(*, worker: str | None = None, only_sessions: list | None = None) -> Job | None:
     """Move the next pending job to running, fairly between owners, or return None.
 
     The next job comes from the owner (API key, or JWT user) with the fewest
@@ -354,6 +358,9 @@ def job_claim_next(*, worker: str | None = None) -> Job | None:
     first claimable job in the same order, racing workers pick the same
     (earliest) turn and only one of them gets it. The update repeats the
     condition, so a turn never starts beside a running one.
+
+    ``only_sessions`` (live sessions, ``jobs.live``): claim only turns of these
+    sessions (a worker's poller for the sessions whose live CLIs it holds).
     """
     worker = worker or worker_name()
     for _ in range(20):
@@ -362,7 +369,7 @@ def job_claim_next(*, worker: str | None = None) -> Job | None:
             return None
         raced = False
         for queue in queues:
-            job, lost_race = _claim_from(queue, worker)
+            job, lost_race = _claim_from(queue, worker, only_sessions)
             if job is not None:
                 return job
             raced = raced or lost_race
@@ -371,11 +378,13 @@ def job_claim_next(*, worker: str | None = None) -> Job | None:
     return None
 
 
-def _claim_from(queue: _OwnerQueue, worker: str) -> tuple[Job | None, bool]:
+def _claim_from(queue: _OwnerQueue, worker: str, only_sessions=None) -> tuple[Job | None, bool]:
     """Claim the owner's next job; (the job or None, whether another worker interfered)."""
     owner = _owner_of(api_key_id=queue.api_key_id, user_id=queue.user_id)
+    if only_sessions is not None:
+        owner &= Q(session_id__in=only_sessions)
     candidate = (
-        _claimable()
+        _claimable(worker)
         .filter(owner)
         .order_by("-priority", "created_at", "pk")
         .values_list("pk", flat=True)
@@ -403,7 +412,7 @@ def _claim_from(queue: _OwnerQueue, worker: str) -> tuple[Job | None, bool]:
             cap = budget_remaining(key)
         now = timezone.now()
         claimed = (
-            _claimable()
+            _claimable(worker)
             .filter(pk=candidate)
             .update(
                 status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker, max_budget_usd=cap

@@ -234,6 +234,10 @@ def _leave(code: int) -> None:
     from jobs.services import worker_name
 
     with contextlib.suppress(Exception):
+        from jobs import live  # live sessions hook: close this process's live CLIs, release their sessions
+
+        live.shutdown()
+    with contextlib.suppress(Exception):
         Worker.objects.filter(name=worker_name()).delete()
     logging.shutdown()
     os._exit(code)

@@ -30,6 +30,7 @@ from jobs.compat_api.answers import AnswerTracker, Failure, answer_of, answer_pi
 from jobs.compat_api.catalog import max_tokens_for
 from jobs.compat_api.conversation import Conversation, anthropic_conversation, openai_conversation
 from jobs.compat_api.errors import AnthropicView, OpenAIView, failure_error
+from jobs.compat_api.fingerprint import conversation_fingerprints
 from jobs.compat_api.openai_format import Reply
 from jobs.compat_api.token_count import count_tokens
 from jobs.models import ClaudeSession, Job
@@ -125,19 +126,26 @@ def _start(
         session = session_for_call(caller=request.user, external_id=session_key, model=model)
         # A session that already has a Claude Code conversation resumes it: only the new turn goes.
         resuming = bool(session_resume_id(session.pk))
+        # -- live sessions hook (jobs/live.py): the worker decides between resuming (or the
+        # session's live CLI) and a fresh start, by the fingerprint of the history sent; so the
+        # job keeps the full prompt (and the history's files) for a fresh start.
+        fingerprints = conversation_fingerprints(conversation)
+        with_history = not resuming or "history_fp" in fingerprints
         options = {
             "partial_messages": True,
             "max_tokens": max_tokens_for(model, max_tokens).value,
             "cwd": session.cwd,
-            "inline_files": [f.as_option() for f in conversation.files(with_history=not resuming)],
+            "inline_files": [f.as_option() for f in conversation.files(with_history=with_history)],
+            **fingerprints,
             **extra,
         }
-        if not resuming and conversation.history:
-            # Should an earlier turn of this session finish first, the worker resumes it instead.
+        if conversation.history:
+            # Resumed (or continued on its live CLI), the turn sends the new messages alone.
             options["resume_prompt"] = conversation.turn_prompt()
+        # -- end hook
         return job_create(
             caller=request.user,
-            prompt=conversation.turn_prompt() if resuming else conversation.full_prompt(),
+            prompt=conversation.full_prompt(),
             model=model,
             source="compat",
             system_prompt=conversation.system,
