@@ -136,11 +136,11 @@ def test_a_session_never_sees_another_conversation(service, key, outsider, upstr
 
 def test_a_changed_history_is_honoured(service, key, upstream):
     chat, one, two, three, four = Chat(service, key.secret), marker(), marker(), marker(), marker()
-    chat.say(f"The code is 4711 {one}")
-    chat.say(f"Remember it {two}")
+    chat.say(f"The code is 4711 {one} [[reply:Noted.]]")
+    chat.say(f"Remember it {two} [[reply:Sure.]]")
     pid = chat.last.cli_pid
     # The client edits its first message: the live CLI's conversation is stale.
-    chat.messages[0]["content"] = f"The code is 1234 {one}"
+    chat.messages[0]["content"] = f"The code is 1234 {one} [[reply:Noted.]]"
     chat.say(f"What is the code? {three}")
     fresh = chat.last
     assert not live_of(fresh)["reused"] and "resume" not in fresh.options
@@ -261,7 +261,17 @@ def test_the_per_key_running_cap_holds_for_live_turns(service, key, upstream):
 
 
 @pytest.fixture
-def own_service(tmp_path, service_extra_env, upstream, django_db_blocker):
+def own_service(tmp_path, service_extra_env, upstream, django_db_blocker, monkeypatch):
+    """Start a service of the test's own with some settings (``JOB_WORKERS`` too)."""
+    import tests.e2e.conftest as e2e
+
+    plain = e2e.service_env
+
+    def with_overrides(work, extra):
+        return {**plain(work, extra), **extra}
+
+    monkeypatch.setattr(e2e, "service_env", with_overrides)
+
     def start(**env):
         return running_service(tmp_path / uuid.uuid4().hex[:6], {**service_extra_env, **env})
 
