@@ -146,6 +146,38 @@ def live_cli_memory(service: Service) -> None:
         )
 
 
+def live_summary(db: Path) -> None:
+    """How the session turns ran: on a reused live CLI, or not (embedded database only)."""
+    import json
+    import sqlite3
+    from datetime import datetime
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT options, status, created_at, started_at, finished_at FROM jobs_job WHERE session_id IS NOT NULL"
+        ).fetchall()
+    live = [json.loads(r[0]).get("live") or {} for r in rows]
+    reused = sum(1 for x in live if x.get("reused"))
+    failed = sum(1 for r in rows if r[1] != "completed")
+    print(f"session turns: {len(rows)}, on a reused live CLI: {reused}, not completed: {failed}", flush=True)
+
+    def at(text):
+        return datetime.fromisoformat(text) if text else None
+
+    waits, runs = [], []
+    for row, info in zip(rows, live, strict=True):
+        created, started, finished = at(row[2]), at(row[3]), at(row[4])
+        if info.get("reused") and created and started and finished:
+            waits.append((started - created).total_seconds() * 1000)
+            runs.append((finished - started).total_seconds() * 1000)
+    if waits:
+        print(
+            f"reused turns: created -> claimed median {statistics.median(waits):.0f} ms, "
+            f"claimed -> finished median {statistics.median(runs):.0f} ms",
+            flush=True,
+        )
+
+
 class OneShot:
     def __init__(self, openai_client) -> None:
         self.client = openai_client
@@ -219,6 +251,8 @@ def main() -> None:
                     t.join()
                 run_clients("sessions", sessions, args.seconds)
                 live_cli_memory(service)
+                if not args.scaleout:
+                    live_summary(work / "var" / "db.sqlite3")
         finally:
             service.stop()
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -398,7 +399,8 @@ def _release_quietly(session_id) -> None:
 
 def _schedule_close(entry: LiveCli, reason: str = "turn did not complete") -> None:
     _kill(entry)
-    asyncio.get_running_loop().create_task(_close(entry, reason))
+    # A context of its own: the closing outlives the turn that asked for it.
+    asyncio.get_running_loop().create_task(_close(entry, reason), context=contextvars.Context())
 
 
 async def relay_turn(run) -> None:
@@ -515,7 +517,7 @@ def _ensure_background() -> None:
         _pool = ThreadPoolExecutor(
             max_workers=settings.SESSION_LIVE_MAX_PER_WORKER + 1, thread_name_prefix="claudesvc-live"
         )
-        live_loop.get_loop().create_task(_idle_closer())
+        live_loop.submit(_idle_closer())
         threading.Thread(target=_poller, name="claudesvc-live-poller", daemon=True).start()
         import multiprocessing.util
 

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from asgiref.sync import SyncToAsync
+
 T = TypeVar("T")
 
 _lock = threading.Lock()
@@ -50,6 +52,8 @@ def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     """Start ``coro`` on the loop as a task, in the caller's context (log context variables)."""
     loop = get_loop()
     ctx = contextvars.copy_context()
+    # The task starts outside any sync_to_async call, whatever its caller was in.
+    ctx.run(SyncToAsync.deadlock_context.set, False)
     result: concurrent.futures.Future[T] = concurrent.futures.Future()
 
     def start() -> None:
