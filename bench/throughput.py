@@ -129,6 +129,11 @@ def live_cli_memory(service: Service) -> None:
         return
     rss, uss = [], []
     for procs in groups.values():
+        try:
+            if not any(p.name() == "claude" or p.cmdline()[:1] == ["claude"] for p in procs):
+                continue
+        except psutil.Error:
+            continue
         r = u = 0
         for proc in procs:
             try:

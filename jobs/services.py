@@ -381,11 +381,11 @@ def job_claim_next(*, worker: str | None = None, only_sessions: list | None = No
 def _claim_from(queue: _OwnerQueue, worker: str, only_sessions=None) -> tuple[Job | None, bool]:
     """Claim the owner's next job; (the job or None, whether another worker interfered)."""
     owner = _owner_of(api_key_id=queue.api_key_id, user_id=queue.user_id)
-    if only_sessions is not None:
-        owner &= Q(session_id__in=only_sessions)
+    # Live sessions: only these sessions' turns (the running cap below still counts all of the owner's jobs).
+    mine = owner & Q(session_id__in=only_sessions) if only_sessions is not None else owner
     candidate = (
         _claimable(worker)
-        .filter(owner)
+        .filter(mine)
         .order_by("-priority", "created_at", "pk")
         .values_list("pk", flat=True)
         .first()

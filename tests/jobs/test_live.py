@@ -155,3 +155,15 @@ def test_keepalive_zero_routes_nothing(caller, settings):
     turn = _turn(caller, session)
     assert not live.serves(turn)
     assert job_claim_next(worker="host:2").pk == turn.pk
+
+
+def test_the_holders_claim_still_counts_all_of_the_keys_running_jobs(caller, owner_key):
+    owner_key.row.max_running_jobs = 1
+    owner_key.row.save()
+    caller = Caller(api_key=owner_key.row)
+    other = session_for_call(caller=caller, external_id="other", model="haiku")
+    held = session_for_call(caller=caller, external_id="held", model="haiku")
+    _turn(caller, other)
+    assert job_claim_next(worker="host:2").session_id == other.pk  # the key's one running job
+    _turn(caller, held)
+    assert job_claim_next(worker="host:1", only_sessions=[held.pk]) is None
