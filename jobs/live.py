@@ -583,6 +583,13 @@ def _close_gone(me: str) -> None:
     deletion) or no longer held by this worker."""
     from jobs.models import ClaudeSession
 
+    # A hold this process no longer has a CLI for (its release failed): let the turn go elsewhere.
+    stray = ClaudeSession.objects.filter(live_worker=me).exclude(
+        pk__in=[e.session_id for e in registry.all()]
+    )
+    stray_ids = list(stray.values_list("pk", flat=True))
+    if stray_ids:
+        _release(stray_ids)
     entries = [e for e in registry.all() if not e.busy]
     if not entries:
         return
