@@ -199,15 +199,20 @@ def claimable_filter(queryset, worker: str | None):
     """
     if not enabled():
         return queryset
+    held = _held_sessions()
+    if worker:
+        held = held.exclude(live_worker=worker)
+    return queryset.exclude(session_id__in=held.values("pk"))
+
+
+def _held_sessions():
+    """Sessions whose live CLI a worker with a fresh heartbeat holds, not stopping, lease not over."""
     from jobs.models import ClaudeSession, Worker
 
     now = timezone.now()
     fresh = now - timedelta(seconds=2 * settings.JOB_HEARTBEAT_SECONDS + 1)
     alive = Worker.objects.filter(heartbeat_at__gte=fresh, stopping=False).values("name")
-    held = ClaudeSession.objects.filter(live_until__gt=now, live_worker__in=alive)
-    if worker:
-        held = held.exclude(live_worker=worker)
-    return queryset.exclude(session_id__in=held.values("pk"))
+    return ClaudeSession.objects.filter(live_until__gt=now, live_worker__in=alive)
 
 
 def _hold(session_id, until: float) -> None:
@@ -525,6 +530,14 @@ def _ensure_background() -> None:
         multiprocessing.util.Finalize(None, shutdown, exitpriority=50)
 
 
+def session_is_held(session) -> bool:
+    """Whether a live worker holds ``session`` now: its poller claims the next turn,
+    no wake-up needed (``compat_api.views._start`` sends none then)."""
+    if not enabled():
+        return False
+    return _held_sessions().filter(pk=session.pk).exists()
+
+
 async def _idle_closer() -> None:
     while True:
         await asyncio.sleep(1)
@@ -625,8 +638,20 @@ def _run_claimed(job) -> None:
         connections.close_all()
 
 
-def shutdown(timeout: float = 8) -> None:
-    """Close every live CLI of this process and release its sessions (worker stop or exit)."""
+def shutdown(timeout: float = 8, *, wait_for_turns: bool = True) -> None:
+    """Close every live CLI of this process and release its sessions (worker stop or exit).
+
+    On django-q2's recycling (the process's task loop returned) live turns may
+    still run on this process's threads: the process counts as stopping (its
+    sessions' next turns go elsewhere) and they get ``SHUTDOWN_GRACE_SECONDS``
+    (and their stop) to end, as on a graceful stop."""
+    from jobs import worker
+
+    if wait_for_turns and registry.all():
+        worker.request_stop("recycled")
+        deadline = time.monotonic() + settings.SHUTDOWN_GRACE_SECONDS + settings.JOB_KILL_GRACE_SECONDS + 3
+        while worker.state.busy and time.monotonic() < deadline:
+            time.sleep(0.05)
     entries = registry.all()
     if entries and live_loop._loop is not None and not live_loop.in_loop_thread():
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from asgiref.sync import SyncToAsync
+from asgiref.sync import AsyncToSync, SyncToAsync
 
 T = TypeVar("T")
 
@@ -37,6 +37,13 @@ def get_loop() -> asyncio.AbstractEventLoop:
                 loop.call_soon(ready.set)
                 loop.run_forever()
 
+            # Thread-sensitive sync_to_async calls (the ORM) of every task on this loop go
+            # to one thread of the loop's own, as asgiref does for a loop it runs itself,
+            # rather than to its process-wide executor, which refuses a second caller
+            # from a context that already uses it ("would deadlock").
+            AsyncToSync.loop_thread_executors[loop] = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="claudesvc-loop-sync"
+            )
             _thread = threading.Thread(target=serve, name="claudesvc-loop", daemon=True)
             _thread.start()
             ready.wait(10)

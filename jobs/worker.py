@@ -236,7 +236,7 @@ def _leave(code: int) -> None:
     with contextlib.suppress(Exception):
         from jobs import live  # live sessions hook: close this process's live CLIs, release their sessions
 
-        live.shutdown()
+        live.shutdown(wait_for_turns=False)
     with contextlib.suppress(Exception):
         Worker.objects.filter(name=worker_name()).delete()
     logging.shutdown()

@@ -24,6 +24,7 @@ from claudesvc.errors import NotFound, ServiceError
 from claudesvc.fields import iso_utc
 from claudesvc.login_throttle import client_address, login_failed, login_succeeded, login_throttle_check
 from claudesvc.negotiation import AnyAcceptNegotiation
+from jobs import live
 from jobs.compat_api import anthropic_format, catalog, openai_format, structured
 from jobs.compat_api import serializers as s
 from jobs.compat_api.answers import AnswerTracker, Failure, answer_of, answer_pieces
@@ -151,6 +152,8 @@ def _start(
             system_prompt=conversation.system,
             options=options,
             session=session,
+            # live sessions hook: the worker holding the session's live CLI polls for its turns.
+            enqueue=not live.session_is_held(session),
         )
 
 
