@@ -74,12 +74,14 @@ def enabled() -> bool:
 
 
 def serves(job) -> bool:
-    """Whether ``job`` runs through a live CLI: a compat session's turn, live sessions on,
+    """Whether ``job`` runs through a live CLI: a turn of a compat session the caller named, live sessions on,
     no per-job spending cap (``--max-budget-usd`` counts a whole CLI process's spend)."""
     opts = job.options or {}
     return (
         enabled()
         and job.session_id is not None
+        # named by the caller (X-Request-ID, metadata.user_id): a one-off call's session gets no next turn
+        and bool(opts.get("live_session"))
         and job.max_budget_usd is None
         and not opts.get("api_fallback")
         and bool(opts.get("cwd"))

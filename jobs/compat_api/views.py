@@ -138,6 +138,8 @@ def _start(
             "cwd": session.cwd,
             "inline_files": [f.as_option() for f in conversation.files(with_history=with_history)],
             **fingerprints,
+            # A session the caller named may get a next turn: its CLI may stay alive for it.
+            **({"live_session": True} if session_key is not None else {}),
             **extra,
         }
         if conversation.history:

@@ -152,7 +152,7 @@ def test_keepalive_zero_routes_nothing(caller, settings):
     ClaudeSession.objects.filter(pk=session.pk).update(
         live_worker="host:1", live_until=now + timedelta(seconds=60)
     )
-    turn = _turn(caller, session)
+    turn = _turn(caller, session, live_session=True)
     assert not live.serves(turn)
     assert job_claim_next(worker="host:2").pk == turn.pk
 
@@ -167,3 +167,9 @@ def test_the_holders_claim_still_counts_all_of_the_keys_running_jobs(caller, own
     assert job_claim_next(worker="host:2").session_id == other.pk  # the key's one running job
     _turn(caller, held)
     assert job_claim_next(worker="host:1", only_sessions=[held.pk]) is None
+
+
+def test_only_sessions_the_caller_named_get_a_live_cli(caller):
+    session = session_for_call(caller=caller, external_id=None, model="haiku")
+    assert not live.serves(_turn(caller, session))
+    assert live.serves(_turn(caller, session, live_session=True, cwd="/tmp/x"))
