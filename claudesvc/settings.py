@@ -451,6 +451,16 @@ RATELIMIT_USE_CACHE = "default"
 
 # A session without a call for this long is removed (with its files) by a schedule.
 COMPAT_SESSION_IDLE_MINUTES = env_int("COMPAT_SESSION_IDLE_MINUTES", 30, minimum=1)
+# -- live sessions (jobs/live.py, issue 18) --
+# A compat session's CLI stays alive this long after its last turn, on the worker
+# process that ran it, and serves the session's next turn (no CLI start, no resume).
+# 0: no live sessions (every turn starts a CLI and resumes the stored conversation).
+SESSION_KEEPALIVE_SECONDS = env_int("SESSION_KEEPALIVE_SECONDS", 300, minimum=0)
+# At most this many live CLIs per worker process; the least recently used goes first.
+SESSION_LIVE_MAX_PER_WORKER = env_int("SESSION_LIVE_MAX_PER_WORKER", 4, minimum=1)
+# How often (ms) a worker holding live sessions looks for their next turns.
+SESSION_LIVE_POLL_MS = env_int("SESSION_LIVE_POLL_MS", 20, minimum=5)
+# -- end live sessions --
 # max_tokens when a request names none, and the operator's ceiling on what a request
 # may ask for. A request above its model's output limit (or this ceiling) is lowered
 # to it, not refused: clients send their defaults (LangChain's ChatAnthropic 64000).

@@ -256,6 +256,15 @@ class ClaudeSession(models.Model):
     cwd = models.CharField(max_length=500)
     created_at = models.DateTimeField(auto_now_add=True)
     last_activity = models.DateTimeField(db_index=True)
+    # -- live sessions (jobs/live.py, issue 18) --
+    # The worker process ("host:pid") whose live CLI holds this conversation, and
+    # until when at most: other workers leave its next turn to that one meanwhile.
+    live_worker = models.CharField(max_length=200, blank=True, default="", db_index=True)
+    live_until = models.DateTimeField(null=True, blank=True)
+    # Fingerprints of the client-visible history the last completed turn left
+    # (jobs/compat_api/fingerprint.py): a turn built on another history starts afresh.
+    history_fps = models.JSONField(default=list, blank=True)
+    # -- end live sessions --
 
     class Meta:
         ordering = ["-last_activity"]

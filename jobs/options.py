@@ -32,6 +32,15 @@ class ClaudeOptions(TypedDict):
     api_fallback: NotRequired[bool]  # may run through the Messages API without the CLI (Process API)
     queued: NotRequired[bool]  # the caller asked to queue rather than be refused (Process API)
     executed_via: NotRequired[str]  # written by the runner: "cli" or "api"
+    # Live sessions (jobs.live, jobs.live_routing, jobs.history): fingerprints of the
+    # client's history (compat), whether the session was named (may keep a live CLI),
+    # what the worker decided (the turn it continues, a stale history), which live CLI ran it.
+    turn_fp: NotRequired[str]
+    history_fp: NotRequired[str]
+    live_session: NotRequired[bool]
+    resume_job: NotRequired[str]
+    history_stale: NotRequired[bool]
+    live: NotRequired[dict]
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

@@ -29,6 +29,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from jobs.live_routing import claimable_filter
 from jobs.models import Job, JobStatus
 from jobs.outcomes import error_event
 from jobs.progress import JobProgress
@@ -38,13 +39,15 @@ from jobs.usage import budget_refusal, budget_remaining
 logger = logging.getLogger(__name__)
 
 
-def _claimable():
+def _claimable(worker: str | None = None):
     """Pending jobs the queue may start now: not a turn of a session that has one
-    running, not a child job (its parent's worker claims and runs it, ``tasks.run_child_job``)."""
+    running, not a child job (its parent's worker claims and runs it, ``tasks.run_child_job``),
+    not a turn of a session whose live CLI another worker than ``worker`` holds (``jobs.live_routing``)."""
     busy_sessions = Job.objects.filter(status=JobStatus.RUNNING, session__isnull=False).values("session_id")
-    return Job.objects.filter(status=JobStatus.PENDING, parent__isnull=True).exclude(
+    pending = Job.objects.filter(status=JobStatus.PENDING, parent__isnull=True).exclude(
         session_id__in=busy_sessions
     )
+    return claimable_filter(pending, worker)
 
 
 # -- per-owner limits (fair sharing) ------------------------------------------------------
@@ -162,7 +165,7 @@ def job_claimable_exists() -> bool:
     return False
 
 
-def job_claim_next(*, worker: str | None = None) -> Job | None:
+def job_claim_next(*, worker: str | None = None, only_sessions: list | None = None) -> Job | None:
     """Move the next pending job to running, fairly between owners, or return None.
 
     The next job comes from the owner (API key, or JWT user) with the fewest
@@ -184,6 +187,9 @@ def job_claim_next(*, worker: str | None = None) -> Job | None:
     first claimable job in the same order, racing workers pick the same
     (earliest) turn and only one of them gets it. The update repeats the
     condition, so a turn never starts beside a running one.
+
+    ``only_sessions`` (live sessions, ``jobs.live``): claim only turns of these
+    sessions (the poller of the worker holding their live CLIs).
     """
     worker = worker or worker_name()
     for _ in range(20):
@@ -192,7 +198,7 @@ def job_claim_next(*, worker: str | None = None) -> Job | None:
             return None
         raced = False
         for queue in queues:
-            job, lost_race = _claim_from(queue, worker)
+            job, lost_race = _claim_from(queue, worker, only_sessions)
             if job is not None:
                 return job
             raced = raced or lost_race
@@ -201,12 +207,14 @@ def job_claim_next(*, worker: str | None = None) -> Job | None:
     return None
 
 
-def _claim_from(queue: _OwnerQueue, worker: str) -> tuple[Job | None, bool]:
+def _claim_from(queue: _OwnerQueue, worker: str, only_sessions=None) -> tuple[Job | None, bool]:
     """Claim the owner's next job; (the job or None, whether another worker interfered)."""
     owner = _owner_of(api_key_id=queue.api_key_id, user_id=queue.user_id)
+    # Only these sessions' turns, if given; the running cap below still counts all of the owner's jobs.
+    mine = owner & Q(session_id__in=only_sessions) if only_sessions is not None else owner
     candidate = (
-        _claimable()
-        .filter(owner)
+        _claimable(worker)
+        .filter(mine)
         .order_by("-priority", "created_at", "pk")
         .values_list("pk", flat=True)
         .first()
@@ -233,7 +241,7 @@ def _claim_from(queue: _OwnerQueue, worker: str) -> tuple[Job | None, bool]:
             cap = budget_remaining(key)
         now = timezone.now()
         claimed = (
-            _claimable()
+            _claimable(worker)
             .filter(pk=candidate)
             .update(
                 status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker, max_budget_usd=cap

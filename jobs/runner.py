@@ -27,7 +27,8 @@ from django.conf import settings
 from django.db import connections
 
 from claudesvc.errors import NotFound
-from jobs import fallback, worker
+from jobs import fallback, live, worker
+from jobs import loop as live_loop
 from jobs.artifacts import artifacts_collect
 from jobs.attachments import AttachmentUnavailable, attachments_place
 from jobs.cli import cli_info, real_cli_path
@@ -91,6 +92,10 @@ class JobRun:
         self.children_cpu_at_start = children_cpu_seconds()
         self.prompt = job.prompt
         self._consumer: asyncio.Task | None = None
+        # -- live sessions hook (jobs/live.py): set by live.relay_turn --
+        self.live: dict[str, Any] | None = None  # pid, reused, turn of the live CLI that ran it
+        self.live_kept = False  # its CLI stays alive for the session's next turn: do not kill it
+        # -- end hook
 
     # The main loop --------------------------------------------------------------
 
@@ -119,10 +124,11 @@ class JobRun:
         finally:
             watcher.cancel()
             # Whatever the CLI left running in its group (a background shell …) goes too.
-            self._signal_group(signal.SIGKILL)
+            if not self.live_kept:  # live sessions hook: a kept live CLI serves the next turn
+                self._signal_group(signal.SIGKILL)
         # Let the killed processes be reaped before the job counts as over (and its loop closes).
         deadline = time.monotonic() + 5
-        while self._group_alive() and time.monotonic() < deadline:
+        while not self.live_kept and self._group_alive() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await self._finish()
 
@@ -133,6 +139,11 @@ class JobRun:
             if not cli.installed:
                 await self._consume_api(cli.error or "the Claude CLI is not installed")
                 return
+        # -- live sessions hook (jobs/live.py): a compat session's turn runs on its live CLI
+        if live.serves(self.job):
+            await live.relay_turn(self)
+            return
+        # -- end hook
         first_seq = self.progress.next_seq
         options = build_options(self.job, self.paths, stderr_sink=self.stderr_lines.append)
         # The conversation is mirrored to (and resumed from) the database: any host can run the next turn.
@@ -272,6 +283,7 @@ class JobRun:
                 f"Claude CLI unavailable ({self.fallback_reason}); ran through the Anthropic Messages API.\n"
             )
             fields["stderr"] = note + fields["stderr"]
+        fields.update(live.outcome_fields(self, fields))  # live sessions hook: which live CLI ran it
         res = self.result
         if res is not None:
             fields.update(
@@ -407,4 +419,8 @@ def run_job(job_id) -> None:
             # connection open between jobs.
             await sync_to_async(connections.close_all)()
 
-    asyncio.run(main())
+    if live.serves(job_run.job):
+        # live sessions hook: on the process's persistent loop, where a live CLI outlives its turn.
+        live_loop.run(main())
+    else:
+        asyncio.run(main())

@@ -37,6 +37,7 @@ from django.utils import timezone
 
 from claudesvc.auth import Caller
 from claudesvc.errors import Conflict, NotFound, ServiceError
+from jobs import live_routing
 from jobs.inline_files import inline_files_write
 from jobs.models import ACTIVE_STATUSES, FINAL_STATUSES, ClaudeSession, Job, JobStatus, TranscriptEntry
 from jobs.session_store import DatabaseSessionStore
@@ -225,6 +226,8 @@ def session_job_start(job: Job) -> None:
         cwd = session_workdir(session.pk)
         options["cwd"] = str(cwd)
         resume = session_resume_id(session.pk, exclude_job=job.pk)
+        # live sessions hook (jobs/live_routing.py): a history the client changed starts afresh.
+        resume = live_routing.session_turn_start(job, session, options, resume)
         if resume:
             options["resume"] = resume
             # The conversation so far is in the transcript: send only the new turn.
@@ -252,6 +255,8 @@ def session_job_finished(job: Job) -> None:
     updates = {"last_activity": timezone.now()}
     if finished and finished["status"] == JobStatus.COMPLETED and finished["claude_session_id"]:
         updates["claude_session_id"] = finished["claude_session_id"]
+    # live sessions hook (jobs/live_routing.py): the history the client will send next.
+    updates.update(live_routing.session_finished_updates(job.pk, finished["status"] if finished else None))
     ClaudeSession.objects.filter(pk=job.session_id).update(**updates)
     if Job.objects.filter(session_id=job.session_id, status=JobStatus.PENDING).exists():
         # Its token may have found the session busy and gone: hand the broker a new one.

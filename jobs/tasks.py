@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connections
 
 from claudesvc.logcontext import bind_job
-from jobs import worker
+from jobs import live, worker
 from jobs.kinds import job_kind
 from jobs.models import JobStatus
 from jobs.progress import job_ended_push
@@ -134,6 +134,21 @@ def _run(job) -> None:
         job_ended_push(job.pk)
         # Whatever happened, the session's next turn must not wait for a wake-up that never comes.
         session_job_finished(job)
+
+
+def run_live_turn(job) -> None:
+    """A session turn claimed by the poller of the worker holding its live CLI
+    (``jobs.live``): run as the task loop runs a claimed job."""
+    bind_job(job)
+    with worker.running_task():
+        try:
+            _run(job)
+        except Exception as exc:
+            logger.exception("job %s: its live run broke off", job.pk)
+            _release(job.pk, exc, cli_started=True)
+
+
+live.set_turn_runner(run_live_turn)
 
 
 def reap_stale_jobs() -> int:

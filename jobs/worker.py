@@ -52,6 +52,8 @@ class _State:
         self.job_id: uuid.UUID | None = None
         self.cli_pid: int | None = None
         self.agent: threading.Thread | None = None
+        # Called when the process leaves (``_leave``), e.g. ``jobs.live.shutdown``.
+        self.at_leave: list = []
 
 
 state = _State()
@@ -238,6 +240,9 @@ def _leave(code: int) -> None:
     from jobs.models import Worker
     from jobs.services import worker_name
 
+    for callback in list(state.at_leave):
+        with contextlib.suppress(Exception):
+            callback()
     with contextlib.suppress(Exception):
         Worker.objects.filter(name=worker_name()).delete()
     logging.shutdown()

@@ -110,6 +110,9 @@ def _job_folders(settings, tmp_path):
     # outlives a test run; tests/security sets real limits with names of its own.
     settings.LOGIN_MAX_FAILURES_PER_USERNAME = 10_000
     settings.LOGIN_MAX_FAILURES_PER_ADDRESS = 10_000
+    # Live sessions (jobs/live.py) keep a CLI and threads alive after a turn: off for
+    # turns run inside the test process; the live service's workers (e2e) have them on.
+    settings.SESSION_KEEPALIVE_SECONDS = 0
 
 
 @dataclass

@@ -12,8 +12,10 @@ from typing import Any
 from django.db import transaction
 
 from claudesvc.auth import Caller
+from jobs import live_routing
 from jobs.compat_api.catalog import max_tokens_for
 from jobs.compat_api.conversation import Conversation
+from jobs.compat_api.fingerprint import conversation_fingerprints
 from jobs.models import Job
 from jobs.services import job_create
 from jobs.sessions import session_for_call, session_resume_id
@@ -44,23 +46,36 @@ def compat_turn_create(
     """
     session = session_for_call(caller=caller, external_id=session_key, model=model)
     resuming = bool(session_resume_id(session.pk))
+    # The worker decides between continuing (the session's live CLI, or a resume)
+    # and a fresh start, by the fingerprint of the history sent (jobs.history);
+    # so the job keeps the full prompt, and the history's files, for a fresh start.
+    fingerprints = conversation_fingerprints(conversation)
     options = {
         "partial_messages": True,
         "max_tokens": max_tokens_for(model, max_tokens).value,
         "cwd": session.cwd,
-        "inline_files": [f.as_option() for f in conversation.files(with_history=not resuming)],
+        "inline_files": [
+            f.as_option()
+            for f in conversation.files(with_history=not resuming or "history_fp" in fingerprints)
+        ],
+        **fingerprints,
+        # A session the caller named may get a next turn: its CLI may stay alive for it (jobs.live).
+        **({"live_session": True} if session_key is not None else {}),
         **extra,
     }
-    if not resuming and conversation.history:
+    if conversation.history:
+        # Continued (resumed, or on its live CLI), the turn sends the new messages alone.
         options["resume_prompt"] = conversation.turn_prompt()
     return job_create(
         caller=caller,
-        prompt=conversation.turn_prompt() if resuming else conversation.full_prompt(),
+        prompt=conversation.full_prompt(),
         model=model,
         source="compat",
         system_prompt=conversation.system,
         options=options,
         session=session,
+        # The worker holding the session's live CLI polls for its turns: no wake-up for the others.
+        enqueue=not live_routing.session_is_held(session),
     )
 
 

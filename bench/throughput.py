@@ -1,0 +1,266 @@
+"""Throughput benchmark: calls per second at saturation (issue 18, item 6).
+
+Starts the fake Anthropic API (it answers at once) and the service as ``make
+run`` does (``bench/latency.py``'s ``Service``: ``manage.py serve`` on a
+throw-away database, 2 worker processes), then runs, one after the other:
+
+- (a) ``oneshot``: N clients (threads, the openai SDK), each sending one-shot
+  ``chat.completions.create`` calls back to back, no session;
+- (b) ``sessions``: N clients each in a multi-turn compat session of its own
+  (``X-Request-ID``), non-streaming, each turn sending the whole history
+  back as OpenAI clients do. The first turn of each session (its CLI start)
+  is made before the timed window; the window measures the warm turns, which
+  a live session serves from its CLI (``SESSION_KEEPALIVE_SECONDS``).
+
+Each client has an API key of its own (the per-key running cap would
+otherwise bound one key's clients). For each part it prints calls per second
+over the window and the p50/p95 latency of a call.
+
+    .venv/bin/python bench/throughput.py                     # embedded (SQLite, ORM broker)
+    .venv/bin/python bench/throughput.py --scaleout          # PostgreSQL + Redis
+    .venv/bin/python bench/throughput.py --clients 6 --seconds 20 --only sessions
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.latency import Service  # noqa: E402 - after the path is set
+from tests.fakes.anthropic_upstream import FakeAnthropic  # noqa: E402
+
+
+def extra_keys(service: Service, n: int) -> list[str]:
+    keys = [service.key]
+    for _ in range(n - 1):
+        out = subprocess.run(
+            [sys.executable, "manage.py", "createapikey", f"bench-{uuid.uuid4().hex[:6]}"],
+            cwd=ROOT,
+            env=service.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        keys.append(out.stdout.strip().splitlines()[-1])
+    return keys
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def run_clients(name: str, clients: list, seconds: float) -> dict:
+    """Run each client's ``call()`` back to back for ``seconds``; calls/s and latencies."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+    window_start = time.monotonic()
+
+    def loop(client) -> None:
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            try:
+                client.call()
+            except Exception as exc:
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                time.sleep(0.1)
+                continue
+            elapsed = time.perf_counter() - started
+            with lock:
+                latencies.append(elapsed)
+
+    threads = [threading.Thread(target=loop, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    window = time.monotonic() - window_start
+    result = {
+        "part": name,
+        "clients": len(clients),
+        "calls": len(latencies),
+        "per_second": len(latencies) / window,
+        "p50": statistics.median(latencies) if latencies else float("nan"),
+        "p95": percentile(latencies, 95),
+        "errors": len(errors),
+    }
+    print(
+        f"{name:9} {result['clients']} clients: {result['calls']:5d} calls in {window:5.1f} s = "
+        f"{result['per_second']:6.2f}/s   p50 {result['p50'] * 1000:7.1f} ms   p95 {result['p95'] * 1000:7.1f} ms"
+        + (f"   errors {len(errors)} (first: {errors[0]})" if errors else ""),
+        flush=True,
+    )
+    return result
+
+
+def live_cli_memory(service: Service) -> None:
+    """RSS and USS of each live CLI's process tree (its process group) under the service."""
+    import os
+
+    import psutil
+
+    groups: dict[int, list] = {}
+    try:
+        own = os.getpgid(service.proc.pid)
+        for proc in psutil.Process(service.proc.pid).children(recursive=True):
+            try:
+                pgid = os.getpgid(proc.pid)
+            except OSError:
+                continue
+            if pgid != own:
+                groups.setdefault(pgid, []).append(proc)
+    except psutil.Error:
+        return
+    rss, uss = [], []
+    for procs in groups.values():
+        try:
+            if not any(p.name() == "claude" or p.cmdline()[:1] == ["claude"] for p in procs):
+                continue
+        except psutil.Error:
+            continue
+        r = u = 0
+        for proc in procs:
+            try:
+                info = proc.memory_full_info()
+            except psutil.Error:
+                continue
+            r, u = r + info.rss, u + info.uss
+        rss.append(r / 2**20)
+        uss.append(u / 2**20)
+    if rss:
+        print(
+            f"live CLIs: {len(rss)} process trees; per tree RSS median {statistics.median(rss):.0f} MB "
+            f"(max {max(rss):.0f}), USS median {statistics.median(uss):.0f} MB (max {max(uss):.0f})",
+            flush=True,
+        )
+
+
+def live_summary(db: Path) -> None:
+    """How the session turns ran: on a reused live CLI, or not (embedded database only)."""
+    import json
+    import sqlite3
+    from datetime import datetime
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT options, status, created_at, started_at, finished_at FROM jobs_job WHERE session_id IS NOT NULL"
+        ).fetchall()
+    live = [json.loads(r[0]).get("live") or {} for r in rows]
+    reused = sum(1 for x in live if x.get("reused"))
+    failed = sum(1 for r in rows if r[1] != "completed")
+    print(f"session turns: {len(rows)}, on a reused live CLI: {reused}, not completed: {failed}", flush=True)
+
+    def at(text):
+        return datetime.fromisoformat(text) if text else None
+
+    waits, runs = [], []
+    for row, info in zip(rows, live, strict=True):
+        created, started, finished = at(row[2]), at(row[3]), at(row[4])
+        if info.get("reused") and created and started and finished:
+            waits.append((started - created).total_seconds() * 1000)
+            runs.append((finished - started).total_seconds() * 1000)
+    if waits:
+        print(
+            f"reused turns: created -> claimed median {statistics.median(waits):.0f} ms, "
+            f"claimed -> finished median {statistics.median(runs):.0f} ms",
+            flush=True,
+        )
+
+
+class OneShot:
+    def __init__(self, openai_client) -> None:
+        self.client = openai_client
+
+    def call(self) -> None:
+        self.client.chat.completions.create(
+            model="haiku", messages=[{"role": "user", "content": f"Say hello {uuid.uuid4().hex[:6]}"}]
+        )
+
+
+class SessionClient:
+    """A multi-turn conversation; a new session after ``max_turns`` so prompts stay small."""
+
+    def __init__(self, openai_client, max_turns: int) -> None:
+        self.client = openai_client
+        self.max_turns = max_turns
+        self.new()
+
+    def new(self) -> None:
+        self.session = f"bench-{uuid.uuid4().hex[:10]}"
+        self.messages: list[dict] = []
+
+    def call(self) -> None:
+        if len(self.messages) >= 2 * self.max_turns:
+            self.new()
+        self.messages.append({"role": "user", "content": f"Turn {len(self.messages) // 2 + 1}, say ok"})
+        answer = self.client.chat.completions.create(
+            model="haiku", messages=self.messages, extra_headers={"X-Request-ID": self.session}
+        )
+        self.messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--max-turns", type=int, default=1000, help="turns per session before a new one")
+    parser.add_argument("--only", choices=["oneshot", "sessions"])
+    parser.add_argument("--scaleout", action="store_true", help="PostgreSQL + Redis instead of SQLite")
+    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/claudesvc_bench")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
+    args = parser.parse_args()
+
+    from openai import OpenAI
+
+    with FakeAnthropic() as upstream, tempfile.TemporaryDirectory(prefix="claudesvc-throughput-") as tmp:
+        work = Path(tmp)
+        service = Service(upstream, work, args.scaleout, args.database_url, args.redis_url)
+        try:
+            keys = extra_keys(service, args.clients)
+            clients = [
+                OpenAI(base_url=f"{service.url}/v1", api_key=k, max_retries=0, timeout=120) for k in keys
+            ]
+            print(
+                f"setup: {'scale-out (PostgreSQL + Redis)' if args.scaleout else 'embedded (SQLite)'}, "
+                f"{args.clients} clients, {args.seconds:g} s per part",
+                flush=True,
+            )
+            if args.only in (None, "oneshot"):
+                oneshot = [OneShot(c) for c in clients]
+                oneshot[0].call()  # warm-up: the first call probes the CLI
+                run_clients("oneshot", oneshot, args.seconds)
+            if args.only in (None, "sessions"):
+                sessions = [SessionClient(c, args.max_turns) for c in clients]
+                warm = [threading.Thread(target=s.call) for s in sessions]  # each session's first turn
+                for t in warm:
+                    t.start()
+                for t in warm:
+                    t.join()
+                run_clients("sessions", sessions, args.seconds)
+                live_cli_memory(service)
+                if not args.scaleout:
+                    live_summary(work / "var" / "db.sqlite3")
+        finally:
+            service.stop()
+
+
+if __name__ == "__main__":
+    main()

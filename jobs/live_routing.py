@@ -1,0 +1,128 @@
+"""The database side of live sessions (``jobs.live`` has the live CLIs themselves).
+
+Which worker holds a session's live CLI (``ClaudeSession.live_worker`` /
+``live_until``), so that the queue leaves that session's next turn to it
+(``claimable_filter``, applied by ``jobs.queue``) and the web sends no wake-up
+(``session_is_held``); and which conversation a turn may continue: the
+session's, only if the history the client sent is the one it holds
+(``session_turn_start``, ``session_finished_updates``, hooks of
+``jobs.sessions``; the fingerprints are ``jobs.history``'s).
+
+Below the queue, the sessions and the runner: it imports the models alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from jobs.history import answer_fingerprints
+from jobs.models import ClaudeSession, Job, JobEvent, JobStatus, Worker
+
+logger = logging.getLogger(__name__)
+
+
+def enabled() -> bool:
+    return settings.SESSION_KEEPALIVE_SECONDS > 0
+
+
+def held_sessions():
+    """Sessions whose live CLI a worker with a fresh heartbeat holds, not stopping, lease not over."""
+    now = timezone.now()
+    fresh = now - timedelta(seconds=2 * settings.JOB_HEARTBEAT_SECONDS + 1)
+    alive = Worker.objects.filter(heartbeat_at__gte=fresh, stopping=False).values("name")
+    return ClaudeSession.objects.filter(live_until__gt=now, live_worker__in=alive)
+
+
+def claimable_filter(queryset, worker: str | None):
+    """``queryset`` (pending jobs) without the turns of sessions another live worker holds.
+
+    A session is held while its ``live_until`` lies ahead and its ``live_worker``
+    has a fresh heartbeat and is not stopping; its holder (``worker``) still sees them.
+    """
+    if not enabled():
+        return queryset
+    held = held_sessions()
+    if worker:
+        held = held.exclude(live_worker=worker)
+    return queryset.exclude(session_id__in=held.values("pk"))
+
+
+def session_is_held(session) -> bool:
+    """Whether a live worker holds ``session`` now: its poller claims the next turn,
+    no wake-up needed (``compat_turn_create`` sends none then)."""
+    if not enabled():
+        return False
+    return held_sessions().filter(pk=session.pk).exists()
+
+
+# -- the worker's side of a session turn (hooks in jobs.sessions) -------------------------------
+
+
+def session_turn_start(job, session, options: dict[str, Any], resume: str) -> str:
+    """What ``session_job_start`` resumes: ``resume``, or "" when the history the
+    client sent is not the one the session's conversation holds (an edited or
+    dropped message): then the turn starts afresh from the client's full prompt.
+    Records in ``options`` which completed job's conversation the turn continues
+    (``resume_job``), which a live CLI must have served to be reused."""
+    options.pop("resume_job", None)
+    options.pop("history_stale", None)
+    sent = options.get("history_fp")
+    known = session.history_fps or []
+    if resume and sent and known and sent not in known:
+        logger.info(
+            "job %s: the client's history differs from session %s's; starting afresh", job.pk, session.pk
+        )
+        options["history_stale"] = True
+        options.pop("resume", None)
+        return ""
+    if resume:
+        latest = (
+            Job.objects.filter(session_id=session.pk, status=JobStatus.COMPLETED)
+            .exclude(claude_session_id="")
+            .exclude(pk=job.pk)
+            .order_by("-finished_at")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if latest is not None:
+            options["resume_job"] = str(latest)
+    return resume
+
+
+def _answers(job_id) -> list[str]:
+    """The forms a client may send this job's answer back in."""
+    row = Job.objects.filter(pk=job_id).values("result").first()
+    answers = [row["result"] or ""] if row else []
+    texts, structured = [], None
+    for kind, data in JobEvent.objects.filter(job_id=job_id, type__in=["assistant", "result"]).values_list(
+        "type", "data"
+    ):
+        if kind == "result":
+            structured = (data or {}).get("structured_output", structured)
+            continue
+        if (data or {}).get("parent_tool_use_id"):
+            continue
+        for block in ((data or {}).get("message") or {}).get("content") or []:
+            if isinstance(block, dict) and block.get("type") == "text":
+                texts.append(block.get("text") or "")
+    answers.append("".join(texts))
+    if structured is not None:
+        answers.append(json.dumps(structured, ensure_ascii=False))
+    return answers
+
+
+def session_finished_updates(job_id, status: str | None) -> dict[str, Any]:
+    """Fields of the session's row after a turn: the history fingerprints a completed turn left."""
+    if status != JobStatus.COMPLETED:
+        return {}
+    opts = Job.objects.filter(pk=job_id).values_list("options", flat=True).first() or {}
+    turn_fp = opts.get("turn_fp")
+    if not turn_fp:
+        return {"history_fps": []}
+    return {"history_fps": answer_fingerprints(turn_fp, _answers(job_id))}
