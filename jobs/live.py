@@ -8,9 +8,9 @@ session's next turn goes to that CLI: no CLI start, no resume.
 
 Routing. Other workers leave a pending turn of a session alone while its
 holder has a fresh heartbeat and the lease (``live_until``) lasts
-(``claimable_filter``, applied by ``services._claimable``). The holder polls
+(``jobs.live_routing.claimable_filter``, applied by ``jobs.queue``). The holder polls
 for its sessions' pending turns every ``SESSION_LIVE_POLL_MS`` and claims
-them through the normal claim (``services.job_claim_next`` restricted to its
+them through the normal claim (``queue.job_claim_next`` restricted to its
 sessions), so per-key running caps and the one-turn-at-a-time rule hold; it
 runs them on threads of its own beside whatever its task loop runs.
 
@@ -21,7 +21,7 @@ output limit and schema; anything else closes it and the turn starts as
 before (resume from the stored conversation, or afresh when the client's
 history no longer matches, see ``jobs.compat_api.fingerprint``).
 
-Isolation. The CLI is started exactly like any job's (``runner.build_options``:
+Isolation. The CLI is started exactly like any job's (``cli_options.build_options``:
 the launcher, sandbox, limits, env allow-list, tool policy, the session's
 own CLI home, explicit ``--resume`` of the session's own conversation, never
 ``--continue``), with its scratch and output folders in a folder of the live
@@ -42,28 +42,21 @@ which lives as long as the process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import json
 import logging
-import os
 import shutil
-import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
-from django.utils import timezone
 
+from jobs import live_cli
 from jobs import loop as live_loop
 from jobs.live_routing import enabled
 
@@ -103,212 +96,6 @@ def _signature(job) -> str:
     )
 
 
-def _me() -> str:
-    from jobs.services import worker_name
-
-    return worker_name()
-
-
-# -- the registry of this process's live CLIs ------------------------------------------------
-
-
-@dataclass
-class LiveCli:
-    session_id: uuid.UUID
-    signature: str
-    root: Path
-    client: Any = None
-    pid: int | None = None
-    store: Any = None
-    last_job: str = ""
-    last_used: float = field(default_factory=time.monotonic)
-    busy: bool = True
-    turns: int = 0
-    lease_until: float = 0.0  # time.time() the session row's live_until was last set to
-    sink: Callable[[str], None] | None = None
-    closed: bool = False
-
-    def stderr(self, line: str) -> None:
-        if self.sink is not None:
-            self.sink(line)
-
-    def alive(self) -> bool:
-        if self.pid is None or self.closed:
-            return False
-        try:
-            os.killpg(self.pid, 0)
-        except OSError:
-            return False
-        return True
-
-    @property
-    def output(self) -> Path:
-        return self.root / "work" / "out"
-
-
-class _Registry:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.entries: dict[uuid.UUID, LiveCli] = {}
-
-    def get(self, session_id) -> LiveCli | None:
-        with self.lock:
-            return self.entries.get(session_id)
-
-    def put(self, entry: LiveCli) -> None:
-        with self.lock:
-            self.entries[entry.session_id] = entry
-
-    def remove(self, entry: LiveCli) -> None:
-        with self.lock:
-            if self.entries.get(entry.session_id) is entry:
-                del self.entries[entry.session_id]
-
-    def all(self) -> list[LiveCli]:
-        with self.lock:
-            return list(self.entries.values())
-
-    def idle_ids(self) -> list[uuid.UUID]:
-        with self.lock:
-            return [sid for sid, e in self.entries.items() if not e.busy]
-
-    def set_busy(self, session_id, busy: bool) -> None:
-        with self.lock:
-            entry = self.entries.get(session_id)
-            if entry is not None:
-                entry.busy = busy
-
-
-registry = _Registry()
-
-
-def live_pids() -> dict[str, int]:
-    """Session id -> pid of this process's live CLIs (for tests and diagnostics)."""
-    return {str(e.session_id): e.pid for e in registry.all() if e.pid}
-
-
-# -- the session's row: who holds it ------------------------------------------------------------
-
-
-def _hold(session_id, until: float) -> None:
-    from jobs.models import ClaudeSession
-
-    ClaudeSession.objects.filter(pk=session_id).update(
-        live_worker=_me(), live_until=timezone.now() + timedelta(seconds=until - time.time())
-    )
-
-
-def _release(session_ids) -> None:
-    """This worker no longer holds these sessions; wake a worker for a turn that waits on one."""
-    from jobs.models import ClaudeSession, Job, JobStatus
-    from jobs.services import job_enqueue
-
-    ids = list(session_ids)
-    if not ids:
-        return
-    ClaudeSession.objects.filter(pk__in=ids, live_worker=_me()).update(live_worker="", live_until=None)
-    if Job.objects.filter(session_id__in=ids, status=JobStatus.PENDING).exists():
-        job_enqueue()
-
-
-# -- running a turn on a live CLI (hook in runner.JobRun._consume) -------------------------------
-
-
-def _measure_from(base_pid: int):
-    """A measure of the CLI's tree that counts only this turn's CPU time."""
-    from jobs.measure import Measure as _Measure
-
-    class _TurnMeasure(_Measure):
-        base: dict[int, float]
-
-        @property
-        def cpu_ms(self) -> int:
-            return int(
-                sum(max(0.0, v - self.base.get(pid, 0.0)) for pid, v in self.cpu_by_pid.items()) * 1000
-            )
-
-    start = _Measure()
-    start.sample(base_pid)
-    measure = _TurnMeasure()
-    measure.base = dict(start.cpu_by_pid)
-    return measure, sum(start.cpu_by_pid.values())
-
-
-def _live_root(session_id) -> Path:
-    return (
-        Path(settings.JOBS_ROOT) / "sessions" / f"{uuid.UUID(str(session_id))}.live" / uuid.uuid4().hex[:12]
-    )
-
-
-async def _start(run, signature: str) -> LiveCli:
-    from claude_agent_sdk import ClaudeSDKClient
-
-    from jobs.cli_options import build_options
-    from jobs.sessions import session_store_options
-    from jobs.workspace import JobPaths
-
-    job = run.job
-    entry = LiveCli(session_id=job.session_id, signature=signature, root=_live_root(job.session_id))
-    paths = JobPaths(root=entry.root)
-    paths.output.mkdir(parents=True, exist_ok=True)
-    paths.tmp.mkdir(parents=True, exist_ok=True)
-    options = build_options(job, paths, stderr_sink=entry.stderr)
-    options = session_store_options(job, options)
-    # The launcher writes the CLI's pid where this turn's watcher looks for it.
-    options.env["CLAUDESVC_PIDFILE"] = str(run.paths.pidfile)
-    entry.store = options.session_store
-    entry.sink = run.stderr_lines.append
-    entry.client = ClaudeSDKClient(options)
-    registry.put(entry)
-    try:
-        await entry.client.connect()
-        entry.pid = int(run.paths.pidfile.read_text())
-    except BaseException:
-        _kill(entry)
-        _schedule_close(entry)
-        raise
-    logger.info("session %s: live CLI started with pid %s", job.session_id, entry.pid)
-    _ensure_background()
-    return entry
-
-
-def _kill(entry: LiveCli) -> None:
-    entry.closed = True
-    registry.remove(entry)
-    if entry.pid:
-        with contextlib.suppress(OSError):
-            os.killpg(entry.pid, signal.SIGKILL)
-
-
-async def _close(entry: LiveCli, reason: str) -> None:
-    """End a live CLI: its process group, the client, its folder, the session's hold."""
-    if not entry.closed:
-        logger.info("session %s: live CLI %s closed (%s)", entry.session_id, entry.pid, reason)
-    _kill(entry)
-    if entry.client is not None:
-        # It is gone either way (killed above); the client only tidies up.
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(entry.client.disconnect(), 5)
-        entry.client = None
-    shutil.rmtree(entry.root, ignore_errors=True)
-    await sync_to_async(_release_quietly, thread_sensitive=False)(entry.session_id)
-
-
-def _release_quietly(session_id) -> None:
-    try:
-        _release([session_id])
-    except Exception:
-        logger.warning("session %s: could not release its live hold", session_id, exc_info=True)
-    finally:
-        connections.close_all()
-
-
-def _schedule_close(entry: LiveCli, reason: str = "turn did not complete") -> None:
-    _kill(entry)
-    # A context of its own: the closing outlives the turn that asked for it.
-    asyncio.get_running_loop().create_task(_close(entry, reason), context=contextvars.Context())
-
-
 async def relay_turn(run) -> None:
     """Run ``run``'s turn on the session's live CLI (started now if there is none to reuse)."""
     from jobs.sandbox import cli_limits
@@ -316,7 +103,7 @@ async def relay_turn(run) -> None:
     job = run.job
     signature = _signature(job)
     wanted = (job.options or {}).get("resume_job") or ""
-    entry = registry.get(job.session_id)
+    entry = live_cli.registry.get(job.session_id)
     if entry is not None:
         why = ""
         if not entry.alive():
@@ -326,23 +113,24 @@ async def relay_turn(run) -> None:
         elif not wanted or entry.last_job != wanted:
             why = "the turn does not continue its conversation"
         if why:
-            await _close(entry, why)
+            await live_cli.close(entry, why)
             entry = None
     reused = entry is not None
     if entry is None:
-        entry = await _start(run, signature)
+        entry = await live_cli.start(run, signature)
+        _ensure_background()
     else:
         entry.busy = True
         entry.sink = run.stderr_lines.append
         run.pid = entry.pid
-        run.measure, _ = _measure_from(entry.pid)
+        run.measure, _ = live_cli.measure_from(entry.pid)
     run.live = {"pid": entry.pid, "reused": reused, "turn": entry.turns + 1}
     entry.store._writer_id = job.pk  # this turn's transcript lines are this job's
     keepalive = settings.SESSION_KEEPALIVE_SECONDS
     lease = keepalive + run.timeout + 60
     if entry.lease_until - time.time() < lease:
         entry.lease_until = time.time() + 2 * lease
-        await sync_to_async(_hold)(job.session_id, entry.lease_until)
+        await sync_to_async(live_cli.hold)(job.session_id, entry.lease_until)
     kept = False
     try:
         await entry.client.query(run.prompt)
@@ -368,7 +156,7 @@ async def relay_turn(run) -> None:
             run.live_kept = True
             _evict_over_limit(keep=entry)
         else:
-            _schedule_close(entry)
+            live_cli.schedule_close(entry)
 
 
 def _move_outputs(src: Path, dest: Path) -> None:
@@ -384,16 +172,16 @@ def _move_outputs(src: Path, dest: Path) -> None:
             logger.warning("could not move live output %s", item, exc_info=True)
 
 
-def _evict_over_limit(*, keep: LiveCli) -> None:
-    entries = registry.all()
+def _evict_over_limit(*, keep: live_cli.LiveCli) -> None:
+    entries = live_cli.registry.all()
     excess = len(entries) - settings.SESSION_LIVE_MAX_PER_WORKER
     if excess <= 0:
         return
     idle = sorted((e for e in entries if not e.busy and e is not keep), key=lambda e: e.last_used)
     for entry in idle[:excess]:
-        _schedule_close(entry, "least recently used beyond SESSION_LIVE_MAX_PER_WORKER")
+        live_cli.schedule_close(entry, "least recently used beyond SESSION_LIVE_MAX_PER_WORKER")
     if excess > len(idle):
-        _schedule_close(keep, "SESSION_LIVE_MAX_PER_WORKER live CLIs are busy")
+        live_cli.schedule_close(keep, "SESSION_LIVE_MAX_PER_WORKER live CLIs are busy")
         keep.busy = True  # not offered to the poller while it closes
 
 
@@ -439,13 +227,13 @@ async def _idle_closer() -> None:
     while True:
         await asyncio.sleep(1)
         now = time.monotonic()
-        for entry in registry.all():
+        for entry in live_cli.registry.all():
             if entry.busy:
                 continue
             if not entry.alive():
-                await _close(entry, "its process ended")
+                await live_cli.close(entry, "its process ended")
             elif now - entry.last_used > settings.SESSION_KEEPALIVE_SECONDS:
-                await _close(
+                await live_cli.close(
                     entry, f"idle for SESSION_KEEPALIVE_SECONDS ({settings.SESSION_KEEPALIVE_SECONDS} s)"
                 )
 
@@ -455,7 +243,7 @@ def _poller() -> None:
     from jobs.models import Job, JobStatus
     from jobs.queue import job_claim_next
 
-    me = _me()
+    me = live_cli.worker_me()
     interval = settings.SESSION_LIVE_POLL_MS / 1000
     released = False
     next_check = 0.0
@@ -468,10 +256,10 @@ def _poller() -> None:
             if worker.stopping():
                 if not released:
                     released = True
-                    _release([e.session_id for e in registry.all()])
+                    live_cli.release([e.session_id for e in live_cli.registry.all()])
                 time.sleep(0.2)
                 continue
-            ids = registry.idle_ids()
+            ids = live_cli.registry.idle_ids()
             if not ids:
                 continue
             if not Job.objects.filter(status=JobStatus.PENDING, session_id__in=ids).exists():
@@ -479,7 +267,7 @@ def _poller() -> None:
             job = job_claim_next(worker=me, only_sessions=ids)
             if job is None:
                 continue
-            registry.set_busy(job.session_id, True)
+            live_cli.registry.set_busy(job.session_id, True)
             assert _pool is not None
             _pool.submit(_run_claimed, job)
         except Exception:
@@ -495,12 +283,12 @@ def _close_gone(me: str) -> None:
 
     # A hold this process no longer has a CLI for (its release failed): let the turn go elsewhere.
     stray = ClaudeSession.objects.filter(live_worker=me).exclude(
-        pk__in=[e.session_id for e in registry.all()]
+        pk__in=[e.session_id for e in live_cli.registry.all()]
     )
     stray_ids = list(stray.values_list("pk", flat=True))
     if stray_ids:
-        _release(stray_ids)
-    entries = [e for e in registry.all() if not e.busy]
+        live_cli.release(stray_ids)
+    entries = [e for e in live_cli.registry.all() if not e.busy]
     if not entries:
         return
     kept = set(
@@ -510,8 +298,8 @@ def _close_gone(me: str) -> None:
     )
     for entry in entries:
         if entry.session_id not in kept and entry.lease_until:
-            _kill(entry)
-            live_loop.submit(_close(entry, "its session was deleted or is held elsewhere"))
+            live_cli.kill(entry)
+            live_loop.submit(live_cli.close(entry, "its session was deleted or is held elsewhere"))
 
 
 def _run_claimed(job) -> None:
@@ -522,7 +310,7 @@ def _run_claimed(job) -> None:
             raise RuntimeError("no turn runner: jobs.tasks was not imported in this worker")
         _turn_runner(job)
     finally:
-        entry = registry.get(job.session_id)
+        entry = live_cli.registry.get(job.session_id)
         # The turn never reached its CLI (deleted, failed to prepare): offer the CLI again.
         if entry is not None and entry.busy and not entry.closed and entry.last_job != str(job.pk):
             entry.busy = False
@@ -547,27 +335,31 @@ def shutdown(timeout: float = 8, *, wait_for_turns: bool = True) -> None:
     (and their stop) to end, as on a graceful stop."""
     from jobs import worker
 
-    if wait_for_turns and registry.all():
+    if wait_for_turns and live_cli.registry.all():
         worker.request_stop("recycled")
         deadline = time.monotonic() + settings.SHUTDOWN_GRACE_SECONDS + settings.JOB_KILL_GRACE_SECONDS + 3
         while worker.state.busy and time.monotonic() < deadline:
             time.sleep(0.05)
-    entries = registry.all()
+    entries = live_cli.registry.all()
     if entries and live_loop._loop is not None and not live_loop.in_loop_thread():
 
         async def close_all() -> None:
-            await asyncio.gather(*(_close(e, "the worker stops") for e in entries), return_exceptions=True)
+            await asyncio.gather(
+                *(live_cli.close(e, "the worker stops") for e in entries), return_exceptions=True
+            )
 
         try:
             live_loop.run(close_all(), timeout)
         except Exception:
             logger.warning("live sessions: closing them at shutdown failed", exc_info=True)
     for entry in entries:
-        _kill(entry)
+        live_cli.kill(entry)
     try:
         from jobs.models import ClaudeSession
 
-        held = list(ClaudeSession.objects.filter(live_worker=_me()).values_list("pk", flat=True))
-        _release(held)
+        held = list(
+            ClaudeSession.objects.filter(live_worker=live_cli.worker_me()).values_list("pk", flat=True)
+        )
+        live_cli.release(held)
     except Exception:
         logger.warning("live sessions: could not release this worker's sessions", exc_info=True)
