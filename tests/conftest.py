@@ -1,7 +1,7 @@
 """Shared fixtures: a fake Anthropic upstream for the real CLI, the callers every
-permission test needs (an owner key, an outsider's key, a JWT user, a staff user
-and an admin client signed in as them; as healthchecks' ``hc/test.py``), and
-per-test folders for job files."""
+permission test needs (an owner key, an outsider's key, a factory for further
+keys, a JWT user, a staff user and an admin client signed in as them; as
+healthchecks' ``hc/test.py``), and per-test folders for job files."""
 
 from __future__ import annotations
 
@@ -133,6 +133,22 @@ def owner_key(db) -> Key:
 @pytest.fixture
 def other_key(db) -> Key:
     return Key(*api_key_create(name="outsider"))
+
+
+@pytest.fixture
+def make_key(db):
+    """Further keys, for tests that need more than the owner's and the outsider's:
+    ``make_key("burst", max_active_jobs=3)``; fields past name, owner and tool
+    policy are set on the row after it is created."""
+
+    def make(name: str = "key", *, owner: Any = None, tool_policy: str = "", **fields: Any) -> Key:
+        row, secret = api_key_create(name=name, owner=owner, tool_policy=tool_policy)
+        if fields:
+            ApiKey.objects.filter(pk=row.pk).update(**fields)
+            row.refresh_from_db()
+        return Key(row, secret)
+
+    return make
 
 
 @dataclass

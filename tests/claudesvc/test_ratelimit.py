@@ -67,10 +67,7 @@ def test_failed_authentication_does_not_count(client, client_for, owner_key):
     assert client_for(owner_key).get("/jobs").status_code == 200
 
 
-def test_overrides_are_edited_in_the_admin(client, owner_key):
-    from django.contrib.auth import get_user_model
-
-    client.force_login(get_user_model().objects.create_superuser("root", "r@example.com", "pw-123456"))
+def test_overrides_are_edited_in_the_admin(admin_client, owner_key):
     key = owner_key.row
     form = {
         "name": key.name,
@@ -84,7 +81,7 @@ def test_overrides_are_edited_in_the_admin(client, owner_key):
         "rate_limits-0-requests": "500",
         "rate_limits-0-window_seconds": "60",
     }
-    response = client.post(f"/admin/apikeys/apikey/{key.pk}/change/", form)
+    response = admin_client.post(f"/admin/apikeys/apikey/{key.pk}/change/", form)
     assert response.status_code == 302, response.content.decode()[:2000]
     override = RateLimitOverride.objects.get(api_key=key)
     assert (override.group, override.requests, override.window_seconds) == ("compat", 500, 60)

@@ -11,20 +11,20 @@ from __future__ import annotations
 import time
 
 import pytest
-from django.contrib.auth import get_user_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-PASSWORD = "a long enough password"
 WORDS = "one two three four five six seven eight nine ten eleven twelve"
 
 
 @pytest.fixture
-def console_user(db, settings):
-    """The staff user (``browser_page`` creates it before the browser starts)."""
-    # Hashed as the server checks it (the suite's fast MD5 hasher is not in the server's list).
+def console_user(staff_user, settings):
+    """The shared staff user (``browser_page`` needs it before the browser starts)."""
+    # Hashed again as the server checks it (the suite's fast MD5 hasher is not in the server's list).
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
-    return get_user_model().objects.create_superuser("ada", "ada@example.com", PASSWORD)
+    staff_user.row.set_password(staff_user.password)
+    staff_user.row.save(update_fields=["password"])
+    return staff_user.row
 
 
 def wait_for_status(client, job_id: str, wanted: set[str], timeout: float = 60) -> str:
@@ -58,10 +58,10 @@ def submit_slow_job(service, key) -> str:
     return job_id
 
 
-def open_job_page(page, service, job_id: str) -> None:
+def open_job_page(page, service, job_id: str, user) -> None:
     page.goto(f"{service.url}/admin/")
-    page.fill("#id_username", "ada")
-    page.fill("#id_password", PASSWORD)
+    page.fill("#id_username", user.row.username)
+    page.fill("#id_password", user.password)
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(f"{service.url}/admin/")
     page.goto(f"{service.url}/admin/jobs/job/{job_id}/change/")
@@ -70,11 +70,11 @@ def open_job_page(page, service, job_id: str) -> None:
 
 
 def test_a_running_jobs_admin_page_shows_new_events_and_the_end_without_a_reload(
-    service, owner_key, browser_page, upstream
+    service, owner_key, staff_user, browser_page, upstream
 ):
     page = browser_page
     job_id = submit_slow_job(service, owner_key)
-    open_job_page(page, service, job_id)
+    open_job_page(page, service, job_id, staff_user)
     assert page.locator("#job-live").text_content() == "running"
     assert page.locator("#job-live-note").text_content() == "(refreshing)"
     shown_at_load = page.locator("#job-events tr.job-event").count()
@@ -111,10 +111,12 @@ def test_a_running_jobs_admin_page_shows_new_events_and_the_end_without_a_reload
     assert page.outside == []
 
 
-def test_the_page_stops_refreshing_when_the_job_is_deleted(service, owner_key, browser_page, upstream):
+def test_the_page_stops_refreshing_when_the_job_is_deleted(
+    service, owner_key, staff_user, browser_page, upstream
+):
     page = browser_page
     job_id = submit_slow_job(service, owner_key)
-    open_job_page(page, service, job_id)
+    open_job_page(page, service, job_id, staff_user)
     assert page.locator("#job-live").text_content() == "running"
     with service.client(owner_key) as api:
         assert api.delete(f"/jobs/{job_id}").status_code in (200, 202, 204)

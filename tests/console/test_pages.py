@@ -5,10 +5,9 @@ for writes), owner-only pages, safe Markdown, languages, CORS, the /docs form.""
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client
 
-from apikeys.services import api_key_create, api_key_revoke
+from apikeys.services import api_key_revoke
 from claudesvc.auth import Caller
 from console.markdown import render_markdown
 from jobs.models import Artifact, Job, JobStatus
@@ -18,14 +17,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def user(db):
-    return get_user_model().objects.create_user("ada", password="correct horse battery")
-
-
-@pytest.fixture
-def browser(user) -> Client:
+def browser(jwt_user) -> Client:
+    """The console in a browser, signed in as the JWT user (a session, not a token)."""
     client = Client(enforce_csrf_checks=True)
-    client.force_login(user)
+    client.force_login(jwt_user.row)
     return client
 
 
@@ -43,38 +38,40 @@ def test_pages_ask_for_sign_in_first(client):
     assert response["Location"] == "/console/login?next=/console/jobs%3Fstatus%3Dfailed%26page%3D2"
 
 
-def test_sign_in_with_a_password_then_the_console_acts_for_that_user(user):
+def test_sign_in_with_a_password_then_the_console_acts_for_that_user(jwt_user):
     client = Client()
     page = client.post(
         "/console/login",
         {
             "method": "password",
-            "username": "ada",
-            "password": "correct horse battery",
+            "username": jwt_user.row.username,
+            "password": jwt_user.password,
             "next": "/console/jobs",
         },
     )
     assert page.status_code == 302 and page["Location"] == "/console/jobs"
-    assert "ada" in client.get("/console/jobs").content.decode()
-    wrong = Client().post("/console/login", {"method": "password", "username": "ada", "password": "nope"})
+    assert jwt_user.row.username in client.get("/console/jobs").content.decode()
+    wrong = Client().post(
+        "/console/login", {"method": "password", "username": jwt_user.row.username, "password": "nope"}
+    )
     assert wrong.status_code == 200 and b'role="alert"' in wrong.content
 
 
-def test_sign_in_refuses_an_offsite_next_url(user):
+def test_sign_in_refuses_an_offsite_next_url(jwt_user):
     page = Client().post(
         "/console/login",
         {
             "method": "password",
-            "username": "ada",
-            "password": "correct horse battery",
+            "username": jwt_user.row.username,
+            "password": jwt_user.password,
             "next": "https://evil.example/",
         },
     )
     assert page["Location"] == "/console/"
 
 
-def test_a_pasted_api_key_stands_for_the_session_until_revoked(db):
-    key, secret = api_key_create(name="pasted")
+def test_a_pasted_api_key_stands_for_the_session_until_revoked(owner_key):
+    key, secret = owner_key.row, owner_key.secret
     client = Client()
     assert client.post("/console/login", {"method": "key", "api_key": secret})["Location"] == "/console/"
     job = make_job(Caller(api_key=key))
@@ -90,7 +87,7 @@ def test_a_pasted_api_key_stands_for_the_session_until_revoked(db):
     assert bad.status_code == 200 and "not valid" in bad.content.decode()
 
 
-def test_session_cookie_reads_the_api_but_writes_need_the_csrf_token(browser, user):
+def test_session_cookie_reads_the_api_but_writes_need_the_csrf_token(browser, jwt_user):
     assert browser.get("/jobs").status_code == 200
     refused = browser.post("/jobs", {"prompt": "hi"})
     assert refused.status_code == 403
@@ -100,24 +97,23 @@ def test_session_cookie_reads_the_api_but_writes_need_the_csrf_token(browser, us
     created = browser.post("/jobs", {"prompt": "hi", "partial_messages": "true"}, HTTP_X_CSRFTOKEN=token)
     assert created.status_code == 202, created.content
     job = Job.objects.get()
-    assert job.user_id == user.pk and job.api_key is None
+    assert job.user_id == jwt_user.row.pk and job.api_key is None
     assert job.options == {"partial_messages": True}
 
 
-def test_a_job_page_is_its_owners_alone(browser, user, db):
-    mine = make_job(Caller(user_id=user.pk), status=JobStatus.COMPLETED, result="**done**")
-    key, _ = api_key_create(name="someone else")
-    theirs = make_job(Caller(api_key=key), status=JobStatus.COMPLETED, result="secret")
+def test_a_job_page_is_its_owners_alone(browser, jwt_user, other_key):
+    mine = make_job(Caller(user_id=jwt_user.row.pk), status=JobStatus.COMPLETED, result="**done**")
+    theirs = make_job(Caller(api_key=other_key.row), status=JobStatus.COMPLETED, result="secret")
     page = browser.get(f"/console/jobs/{mine.pk}")
     assert page.status_code == 200 and "<strong>done</strong>" in page.content.decode()
     assert browser.get(f"/console/jobs/{theirs.pk}").status_code == 404
     assert browser.get(f"/jobs/{theirs.pk}/events").status_code == 404
 
 
-def test_results_show_artifacts_with_previews_only_for_safe_types(browser, user):
+def test_results_show_artifacts_with_previews_only_for_safe_types(browser, jwt_user):
     from django.core.files.base import ContentFile
 
-    job = make_job(Caller(user_id=user.pk), status=JobStatus.COMPLETED, result="ok", cost_usd=0.0123)
+    job = make_job(Caller(user_id=jwt_user.row.pk), status=JobStatus.COMPLETED, result="ok", cost_usd=0.0123)
     for name, ctype, body in [
         ("notes.txt", "text/plain", b"plain <b>text</b>"),
         ("page.html", "text/html", b"<script>alert(1)</script>"),
@@ -141,8 +137,8 @@ def test_results_show_artifacts_with_previews_only_for_safe_types(browser, user)
     assert browser.get(f"/jobs/{job.pk}/download/notes.txt").status_code == 200
 
 
-def test_cancel_needs_csrf_and_stops_the_job(browser, user):
-    job = make_job(Caller(user_id=user.pk))
+def test_cancel_needs_csrf_and_stops_the_job(browser, jwt_user):
+    job = make_job(Caller(user_id=jwt_user.row.pk))
     assert browser.post(f"/console/jobs/{job.pk}/cancel").status_code == 403
     browser.get("/console/")
     token = browser.cookies["csrftoken"].value
@@ -151,8 +147,8 @@ def test_cancel_needs_csrf_and_stops_the_job(browser, user):
     assert job.status == JobStatus.CANCELLED
 
 
-def test_my_jobs_filters_and_pages(browser, user):
-    caller = Caller(user_id=user.pk)
+def test_my_jobs_filters_and_pages(browser, jwt_user):
+    caller = Caller(user_id=jwt_user.row.pk)
     for i in range(23):
         make_job(caller, status=JobStatus.COMPLETED if i % 2 else JobStatus.FAILED, prompt=f"task number {i}")
     first = browser.get("/console/jobs").content.decode()

@@ -16,20 +16,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import Key
 from tests.e2e.test_jobs_e2e import wait_done
 from tests.samples import multipart, pdf_bytes, png_bytes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 CURL = shutil.which("curl")
-
-
-@pytest.fixture
-def key(db):
-    from apikeys.services import api_key_create
-
-    return Key(*api_key_create(name="e2e-files"))
 
 
 def curl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -72,7 +64,9 @@ def deleted_open_files(pid: int) -> list[str]:
 
 
 @pytest.mark.skipif(CURL is None, reason="needs curl")
-def test_a_curl_upload_is_read_by_claude_and_its_output_downloads_with_curl(service, key, upstream, tmp_path):
+def test_a_curl_upload_is_read_by_claude_and_its_output_downloads_with_curl(
+    service, owner_key, upstream, tmp_path
+):
     pdf, png = pdf_bytes("Quarterly report"), png_bytes(4, 4)
     (tmp_path / "report.pdf").write_bytes(pdf)
     (tmp_path / "chart.png").write_bytes(png)
@@ -84,7 +78,7 @@ def test_a_curl_upload_is_read_by_claude_and_its_output_downloads_with_curl(serv
     )
     created = curl(
         "-X", "POST", f"{service.url}/jobs",
-        "-H", f"X-API-Key: {key.secret}",
+        "-H", f"X-API-Key: {owner_key.secret}",
         "--form-string", f"prompt={prompt}",
         "-F", "model=haiku",
         "-F", "attachments[]=@report.pdf",
@@ -95,7 +89,7 @@ def test_a_curl_upload_is_read_by_claude_and_its_output_downloads_with_curl(serv
     assert body["success"] is True, body
     job_id = body["data"]["id"]
 
-    with service.client(key) as client:
+    with service.client(owner_key) as client:
         data = wait_done(client, job_id)
     assert data["status"] == "completed", (data, service.logs())
     assert [(a["name"], a["type"], a["size"]) for a in data["attachments"]] == [
@@ -128,7 +122,7 @@ def test_a_curl_upload_is_read_by_claude_and_its_output_downloads_with_curl(serv
         "-D",
         "-",
         "-H",
-        f"X-API-Key: {key.secret}",
+        f"X-API-Key: {owner_key.secret}",
         f"{service.url}{artifact['download_url']}",
         cwd=saved,
     )
@@ -140,7 +134,7 @@ def test_a_curl_upload_is_read_by_claude_and_its_output_downloads_with_curl(serv
     assert [p.name for p in saved.iterdir()] == ["Zusammenfassung Marz.txt"]
     assert (saved / "Zusammenfassung Marz.txt").read_text() == "Alles grün.\n"
 
-    with service.client(key) as client:
+    with service.client(owner_key) as client:
         raw = client.get(artifact["download_url"])
         assert raw.content == "Alles grün.\n".encode()
         assert raw.headers["content-length"] == str(len(raw.content))
@@ -151,24 +145,21 @@ def test_a_curl_upload_is_read_by_claude_and_its_output_downloads_with_curl(serv
     assert not (Path(service.env["MEDIA_ROOT"]) / "jobs" / job_id).exists()
 
 
-def test_another_key_cannot_download(service, key, upstream):
-    from apikeys.services import api_key_create
-
-    outsider = Key(*api_key_create(name="e2e-files-outsider"))
-    with service.client(key) as client:
+def test_another_key_cannot_download(service, owner_key, other_key, upstream):
+    with service.client(owner_key) as client:
         job_id = client.post(
             "/jobs", json={"prompt": '[[tool:Write {"file_path": "out/mine.txt", "content": "private"}]]'}
         ).json()["data"]["id"]
         data = wait_done(client, job_id)
         url = data["artifacts"][0]["download_url"]
         assert client.get(url).status_code == 200
-    with service.client(outsider) as other:
+    with service.client(other_key) as other:
         response = other.get(url)
         assert response.status_code == 404
         assert "private" not in response.text
 
 
-def test_bad_uploads_get_their_error_from_the_live_server(service, key):
+def test_bad_uploads_get_their_error_from_the_live_server(service, owner_key):
     from jobs.models import Job
 
     before = leftovers(service)
@@ -178,18 +169,18 @@ def test_bad_uploads_get_their_error_from_the_live_server(service, key):
         ([("attachments[]", "empty.txt", b"", "text/plain")], 400, "empty"),
         ([("attachments[]", "../../x.txt", b"x", "text/plain")], 400, "path separator"),
     ]
-    with service.client(key) as client:
+    with service.client(owner_key) as client:
         for files, status, words in cases:
             body, content_type = multipart({"prompt": "hi"}, files)
             response = client.post("/jobs", content=body, headers={"Content-Type": content_type})
             assert response.status_code == status, response.text
             error = response.json()["error"]
             assert error["field"] == "attachments[]" and words in error["message"]
-    assert not Job.objects.filter(api_key=key.row).exists()
+    assert not Job.objects.filter(api_key=owner_key.row).exists()
     assert leftovers(service) == before
 
 
-def test_a_500_mb_file_over_the_limit_is_refused_and_memory_stays_flat(service, key):
+def test_a_500_mb_file_over_the_limit_is_refused_and_memory_stays_flat(service, owner_key):
     """The real limit on the real server: 413, nothing kept, server memory flat."""
     from django.conf import settings
 
@@ -226,7 +217,7 @@ def test_a_500_mb_file_over_the_limit_is_refused_and_memory_stays_flat(service, 
     sampler.start()
     before = leftovers(service)
     try:
-        with service.client(key) as client:
+        with service.client(owner_key) as client:
             response = client.post(
                 "/jobs",
                 content=body(),
@@ -242,12 +233,12 @@ def test_a_500_mb_file_over_the_limit_is_refused_and_memory_stays_flat(service, 
     assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "file_too_large"
     assert "big.mp4" in response.json()["error"]["message"]
-    assert not Job.objects.filter(api_key=key.row).exists()
+    assert not Job.objects.filter(api_key=owner_key.row).exists()
     assert leftovers(service) == before
     assert peak[0] - idle < 100 * 1024 * 1024, f"server grew by {(peak[0] - idle) // 2**20} MB"
 
 
-def test_an_upload_cut_off_mid_body_leaves_nothing(service, key):
+def test_an_upload_cut_off_mid_body_leaves_nothing(service, owner_key):
     from jobs.models import Job
 
     before = leftovers(service)
@@ -259,7 +250,7 @@ def test_an_upload_cut_off_mid_body_leaves_nothing(service, key):
         sock.sendall(
             (
                 "POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"X-API-Key: {key.secret}\r\nContent-Type: {content_type}\r\n"
+                f"X-API-Key: {owner_key.secret}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n"
             ).encode()
             + sent
@@ -270,8 +261,8 @@ def test_an_upload_cut_off_mid_body_leaves_nothing(service, key):
     while time.monotonic() < deadline and leftovers(service) != before:
         time.sleep(0.2)
     assert leftovers(service) == before
-    assert not Job.objects.filter(api_key=key.row).exists()
-    with service.client(key) as client:
+    assert not Job.objects.filter(api_key=owner_key.row).exists()
+    with service.client(owner_key) as client:
         assert client.get("/health").status_code == 200
         good, good_type = multipart({"prompt": "after"}, [("attachments[]", "ok.txt", b"fine", "text/plain")])
         assert client.post("/jobs", content=good, headers={"Content-Type": good_type}).status_code == 202
@@ -287,23 +278,23 @@ def raw_request(service, head: str, body: bytes = b"") -> tuple[int, dict]:
     return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
 
 
-def test_a_body_larger_than_any_upload_is_refused_before_it_is_sent(service, key):
+def test_a_body_larger_than_any_upload_is_refused_before_it_is_sent(service, owner_key):
     # The client announces 1 TB and sends nothing: the answer comes at once, no body is read.
     status, body = raw_request(
         service,
         "POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"X-API-Key: {key.secret}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        f"X-API-Key: {owner_key.secret}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
         f"Content-Length: {10**12}\r\nExpect: 100-continue\r\n\r\n",
     )
     assert status == 413
     assert body["success"] is False and body["error"]["code"] == "too_large"
 
 
-def test_a_chunked_body_is_refused_with_411(service, key):
+def test_a_chunked_body_is_refused_with_411(service, owner_key):
     status, body = raw_request(
         service,
         "POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"X-API-Key: {key.secret}\r\nContent-Type: application/json\r\n"
+        f"X-API-Key: {owner_key.secret}\r\nContent-Type: application/json\r\n"
         "Transfer-Encoding: chunked\r\n\r\n",
         b'11\r\n{"prompt": "hi!"}\r\n0\r\n\r\n',
     )

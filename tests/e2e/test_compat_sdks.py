@@ -422,14 +422,13 @@ def test_two_calls_on_one_session_run_one_after_the_other(service, owner_key, up
 # -- JWT --------------------------------------------------------------------------------------------
 
 
-def test_login_then_both_sdks_with_the_token(service, django_user_model, settings):
+def test_login_then_both_sdks_with_the_token(service, jwt_user, settings):
     # The server checks the password with its own (default) hashers, not the tests' fast one.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
-    django_user_model.objects.create_user(
-        "demo", password="demo123-long", first_name="Demo", last_name="User"
-    )
+    jwt_user.row.set_password(jwt_user.password)
+    jwt_user.row.save(update_fields=["password"])
     with service.client() as http:
-        login = http.post("/auth/login", json={"username": "demo", "password": "demo123-long"})
+        login = http.post("/auth/login", json={"username": "demo", "password": jwt_user.password})
     assert login.status_code == 200, login.text
     assert login.json()["user"] == {"id": "demo", "name": "Demo User"}
     token = login.json()["token"]

@@ -17,16 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Key
-
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def key(db):
-    from apikeys.services import api_key_create
-
-    return Key(*api_key_create(name="compat-upstream-e2e"))
 
 
 def marker() -> str:
@@ -50,9 +41,9 @@ def job_with(mark: str):
     ],
 )
 def test_an_upstream_status_is_answered_in_each_family(
-    service, key, upstream_status, status, openai_type, anthropic_type, retry
+    service, owner_key, upstream_status, status, openai_type, anthropic_type, retry
 ):
-    client = service.client(key)
+    client = service.client(owner_key)
     mark = marker()
     started = time.monotonic()
     response = client.post(
@@ -91,12 +82,12 @@ def test_an_upstream_status_is_answered_in_each_family(
     assert response.headers["x-should-retry"] == retry
 
 
-def test_sdks_raise_their_typed_errors_and_retry_only_what_may_be_retried(service, key):
+def test_sdks_raise_their_typed_errors_and_retry_only_what_may_be_retried(service, owner_key):
     from jobs.models import Job
 
     mark = marker()
     # The SDK retries a 429 (after retry-after seconds): three jobs, then RateLimitError.
-    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=key.secret, max_retries=2, timeout=60)
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=owner_key.secret, max_retries=2, timeout=60)
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(
             model="haiku", messages=[{"role": "user", "content": f"{mark} [[error:429 final]]"}]
@@ -104,7 +95,7 @@ def test_sdks_raise_their_typed_errors_and_retry_only_what_may_be_retried(servic
     assert Job.objects.filter(prompt__contains=mark).count() == 3
     with pytest.raises(anthropic.AuthenticationError, match="service's own upstream"):
         anthropic.Anthropic(
-            base_url=service.url, api_key=key.secret, max_retries=2, timeout=60
+            base_url=service.url, api_key=owner_key.secret, max_retries=2, timeout=60
         ).messages.create(
             model="haiku",
             max_tokens=10,
@@ -113,7 +104,7 @@ def test_sdks_raise_their_typed_errors_and_retry_only_what_may_be_retried(servic
     assert Job.objects.filter(prompt__contains=f"{mark}b").count() == 1
     with pytest.raises(anthropic.InternalServerError) as overloaded:
         anthropic.Anthropic(
-            base_url=service.url, api_key=key.secret, max_retries=0, timeout=60
+            base_url=service.url, api_key=owner_key.secret, max_retries=0, timeout=60
         ).messages.create(
             model="haiku",
             max_tokens=10,
@@ -122,8 +113,8 @@ def test_sdks_raise_their_typed_errors_and_retry_only_what_may_be_retried(servic
     assert overloaded.value.status_code == 529
 
 
-def test_a_stream_that_fails_upstream_sends_the_mapped_error_event(service, key):
-    client = anthropic.Anthropic(base_url=service.url, api_key=key.secret, max_retries=0, timeout=60)
+def test_a_stream_that_fails_upstream_sends_the_mapped_error_event(service, owner_key):
+    client = anthropic.Anthropic(base_url=service.url, api_key=owner_key.secret, max_retries=0, timeout=60)
     with (
         pytest.raises(anthropic.APIStatusError, match="overloaded") as failed,
         client.messages.stream(
@@ -135,7 +126,7 @@ def test_a_stream_that_fails_upstream_sends_the_mapped_error_event(service, key)
     assert failed.value.body["error"]["type"] == "overloaded_error"
     with pytest.raises(openai.APIError, match="rate limiting"):
         for _ in openai.OpenAI(
-            base_url=f"{service.url}/v1", api_key=key.secret, max_retries=0
+            base_url=f"{service.url}/v1", api_key=owner_key.secret, max_retries=0
         ).chat.completions.create(
             model="haiku", messages=[{"role": "user", "content": "x [[error:429 final]]"}], stream=True
         ):
@@ -143,7 +134,7 @@ def test_a_stream_that_fails_upstream_sends_the_mapped_error_event(service, key)
 
 
 @pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/messages"])
-def test_a_non_streaming_client_that_hangs_up_cancels_its_job(service, key, route):
+def test_a_non_streaming_client_that_hangs_up_cancels_its_job(service, owner_key, route):
     mark = marker()
     body = {
         "model": "haiku",
@@ -155,7 +146,7 @@ def test_a_non_streaming_client_that_hangs_up_cancels_its_job(service, key, rout
     payload = json.dumps(body).encode()
     url = urlparse(service.url)
     request = (
-        f"POST {route} HTTP/1.1\r\nHost: {url.hostname}:{url.port}\r\nX-API-Key: {key.secret}\r\n"
+        f"POST {route} HTTP/1.1\r\nHost: {url.hostname}:{url.port}\r\nX-API-Key: {owner_key.secret}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
     ).encode() + payload
     with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
@@ -186,10 +177,10 @@ def test_a_non_streaming_client_that_hangs_up_cancels_its_job(service, key, rout
     assert job.duration_ms is None or job.duration_ms < 20_000  # 40 words at 0.5 s would take 20 s
 
 
-def test_a_client_that_waits_still_gets_its_answer(service, key):
+def test_a_client_that_waits_still_gets_its_answer(service, owner_key):
     response = httpx.post(
         f"{service.url}/v1/chat/completions",
-        headers={"Authorization": f"Bearer {key.secret}"},
+        headers={"Authorization": f"Bearer {owner_key.secret}"},
         json={"model": "haiku", "messages": [{"role": "user", "content": "[[reply:still here]]"}]},
         timeout=60,
     )

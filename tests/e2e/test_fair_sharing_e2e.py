@@ -10,10 +10,7 @@ import time
 import httpx
 import pytest
 
-from apikeys.models import ApiKey
-from apikeys.services import api_key_create
 from jobs.models import Job, JobStatus
-from tests.conftest import Key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -33,8 +30,8 @@ def wait_all_done(job_ids: list[str], timeout: float = 180) -> list[Job]:
     )
 
 
-def test_a_flood_from_one_key_delays_another_keys_job_by_one_slot_at_most(service):
-    alice, bob = Key(*api_key_create(name="flood")), Key(*api_key_create(name="patient"))
+def test_a_flood_from_one_key_delays_another_keys_job_by_one_slot_at_most(service, owner_key, other_key):
+    alice, bob = owner_key, other_key
     with service.client(alice) as client:
         flood = []
         for _ in range(8):
@@ -67,9 +64,8 @@ def test_a_flood_from_one_key_delays_another_keys_job_by_one_slot_at_most(servic
     assert all(jobs[i].status == JobStatus.COMPLETED for i in flood)
 
 
-def test_the_active_limit_holds_under_simultaneous_requests(service):
-    alice = Key(*api_key_create(name="burst"))
-    ApiKey.objects.filter(pk=alice.row.pk).update(max_active_jobs=4)
+def test_the_active_limit_holds_under_simultaneous_requests(service, make_key):
+    alice = make_key("burst", max_active_jobs=4)
     total = 12
     barrier = threading.Barrier(total)
     answers: list[httpx.Response] = []

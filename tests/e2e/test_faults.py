@@ -30,7 +30,6 @@ from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from apikeys.services import api_key_create
 from claudesvc.auth import Caller
 from claudesvc.management.commands.serve import asgi_server_command
 from jobs.models import FINAL_STATUSES, Job, JobEvent, JobStatus
@@ -132,11 +131,6 @@ def deploy(upstream, others_paused, tmp_path) -> Iterator:
         deployment.kill_all()
 
 
-@pytest.fixture
-def key(db) -> Key:
-    return Key(*api_key_create(name="faults"))
-
-
 def client(deployment: Deployment, key: Key) -> httpx.Client:
     return httpx.Client(base_url=deployment.url, headers={"X-API-Key": key.secret}, timeout=30)
 
@@ -176,11 +170,11 @@ def gone(procs: list[psutil.Process]) -> list[psutil.Process]:
 # -- restart ------------------------------------------------------------------------------------
 
 
-def test_a_restart_with_running_and_queued_jobs_runs_every_job_exactly_once(deploy, key):
+def test_a_restart_with_running_and_queued_jobs_runs_every_job_exactly_once(deploy, owner_key):
     d = deploy()
     d.serve()
     d.ready()
-    http = client(d, key)
+    http = client(d, owner_key)
     ids = [submit(http, f"Job {i} [[slow:0.4]][[reply:a b c d e f g h]]") for i in range(6)]
     wait_for(
         lambda: Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING, cli_pid__isnull=False).count() == 2,
@@ -238,11 +232,11 @@ def test_a_restart_with_running_and_queued_jobs_runs_every_job_exactly_once(depl
 # -- a worker dies ------------------------------------------------------------------------------
 
 
-def test_a_killed_worker_fails_its_job_within_job_stale_seconds_and_leaves_no_cli(deploy, key):
+def test_a_killed_worker_fails_its_job_within_job_stale_seconds_and_leaves_no_cli(deploy, owner_key):
     d = deploy()
     d.serve()
     d.ready()
-    http = client(d, key)
+    http = client(d, owner_key)
     doomed = submit(http, "Long [[slow:1]][[reply:" + " ".join(f"w{i}" for i in range(60)) + "]]")
     wait_for(lambda: Job.objects.get(pk=doomed).cli_pid is not None, 90, "the job did not start")
     job = Job.objects.get(pk=doomed)
@@ -299,7 +293,7 @@ def _restart_web(d: Deployment) -> None:
     assert wait_until_healthy(d.url, timeout=120), d.logs()
 
 
-def test_a_killed_web_server_loses_no_event_of_an_sse_or_a_websocket_stream(deploy, key):
+def test_a_killed_web_server_loses_no_event_of_an_sse_or_a_websocket_stream(deploy, owner_key):
     d = deploy()
     d.worker()
     d.web()
@@ -307,9 +301,11 @@ def test_a_killed_web_server_loses_no_event_of_an_sse_or_a_websocket_stream(depl
     slow = "[[slow:0.3]][[reply:" + " ".join(f"t{i}" for i in range(30)) + "]]"
 
     # SSE: resume with Last-Event-ID on the restarted server.
-    job = job_create(caller=Caller(api_key=key.row), prompt=f"SSE {slow}", options={"partial_messages": True})
+    job = job_create(
+        caller=Caller(api_key=owner_key.row), prompt=f"SSE {slow}", options={"partial_messages": True}
+    )
     seen: list[int] = []
-    with httpx.Client(base_url=d.url, headers={"X-API-Key": key.secret}, timeout=30) as http:
+    with httpx.Client(base_url=d.url, headers={"X-API-Key": owner_key.secret}, timeout=30) as http:
         try:
             with http.stream("GET", f"/jobs/{job.pk}/events") as response:
                 for event in _sse_events(response):
@@ -336,7 +332,7 @@ def test_a_killed_web_server_loses_no_event_of_an_sse_or_a_websocket_stream(depl
 
     # WebSocket: resume with claude:resume after the last seq received.
     ws_url = f"ws://127.0.0.1:{d.port}/api/v1/claude/ws"
-    headers = {"X-API-Key": key.secret}
+    headers = {"X-API-Key": owner_key.secret}
     outputs: list[tuple[int, str]] = []
     process_id = None
     killed = False
@@ -422,19 +418,20 @@ def private_redis(tmp_path) -> Iterator:
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="the scale-out deployment (Redis) only")
-def test_a_redis_restart_strands_no_job(deploy, key, private_redis):
+def test_a_redis_restart_strands_no_job(deploy, owner_key, private_redis):
     port, start_redis, stop_redis = private_redis
     d = deploy(REDIS_URL=f"redis://127.0.0.1:{port}/0")
     d.serve()
     d.ready()
-    http = client(d, key)
+    http = client(d, owner_key)
     before = [submit(http, f"Before {i} [[reply:ok {i}]]") for i in range(2)]
     wait_for(lambda: Job.objects.filter(pk__in=before, status=JobStatus.COMPLETED).count() == 2, 120)
 
     stop_redis()  # its data goes with it: like a restart without persistence, or a flush
     # Submitted while Redis is away: the wake-up cannot be sent; the row is the queue.
     during = [
-        job_create(caller=Caller(api_key=key.row), prompt=f"During {i} [[reply:ok]]").pk for i in range(2)
+        job_create(caller=Caller(api_key=owner_key.row), prompt=f"During {i} [[reply:ok]]").pk
+        for i in range(2)
     ]
     health = httpx.get(f"{d.url}/health", timeout=30)
     assert health.status_code == 503 and health.json()["checks"]["broker"]["ok"] is False
@@ -461,7 +458,7 @@ def test_a_redis_restart_strands_no_job(deploy, key, private_redis):
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="the scale-out deployment (PostgreSQL) only")
-def test_a_web_server_whose_database_is_away_answers_a_clear_503(deploy, key):
+def test_a_web_server_whose_database_is_away_answers_a_clear_503(deploy, owner_key):
     """The shared PostgreSQL is not restarted here (other suites use it): the server is
     pointed at a port where no database listens, which is what it sees while one restarts."""
     d = deploy(DATABASE_URL=f"postgres://postgres@127.0.0.1:{_free_port()}/gone", DB_POOL_TIMEOUT="2")
@@ -476,9 +473,9 @@ def test_a_web_server_whose_database_is_away_answers_a_clear_503(deploy, key):
     assert health is not None and health.status_code == 503
     assert health.json()["checks"]["database"]["ok"] is False
     for path, headers in [
-        ("/jobs", {"X-API-Key": key.secret}),
-        ("/api/v1/claude/processes", {"X-API-Key": key.secret}),
-        ("/v1/models", {"Authorization": f"Bearer {key.secret}"}),
+        ("/jobs", {"X-API-Key": owner_key.secret}),
+        ("/api/v1/claude/processes", {"X-API-Key": owner_key.secret}),
+        ("/v1/models", {"Authorization": f"Bearer {owner_key.secret}"}),
     ]:
         response = httpx.get(f"{d.url}{path}", headers=headers, timeout=30)
         assert response.status_code == 503, (path, response.text)

@@ -9,23 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import Key
-
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def key(db):
-    from apikeys.services import api_key_create
-
-    return Key(*api_key_create(name="e2e"))
-
-
-@pytest.fixture
-def outsider(db):
-    from apikeys.services import api_key_create
-
-    return Key(*api_key_create(name="e2e-outsider"))
 
 
 def wait_done(client: httpx.Client, job_id: str, timeout: float = 60) -> dict:
@@ -53,8 +37,8 @@ def sse_events(response: httpx.Response) -> list[dict]:
     return events
 
 
-def test_a_job_runs_end_to_end_and_streams_by_offset(service, key):
-    with service.client(key) as client:
+def test_a_job_runs_end_to_end_and_streams_by_offset(service, owner_key):
+    with service.client(owner_key) as client:
         created = client.post("/jobs", json={"prompt": "Hi [[reply:Hello, world]]", "model": "haiku"})
         assert created.status_code == 202, created.text
         job_id = created.json()["data"]["id"]
@@ -75,8 +59,8 @@ def test_a_job_runs_end_to_end_and_streams_by_offset(service, key):
     assert seen[0]["type"] == "system" and seen[-1]["type"] == "result"
 
 
-def test_events_stream_live_as_sse_and_resume_after_last_event_id(service, key):
-    with service.client(key) as client:
+def test_events_stream_live_as_sse_and_resume_after_last_event_id(service, owner_key):
+    with service.client(owner_key) as client:
         job_id = client.post(
             "/jobs", json={"prompt": "Slow [[slow:0.05]] one two three four five six"}
         ).json()["data"]["id"]
@@ -99,11 +83,11 @@ def test_events_stream_live_as_sse_and_resume_after_last_event_id(service, key):
             assert next(e for e in sse_events(response) if "id" in e)["id"] == "1"
 
 
-def test_another_key_cannot_see_or_touch_the_job(service, key, outsider):
-    with service.client(key) as client:
+def test_another_key_cannot_see_or_touch_the_job(service, owner_key, other_key):
+    with service.client(owner_key) as client:
         job_id = client.post("/jobs", json={"prompt": "private [[reply:mine]]"}).json()["data"]["id"]
         wait_done(client, job_id)
-    with service.client(outsider) as other:
+    with service.client(other_key) as other:
         for path in [f"/jobs/{job_id}", f"/jobs/{job_id}/stream", f"/jobs/{job_id}/events"]:
             assert other.get(path).status_code == 404
         assert other.delete(f"/jobs/{job_id}").status_code == 404
@@ -112,10 +96,10 @@ def test_another_key_cannot_see_or_touch_the_job(service, key, outsider):
         assert anonymous.get(f"/jobs/{job_id}").status_code == 401
 
 
-def test_deleting_a_running_job_stops_its_process(service, key):
+def test_deleting_a_running_job_stops_its_process(service, owner_key):
     from jobs.models import Job
 
-    with service.client(key) as client:
+    with service.client(owner_key) as client:
         job_id = client.post("/jobs", json={"prompt": "Long [[slow:0.5]]" + " word" * 200}).json()["data"][
             "id"
         ]
@@ -141,8 +125,8 @@ def test_deleting_a_running_job_stops_its_process(service, key):
     assert not alive()
 
 
-def test_jobs_wait_as_pending_while_workers_are_busy_and_run_in_order(service, key):
-    with service.client(key) as client:
+def test_jobs_wait_as_pending_while_workers_are_busy_and_run_in_order(service, owner_key):
+    with service.client(owner_key) as client:
         # Two workers: two slow jobs fill them, the next ones wait.
         slow = [
             client.post("/jobs", json={"prompt": "Busy [[slow:0.2]]" + " w" * 15}).json()["data"]["id"]
@@ -160,8 +144,8 @@ def test_jobs_wait_as_pending_while_workers_are_busy_and_run_in_order(service, k
     assert started == sorted(started)
 
 
-def test_a_failing_upstream_shows_as_a_failed_job(service, key):
-    with service.client(key) as client:
+def test_a_failing_upstream_shows_as_a_failed_job(service, owner_key):
+    with service.client(owner_key) as client:
         job_id = client.post("/jobs", json={"prompt": "[[error:400]]"}).json()["data"]["id"]
         data = wait_done(client, job_id)
     assert data["status"] == "failed"

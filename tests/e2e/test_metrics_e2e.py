@@ -9,17 +9,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Key
 from tests.e2e.test_jobs_e2e import wait_done
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def key(db):
-    from apikeys.services import api_key_create
-
-    return Key(*api_key_create(name="e2e-metrics"))
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -40,9 +32,9 @@ def total(samples, name, **labels) -> float:
     )
 
 
-def test_prometheus_sees_queue_depth_durations_and_cost_move(service, key):
+def test_prometheus_sees_queue_depth_durations_and_cost_move(service, owner_key):
     before = scrape(service.url)
-    with service.client(key) as client:
+    with service.client(owner_key) as client:
         slow = [
             client.post("/jobs", json={"prompt": f"slow {i} [[slow:0.3]]" + " word" * 12, "model": "haiku"})
             for i in range(3)

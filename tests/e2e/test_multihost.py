@@ -51,13 +51,6 @@ def multihost(django_db_setup, django_db_blocker, upstream, service_extra_env, t
         yield svc
 
 
-@pytest.fixture
-def key(db):
-    from apikeys.services import api_key_create
-
-    return Key(*api_key_create(name="multihost"))
-
-
 def _wait_running(host: WorkerHost, since: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -134,13 +127,13 @@ class Conversation:
 # Starting a cluster is most of the time here (tens of seconds each on a busy machine).
 @pytest.mark.timeout(1200)
 def test_a_conversation_keeps_its_context_across_hosts_and_a_dead_host_loses_only_its_turn(
-    multihost, key, upstream
+    multihost, owner_key, upstream
 ):
     from django_q.models import Schedule
 
     from jobs.models import Job, JobStatus
 
-    talk = Conversation(multihost, key)
+    talk = Conversation(multihost, owner_key)
     facts = [marker() for _ in range(3)]
     for i, name in enumerate(["host-a", "host-b", "host-a"]):
         with only(multihost, name) as host:
@@ -231,7 +224,7 @@ def _wait_done(client, job_id: str, timeout: float = 120) -> dict:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", ["host-b", "host-a"])  # host-b first: it is still up from the test above
 def test_attachment_and_transcription_jobs_run_on_either_host(
-    multihost, key, upstream, voxtral_server, tmp_path, name
+    multihost, owner_key, upstream, voxtral_server, tmp_path, name
 ):
     from jobs.models import Job
 
@@ -239,7 +232,7 @@ def test_attachment_and_transcription_jobs_run_on_either_host(
     note = f"The code word is {marker()}."
     audio = tmp_path / "talk.ogg"
     spoken = [w.word.lower() for w in tone_audio(audio, random_script(17, 12))]
-    with only(multihost, name) as host, multihost.client(key) as client:
+    with only(multihost, name) as host, multihost.client(owner_key) as client:
         prompt = (
             '[[tool:Read {"file_path": "attachments/note.txt"}]] '
             '[[tool:Write {"file_path": "out/answer.txt", "content": "read it"}]]'
@@ -268,7 +261,7 @@ def test_attachment_and_transcription_jobs_run_on_either_host(
     # ... and the outputs went back through storage: they download with every worker host down.
     for other in multihost.hosts.values():
         other.stop()
-    with multihost.client(key) as client:
+    with multihost.client(owner_key) as client:
         [artifact] = client.get(f"/jobs/{attachment_job}").json()["data"]["artifacts"]
         assert client.get(artifact["download_url"]).content == b"read it"
         info = client.get(f"/jobs/{transcription_job}").json()["data"]

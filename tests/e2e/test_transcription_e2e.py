@@ -14,18 +14,10 @@ from pathlib import Path
 import pytest
 import srt
 
-from tests.conftest import Key
 from tests.e2e.test_jobs_e2e import sse_events
 from tests.fakes.voxtral import random_script, tone_audio
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def key(db):
-    from apikeys.services import api_key_create
-
-    return Key(*api_key_create(name="e2e-transcription"))
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +34,14 @@ def norm(text: str) -> list[str]:
 
 
 def test_the_seed_curl_request_transcribes_a_25_minute_meeting(
-    service, key, voxtral_server, meeting, tmp_path
+    service, owner_key, voxtral_server, meeting, tmp_path
 ):
     voxtral_server.reset()
     audio, words = meeting
     curl = subprocess.run(
         [
             "curl", "-s", "-X", "POST", f"{service.url}/jobs",
-            "-H", f"X-API-Key: {key.secret}",
+            "-H", f"X-API-Key: {owner_key.secret}",
             "-F", "type=transcription",
             "-F", f"file=@{audio}",
             "-F", 'output=["plain","compact","bullets","doc"]',
@@ -63,7 +55,7 @@ def test_the_seed_curl_request_transcribes_a_25_minute_meeting(
     assert created["data"]["type"] == "transcription" and created["data"]["status"] == "pending"
     assert created["data"]["stream_url"] == f"/jobs/{job_id}/stream"
 
-    with service.client(key) as client:
+    with service.client(owner_key) as client:
         # The live event stream, to the end of the job.
         with client.stream("GET", f"/jobs/{job_id}/events") as response:
             streamed = [json.loads(e["data"]) for e in sse_events(response) if "id" in e]
@@ -119,7 +111,7 @@ def test_the_seed_curl_request_transcribes_a_25_minute_meeting(
                 "-J",
                 f"{service.url}/jobs/{job_id}/download/{name}",
                 "-H",
-                f"X-API-Key: {key.secret}",
+                f"X-API-Key: {owner_key.secret}",
             ],
             cwd=out,
             check=True,
@@ -139,13 +131,13 @@ def test_the_seed_curl_request_transcribes_a_25_minute_meeting(
     assert "Summary" in pdf and "Key points" in pdf and "25:" in pdf
 
 
-def test_a_transcription_can_be_deleted_while_it_runs(service, key, voxtral_server, tmp_path):
+def test_a_transcription_can_be_deleted_while_it_runs(service, owner_key, voxtral_server, tmp_path):
     voxtral_server.reset()
     voxtral_server.delay = lambda rec: 30.0
     try:
         audio = tmp_path / "talk.ogg"
         tone_audio(audio, random_script(2501, 20))
-        with service.client(key) as client:
+        with service.client(owner_key) as client:
             with audio.open("rb") as fh:
                 created = client.post(
                     "/jobs", data={"type": "transcription"}, files={"file": ("talk.ogg", fh)}

@@ -12,7 +12,6 @@ import pytest
 from django.conf import settings as django_settings
 from django.utils import timezone
 
-from apikeys.services import api_key_create
 from claudesvc.auth import Caller
 from claudesvc.errors import NotFound
 from jobs import runner
@@ -305,9 +304,8 @@ def test_a_schedule_runs_the_retention_cleanup():
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("upstream")
-def test_a_file_the_job_writes_is_an_artifact_when_it_finishes():
-    key, _ = api_key_create(name="writer")
-    job = job_create(caller=Caller(api_key=key), prompt="placeholder", enqueue=False)
+def test_a_file_the_job_writes_is_an_artifact_when_it_finishes(owner_key):
+    job = job_create(caller=Caller(api_key=owner_key.row), prompt="placeholder", enqueue=False)
     target = job_paths(job.pk).output / "answer.md"
     Job.objects.filter(pk=job.pk).update(
         prompt=f'Write it [[tool:Write {{"file_path": "{target}", "content": "# Answer\\n42\\n"}}]]'
@@ -322,11 +320,8 @@ def test_a_file_the_job_writes_is_an_artifact_when_it_finishes():
         assert stored.read() == b"# Answer\n42\n"
 
 
-def test_the_admin_job_page_shows_its_files(client, owner_key):
-    from django.contrib.auth import get_user_model
-
-    client.force_login(get_user_model().objects.create_superuser("admin", "a@example.com", "pw-123456"))
+def test_the_admin_job_page_shows_its_files(admin_client, owner_key):
     job = with_attachment(owner_key)
-    page = client.get(f"/admin/jobs/job/{job.pk}/change/")
+    page = admin_client.get(f"/admin/jobs/job/{job.pk}/change/")
     assert page.status_code == 200
     assert "in.txt" in page.content.decode() and "out.txt" in page.content.decode()

@@ -9,12 +9,11 @@ import itertools
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from apikeys.models import ApiKey
-from apikeys.services import api_key_create, api_key_revoke
-from claudesvc.auth import Caller, jwt_issue
+from apikeys.services import api_key_revoke
+from claudesvc.auth import Caller
 from jobs.models import Job, JobStatus, UsageDaily
 from jobs.queue import job_claim_next
 from jobs.services import job_create, job_transition
@@ -38,14 +37,15 @@ def finish(job: Job, *, cost: float = 0.0, status=JobStatus.COMPLETED, **fields)
     )
 
 
+# The stories below name the two keys: alice is the owner's key, bob the other one.
 @pytest.fixture
-def alice(db):
-    return api_key_create(name="alice")[0]
+def alice(owner_key) -> ApiKey:
+    return owner_key.row
 
 
 @pytest.fixture
-def bob(db):
-    return api_key_create(name="bob")[0]
+def bob(other_key) -> ApiKey:
+    return other_key.row
 
 
 # -- fair claim ----------------------------------------------------------------------------
@@ -103,8 +103,8 @@ def test_the_running_cap_leaves_a_keys_further_jobs_pending(alice, bob, settings
     assert Job.objects.filter(api_key=alice, status=JobStatus.RUNNING).count() == 3
 
 
-def test_jwt_users_are_owners_of_their_own(alice, settings):
-    user = get_user_model().objects.create_user("carol", password="pw")
+def test_jwt_users_are_owners_of_their_own(alice, jwt_user, settings):
+    user = jwt_user.row
     submit(alice, 3)
     job_claim_next()
     mine = job_create(caller=Caller(user_id=user.pk), prompt="hi", enqueue=False)
@@ -201,12 +201,12 @@ def test_a_keys_own_active_limit_replaces_the_default(client_for, owner_key, lim
     assert client_for(owner_key).post("/jobs", {"prompt": "fourth"}, format="json").status_code == 429
 
 
-def test_jwt_users_get_the_default_active_limit(client_for, limited):
-    user = get_user_model().objects.create_user("dave", password="pw")
+def test_jwt_users_get_the_default_active_limit(client_for, jwt_user, limited):
+    user = jwt_user.row
     for i in range(2):
         job_create(caller=Caller(user_id=user.pk), prompt=f"j{i}", enqueue=False)
     client = client_for(None)
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {jwt_issue(user)}")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {jwt_user.token}")
     response = client.post("/jobs", {"prompt": "x"}, format="json")
     assert response.status_code == 429 and response.json()["error"]["code"] == "active_jobs_limit"
 
@@ -395,8 +395,8 @@ def test_revoking_a_key_cancels_its_queue_and_stops_its_running_jobs(alice, bob)
     assert job_claim_next().pk == bobs.pk
 
 
-def test_deactivating_a_user_cancels_their_jobs(alice, django_capture_on_commit_callbacks):
-    user = get_user_model().objects.create_user("erin", password="pw")
+def test_deactivating_a_user_cancels_their_jobs(alice, jwt_user, django_capture_on_commit_callbacks):
+    user = jwt_user.row
     mine = [job_create(caller=Caller(user_id=user.pk), prompt=f"j{i}", enqueue=False) for i in range(2)]
     (keys,) = submit(alice)
     user.is_active = False

@@ -14,13 +14,12 @@ from django.db import connections
 from django.utils import timezone
 
 from apikeys.models import ApiKey
-from apikeys.services import api_key_create, api_key_revoke
+from apikeys.services import api_key_revoke
 from claudesvc.auth import Caller
 from jobs import runner
 from jobs.models import Job, JobStatus, UsageDaily
 from jobs.queue import job_claim_next
 from jobs.services import job_create
-from tests.conftest import Key
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("upstream")]
 
@@ -37,8 +36,8 @@ def run_next() -> Job:
     return job
 
 
-def test_usage_sums_equal_the_jobs_own_figures(client_for):
-    alice, bob = Key(*api_key_create(name="alice")), Key(*api_key_create(name="bob"))
+def test_usage_sums_equal_the_jobs_own_figures(client_for, owner_key, other_key):
+    alice, bob = owner_key, other_key
     submit(alice.row, "one [[reply:One]]", model="haiku")
     submit(alice.row, "two [[reply:Two]]", model="sonnet", source="compat")
     submit(bob.row, "three [[reply:Three]]", model="haiku")
@@ -62,10 +61,9 @@ def test_usage_sums_equal_the_jobs_own_figures(client_for):
     assert client_for(bob).get("/usage").json()["data"]["totals"]["jobs"] == 1
 
 
-def test_a_budget_caps_a_running_job_then_refuses_the_next(client_for, settings):
+def test_a_budget_caps_a_running_job_then_refuses_the_next(client_for, make_key, settings):
     settings.RATELIMIT_ENABLE = False
-    alice = Key(*api_key_create(name="alice"))
-    ApiKey.objects.filter(pk=alice.row.pk).update(budget_daily_usd=Decimal("0.0001"))
+    alice = make_key("alice", budget_daily_usd=Decimal("0.0001"))
     # Two turns (a tool call, then the answer): the CLI checks its budget after the first,
     # which costs more than the cap (the fake counts a token per 40 characters of input).
     job = submit(alice.row, 'look [[tool:Glob {"pattern": "*"}]] ' + "filler " * 12000, model="haiku")
@@ -84,9 +82,8 @@ def test_a_budget_caps_a_running_job_then_refuses_the_next(client_for, settings)
     assert response.json()["error"]["code"] == "budget_exceeded"
 
 
-def test_revoking_a_key_stops_its_running_cli_and_its_queue():
-    alice, _ = api_key_create(name="alice")
-    bob, _ = api_key_create(name="bob")
+def test_revoking_a_key_stops_its_running_cli_and_its_queue(owner_key, other_key):
+    alice, bob = owner_key.row, other_key.row
     slow = submit(alice, "slow [[slow:0.5]] " + "word " * 60, model="haiku")
     queued = [submit(alice, f"queued {i}") for i in range(3)]
     bobs = submit(bob, "mine [[reply:Mine]]", model="haiku")
@@ -117,9 +114,9 @@ def test_revoking_a_key_stops_its_running_cli_and_its_queue():
     assert Job.objects.get(pk=bobs.pk).status == JobStatus.COMPLETED
 
 
-def test_process_priority_does_not_jump_another_keys_queue(client_for, settings):
+def test_process_priority_does_not_jump_another_keys_queue(client_for, owner_key, other_key, settings):
     settings.RATELIMIT_ENABLE = False
-    alice, bob = Key(*api_key_create(name="alice")), Key(*api_key_create(name="bob"))
+    alice, bob = owner_key, other_key
     mine = [submit(alice.row, f"first come {i} [[reply:A{i}]]", model="haiku") for i in range(2)]
     urgent = client_for(bob).post(
         "/api/v1/claude/execute/async",

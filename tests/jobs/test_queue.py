@@ -11,7 +11,6 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from apikeys.services import api_key_create
 from claudesvc.auth import Caller
 from jobs import runner, tasks, worker
 from jobs.models import Job, JobStatus
@@ -24,9 +23,8 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def caller(db) -> Caller:
-    key, _ = api_key_create(name="queue")
-    return Caller(api_key=key)
+def caller(owner_key) -> Caller:
+    return Caller(api_key=owner_key.row)
 
 
 @pytest.fixture

@@ -81,14 +81,14 @@ def test_the_safe_policy_reads_only_inside_the_job_folder(tmp_path):
     assert any("denied" in r.lower() for r in tool_results(job))
 
 
-def test_the_safe_policy_writes_only_to_the_output_folder(settings):
+def test_the_safe_policy_writes_only_to_the_output_folder(owner_key, settings):
     settings.JOB_KEEP_WORKDIR_SECONDS = 3600  # to look at the folder after the job
     job_id_holder = {}
 
     def prompt_for(path):
         return f'Write [[tool:Write {{"file_path": "{path}", "content": "data"}}]]'
 
-    key, _ = api_key_create(name="w")
+    key = owner_key.row
     job = job_create(caller=Caller(api_key=key), prompt="placeholder", enqueue=False)
     paths = job_paths(job.pk)
     Job.objects.filter(pk=job.pk).update(prompt=prompt_for(paths.work / "escape.txt"))
@@ -111,8 +111,8 @@ def test_the_safe_policy_has_no_shell():
     assert all("SHELL-RAN" not in r for r in tool_results(job))
 
 
-def test_the_read_only_policy_writes_nothing():
-    key, _ = api_key_create(name="ro", tool_policy="read_only")
+def test_the_read_only_policy_writes_nothing(make_key):
+    key = make_key("ro", tool_policy="read_only").row
     job = job_create(caller=Caller(api_key=key), prompt="placeholder", enqueue=False)
     out = job_paths(job.pk).output / "x.txt"
     Job.objects.filter(pk=job.pk).update(prompt=f'[[tool:Write {{"file_path": "{out}", "content": "d"}}]]')
@@ -144,9 +144,10 @@ def test_the_cli_sees_only_allow_listed_environment(settings, tmp_path, monkeypa
     assert (tmp_path / "pid").read_text().isdigit()
 
 
-def test_build_options_never_passes_the_prompt_as_an_argument():
-    key, _ = api_key_create(name="opts")
-    job = job_create(caller=Caller(api_key=key), prompt="--dangerously-skip-permissions", enqueue=False)
+def test_build_options_never_passes_the_prompt_as_an_argument(owner_key):
+    job = job_create(
+        caller=Caller(api_key=owner_key.row), prompt="--dangerously-skip-permissions", enqueue=False
+    )
     options = runner.build_options(job, job_paths(job.pk), stderr_sink=print)
     assert options.permission_mode == "dontAsk"
     assert "Bash" not in options.tools
@@ -233,11 +234,12 @@ def test_the_running_job_reports_memory_and_cpu_of_its_cli():
 # -- options of the Process API -------------------------------------------------------------------
 
 
-def test_a_millisecond_timeout_is_honoured_to_the_sub_second():
+def test_a_millisecond_timeout_is_honoured_to_the_sub_second(owner_key):
     from jobs.process_api.services import process_create
 
-    key, _ = api_key_create(name="ms")
-    process_create(caller=Caller(api_key=key), prompt="Slow [[slow:0.5]]" + " word" * 100, timeout_ms=2500)
+    process_create(
+        caller=Caller(api_key=owner_key.row), prompt="Slow [[slow:0.5]]" + " word" * 100, timeout_ms=2500
+    )
     job = job_claim_next()
     assert job.timeout_seconds == 3
     started = time.monotonic()
@@ -248,7 +250,7 @@ def test_a_millisecond_timeout_is_honoured_to_the_sub_second():
     assert time.monotonic() - started < 2.5 + 10  # stopped, not run to the end
 
 
-def test_a_working_directory_is_readable_and_stays_unwritten(settings, tmp_path):
+def test_a_working_directory_is_readable_and_stays_unwritten(owner_key, settings, tmp_path):
     from jobs.process_api.services import process_create, workdir_resolve
 
     allowed = tmp_path / "projects"
@@ -257,8 +259,7 @@ def test_a_working_directory_is_readable_and_stays_unwritten(settings, tmp_path)
     (project / "notes.txt").write_text("NOTES-IN-THE-PROJECT")
     settings.PROCESS_ALLOWED_WORKDIRS = [allowed]
     settings.JOB_KEEP_WORKDIR_SECONDS = 3600  # to look at the job's folder after it
-    key, _ = api_key_create(name="wd")
-    caller = Caller(api_key=key)
+    caller = Caller(api_key=owner_key.row)
 
     def run_in_project(prompt: str) -> Job:
         process_create(caller=caller, prompt=prompt, working_directory=workdir_resolve(str(project)))
