@@ -327,6 +327,22 @@ def delivery(received: list[tuple[str, int, float]]) -> dict[str, float]:
     return {"events": len(delays), "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": delays[-1]}
 
 
+def _psql(url: str, sql: str, *, check: bool) -> None:
+    subprocess.run(["psql", url.rsplit("/", 1)[0] + "/postgres", "-qc", sql], check=check)
+
+
+def database_create(url: str | None) -> str:
+    """A fresh PostgreSQL database for one run: ``url``'s, or claudesvc_bench_<random>."""
+    url = url or f"postgres://postgres@127.0.0.1:5432/claudesvc_bench_{uuid.uuid4().hex[:8]}"
+    _psql(url, f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[-1]}", check=True)
+    _psql(url, f"CREATE DATABASE {url.rsplit('/', 1)[-1]}", check=True)
+    return url
+
+
+def database_drop(url: str) -> None:
+    _psql(url, f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[-1]} WITH (FORCE)", check=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -344,23 +360,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="claudesvc-latency-"))
     home = work / "home"
     home.mkdir()
-    if args.database_url is None:
-        args.database_url = f"postgres://postgres@127.0.0.1:5432/claudesvc_bench_{uuid.uuid4().hex[:8]}"
     if args.scaleout:
-        name = args.database_url.rsplit("/", 1)[-1]
-        subprocess.run(
-            [
-                "psql",
-                args.database_url.rsplit("/", 1)[0] + "/postgres",
-                "-qc",
-                f"DROP DATABASE IF EXISTS {name}",
-            ],
-            check=True,
-        )
-        subprocess.run(
-            ["psql", args.database_url.rsplit("/", 1)[0] + "/postgres", "-qc", f"CREATE DATABASE {name}"],
-            check=True,
-        )
+        args.database_url = database_create(args.database_url)
     with FakeAnthropic() as upstream:
         service = Service(upstream, work, args.scaleout, args.database_url, args.redis_url)
         paths = Paths(service, upstream, home)
@@ -393,15 +394,7 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        subprocess.run(
-            [
-                "psql",
-                args.database_url.rsplit("/", 1)[0] + "/postgres",
-                "-qc",
-                f"DROP DATABASE IF EXISTS {args.database_url.rsplit('/', 1)[-1]} WITH (FORCE)",
-            ],
-            check=False,
-        )
+        database_drop(args.database_url)
 
     setup = "scale-out (PostgreSQL + Redis)" if args.scaleout else "embedded (SQLite, ORM broker)"
     print(f"# {setup}, {args.rounds} interleaved rounds, medians")

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.latency import Service  # noqa: E402 - after the path is set
+from bench.latency import Service, database_create, database_drop  # noqa: E402 - after the path is set
 from tests.fakes.anthropic_upstream import FakeAnthropic  # noqa: E402
 
 
@@ -224,11 +224,18 @@ def main() -> None:
     parser.add_argument("--max-turns", type=int, default=1000, help="turns per session before a new one")
     parser.add_argument("--only", choices=["oneshot", "sessions"])
     parser.add_argument("--scaleout", action="store_true", help="PostgreSQL + Redis instead of SQLite")
-    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/claudesvc_bench")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a database this run creates and drops (default: claudesvc_bench_<random> on 127.0.0.1)",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
     args = parser.parse_args()
 
     from openai import OpenAI
+
+    if args.scaleout:
+        args.database_url = database_create(args.database_url)
 
     with FakeAnthropic() as upstream, tempfile.TemporaryDirectory(prefix="claudesvc-throughput-") as tmp:
         work = Path(tmp)
@@ -260,6 +267,8 @@ def main() -> None:
                     live_summary(work / "var" / "db.sqlite3")
         finally:
             service.stop()
+            if args.scaleout:
+                database_drop(args.database_url)
 
 
 if __name__ == "__main__":
