@@ -71,7 +71,14 @@ class Service:
     """``manage.py serve`` on a throw-away database, with an API key."""
 
     def __init__(
-        self, upstream: FakeAnthropic, work: Path, scaleout: bool, database_url: str, redis_url: str
+        self,
+        upstream: FakeAnthropic,
+        work: Path,
+        scaleout: bool,
+        database_url: str,
+        redis_url: str,
+        *,
+        workers: int = 2,
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -80,7 +87,7 @@ class Service:
             **CLI_ENV,
             "ANTHROPIC_BASE_URL": upstream.url,
             "CLAUDESVC_VAR_DIR": str(work / "var"),
-            "JOB_WORKERS": "2",
+            "JOB_WORKERS": str(workers),
             "RATE_LIMIT_ENABLE": "false",
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",

@@ -225,6 +225,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["oneshot", "sessions"])
     parser.add_argument("--scaleout", action="store_true", help="PostgreSQL + Redis instead of SQLite")
     parser.add_argument(
+        "--workers", type=int, default=2, help="worker processes of the service (JOB_WORKERS)"
+    )
+    parser.add_argument(
         "--database-url",
         default=None,
         help="a database this run creates and drops (default: claudesvc_bench_<random> on 127.0.0.1)",
@@ -239,7 +242,9 @@ def main() -> None:
 
     with FakeAnthropic() as upstream, tempfile.TemporaryDirectory(prefix="claudesvc-throughput-") as tmp:
         work = Path(tmp)
-        service = Service(upstream, work, args.scaleout, args.database_url, args.redis_url)
+        service = Service(
+            upstream, work, args.scaleout, args.database_url, args.redis_url, workers=args.workers
+        )
         try:
             keys = extra_keys(service, args.clients)
             clients = [
@@ -247,6 +252,7 @@ def main() -> None:
             ]
             print(
                 f"setup: {'scale-out (PostgreSQL + Redis)' if args.scaleout else 'embedded (SQLite)'}, "
+                f"{args.workers} workers, "
                 f"{args.clients} clients, {args.seconds:g} s per part",
                 flush=True,
             )

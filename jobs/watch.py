@@ -157,6 +157,16 @@ class JobWatch:
         if self.reason is not None:
             raise JobStopped(self.reason)
 
+    def check_now(self) -> None:
+        """``check()`` after reading the row at once, not at the next control: a
+        child job that ended because its parent was cancelled or deleted must not
+        be taken for a failure of the parent."""
+        if self.reason is None:
+            reason = self.control(beat=False)
+            if reason is not None and self.reason is None:
+                self._trigger(reason)
+        self.check()
+
     def on_stop(self, callback: Callable[[StopReason], None]) -> None:
         """Call ``callback(reason)`` when the job is stopped (at once if it already is)."""
         with self._lock:

@@ -101,8 +101,16 @@ def workspace_prepare(job_id: uuid.UUID | str) -> JobPaths:
 
 
 def workspace_remove(job_id: uuid.UUID | str) -> None:
-    """Everything of a job on this host: working folder, CLI home, scratch files."""
-    shutil.rmtree(job_paths(job_id).root, ignore_errors=True)
+    """Everything of a job on this host: working folder, CLI home, scratch files,
+    also what its end took away to delete in the background (``_remove_soon``):
+    when this returns, no byte of the job's folders is left."""
+    root = job_paths(job_id).root
+    shutil.rmtree(root, ignore_errors=True)
+    for trash in root.parent.glob(f"{TRASH_PREFIX}{root.name}-*"):
+        # The background deletion may be half-way through it: until it is gone (2 s at most).
+        deadline = time.monotonic() + 2
+        while trash.exists() and time.monotonic() < deadline:
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def workspace_finished(job_id: uuid.UUID | str) -> None:

@@ -403,7 +403,7 @@ class Summaries(Step):
                     on_child=stop_child,
                 )
             except SummaryError as exc:
-                ctx.watch.check()
+                ctx.watch.check_now()  # the child may have ended because this job was stopped
                 raise PipelineError(str(exc)) from exc
             ctx.claude_runs.append(written)
             if task == Output.COMPACT:

@@ -4,6 +4,7 @@ choose the sandbox, read what the CLI's tools answered."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -69,10 +70,14 @@ def files_containing(root: Path, needle: str) -> list[Path]:
     """Every file under ``root`` whose bytes contain ``needle``."""
     found = []
     data = needle.encode()
-    for path in root.rglob("*"):
-        try:
-            if path.is_file() and not path.is_symlink() and data in path.read_bytes():
-                found.append(path)
-        except OSError:
-            continue
+    # os.walk, not rglob: a finished job's folder may be deleted in the background meanwhile
+    # (workspace._remove_soon), and os.walk skips what vanished instead of raising.
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            try:
+                if path.is_file() and not path.is_symlink() and data in path.read_bytes():
+                    found.append(path)
+            except OSError:
+                continue
     return found

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 
-from jobs.models import Job
+from jobs import tasks
+from jobs.models import Job, JobStatus
+from jobs.workspace import job_paths
 from tests.samples import png_bytes
 from transcription import media
+from transcription.models import Transcription
 
 pytestmark = pytest.mark.django_db
 
@@ -121,18 +124,36 @@ def silence(path: Path, seconds: int) -> Path:
     return path
 
 
-def test_audio_longer_than_the_limit_is_refused_at_upload(client_for, owner_key, settings, tmp_path):
+def _transcribed(client, upload) -> Job:
+    """Submit a transcription and run it as a worker would (the probe runs in the job, not the request)."""
+    response = client.post("/jobs", {"type": "transcription", "file": upload}, format="multipart")
+    assert response.status_code == 202, response.json()
+    job = Job.objects.get(pk=response.json()["data"]["id"])
+    assert tasks.run_next_job() == str(job.pk)
+    job.refresh_from_db()
+    return job
+
+
+def _nothing_of_the_upload_kept(job: Job) -> bool:
+    return (
+        not Transcription.objects.get(pk=job.pk).audio
+        and not (job_paths(job.pk).root / "transcription").exists()
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_audio_longer_than_the_limit_fails_its_job_before_the_provider_hears_it(
+    client_for, owner_key, settings, tmp_path, voxtral, monkeypatch
+):
+    monkeypatch.setattr("jobs.services.job_enqueue", lambda: None)
     settings.TRANSCRIPTION_MAX_DURATION_SECONDS = 60
     flac = io.BytesIO(silence(tmp_path / "long.flac", 90).read_bytes())
     flac.name = "long.flac"
-    response = client_for(owner_key).post(
-        "/jobs", {"type": "transcription", "file": flac}, format="multipart"
-    )
-    assert response.status_code == 400, response.json()
-    error = response.json()["error"]
-    assert error["field"] == "file"
-    assert "0:01:30" in error["message"] and "TRANSCRIPTION_MAX_DURATION_SECONDS" in error["message"]
-    assert nothing_kept()
+    job = _transcribed(client_for(owner_key), flac)
+    assert job.status == JobStatus.FAILED
+    assert "0:01:30" in job.error_message and "TRANSCRIPTION_MAX_DURATION_SECONDS" in job.error_message
+    assert voxtral.requests == []
+    assert _nothing_of_the_upload_kept(job)
 
 
 def test_decoding_stops_at_the_limit_whatever_the_header_says(settings, tmp_path):
@@ -144,16 +165,20 @@ def test_decoding_stops_at_the_limit_whatever_the_header_says(settings, tmp_path
     assert "TRANSCRIPTION_MAX_DURATION_SECONDS" in media.duration_problem(decoded)
 
 
-def test_ffmpeg_errors_reach_the_caller_without_server_paths(client_for, owner_key):
+@pytest.mark.django_db(transaction=True)
+def test_ffmpeg_errors_reach_the_caller_without_server_paths(client_for, owner_key, voxtral, monkeypatch):
+    monkeypatch.setattr("jobs.services.job_enqueue", lambda: None)
     junk = io.BytesIO(b"ID3" + b"\x00" * 64 + b"\xff\xfb" + b"\x13" * 4000)
     junk.name = "broken.mp3"
-    response = client_for(owner_key).post(
-        "/jobs", {"type": "transcription", "file": junk}, format="multipart"
-    )
-    assert response.status_code == 400, response.json()
-    message = response.json()["error"]["message"]
+    job = _transcribed(client_for(owner_key), junk)
+    assert job.status == JobStatus.FAILED
+    message = job.error_message
+    assert message.startswith("The audio file "), message
     assert str(django_settings.FILE_UPLOAD_TEMP_DIR) not in message and "/tmp" not in message
+    assert str(django_settings.JOBS_ROOT) not in message and str(django_settings.MEDIA_ROOT) not in message
     assert "@ 0x" not in message
+    assert voxtral.requests == []
+    assert _nothing_of_the_upload_kept(job)
 
 
 # -- JSON --------------------------------------------------------------------------------
