@@ -124,6 +124,9 @@ async def relay_turn(run) -> None:
         entry.sink = run.stderr_lines.append
         run.pid = entry.pid
         run.measure, _ = live_cli.measure_from(entry.pid)
+    # The row names the CLI running the turn (cancel across hosts, the reaper, tests), as for any job.
+    run.pid = entry.pid
+    run.watch.cli_pid = entry.pid
     run.live = {"pid": entry.pid, "reused": reused, "turn": entry.turns + 1}
     entry.store._writer_id = job.pk  # this turn's transcript lines are this job's
     keepalive = settings.SESSION_KEEPALIVE_SECONDS
