@@ -350,11 +350,8 @@ def database_drop(url: str) -> None:
     _psql(url, f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[-1]} WITH (FORCE)", check=False)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=15)
+def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
+    """The deployment a bench runs against: embedded, or ``--scaleout`` on a database of its own."""
     parser.add_argument("--scaleout", action="store_true", help="PostgreSQL + Redis instead of SQLite")
     parser.add_argument(
         "--database-url",
@@ -362,6 +359,14 @@ def main() -> None:
         help="a database this run creates and drops (default: claudesvc_bench_<random> on 127.0.0.1)",
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=15)
+    add_setup_arguments(parser)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="claudesvc-latency-"))

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.latency import Service, database_create, database_drop  # noqa: E402 - after the path is set
+from bench.latency import Service, add_setup_arguments, database_create, database_drop  # noqa: E402 - after the path is set
 from tests.fakes.anthropic_upstream import FakeAnthropic  # noqa: E402
 
 
@@ -223,16 +223,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--max-turns", type=int, default=1000, help="turns per session before a new one")
     parser.add_argument("--only", choices=["oneshot", "sessions"])
-    parser.add_argument("--scaleout", action="store_true", help="PostgreSQL + Redis instead of SQLite")
+    add_setup_arguments(parser)
     parser.add_argument(
         "--workers", type=int, default=2, help="worker processes of the service (JOB_WORKERS)"
     )
-    parser.add_argument(
-        "--database-url",
-        default=None,
-        help="a database this run creates and drops (default: claudesvc_bench_<random> on 127.0.0.1)",
-    )
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
     args = parser.parse_args()
 
     from openai import OpenAI
