@@ -8,6 +8,19 @@ def _preload_tasks(**_kwargs) -> None:
     import jobs.tasks  # noqa: F401
 
 
+def _spare_first(**_kwargs) -> None:
+    """In each new worker process: tidy what killed workers' spare CLIs left, start one."""
+    import logging
+
+    from jobs import spares
+
+    try:
+        spares.spares_sweep()
+        spares.replenish(None)
+    except Exception:
+        logging.getLogger(__name__).warning("could not start a spare CLI", exc_info=True)
+
+
 class JobsConfig(AppConfig):
     name = "jobs"
     verbose_name = "Jobs"
@@ -29,6 +42,8 @@ class JobsConfig(AppConfig):
         # Every django-q2 worker process: heartbeat, sweep, graceful stop (jobs/worker.py).
         post_spawn.connect(worker.on_worker_start, dispatch_uid="jobs.worker.on_worker_start")
         post_spawn.connect(_preload_tasks, dispatch_uid="jobs.apps.preload_tasks")
+        # After the two above: a pre-started CLI for the first job (jobs/spares.py).
+        post_spawn.connect(_spare_first, dispatch_uid="jobs.apps.spare_first")
         # A revoked key, a deactivated user: their jobs stop (apikeys never imports jobs).
         from jobs import receivers
 

@@ -41,6 +41,8 @@ class ClaudeOptions(TypedDict):
     resume_job: NotRequired[str]
     history_stale: NotRequired[bool]
     live: NotRequired[dict]
+    # Written by the runner: the job ran on a pre-started CLI (jobs.spares).
+    spare_cli: NotRequired[bool]
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -27,7 +29,7 @@ from django.conf import settings
 from django.db import connections
 
 from claudesvc.errors import NotFound
-from jobs import fallback, live, worker
+from jobs import fallback, live, spares, worker
 from jobs import loop as live_loop
 from jobs.artifacts import artifacts_collect
 from jobs.attachments import AttachmentUnavailable, attachments_place
@@ -70,8 +72,10 @@ logger = logging.getLogger(__name__)
 class JobRun:
     """One execution of one claimed (running) job."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, spare: spares.Spare | None = None) -> None:
         self.job = job
+        # A pre-started CLI whose folder became this job's (jobs.spares.adopt), or None.
+        self.spare = spare
         self.paths = workspace_prepare(job.pk)
         self.progress = JobProgress(job.pk, start_seq=job.events.count())
         self.stderr_lines: collections.deque[str] = collections.deque(maxlen=200)
@@ -100,7 +104,10 @@ class JobRun:
     # The main loop --------------------------------------------------------------
 
     async def run(self) -> None:
-        self.paths.pidfile.unlink(missing_ok=True)
+        if self.spare is None:
+            self.paths.pidfile.unlink(missing_ok=True)
+        else:
+            self._cli_known(self.spare.pid)
         if settings.JOB_KEEP_WORKDIR_SECONDS:
             await sync_to_async(workspace_sweep)()
         try:
@@ -109,6 +116,12 @@ class JobRun:
             self.error = exc
             await self._finish()
             return
+        if self.spare is not None:
+            # The spare's CLI sees this folder under the spare's name.
+            placed = [
+                dataclasses.replace(p, path=self.spare.paths.root / p.path.relative_to(self.paths.root))
+                for p in placed
+            ]
         self.prompt = job_prompt(self.job, placed)
         self._consumer = asyncio.create_task(self._consume())
         watcher = asyncio.create_task(self._watch())
@@ -144,6 +157,9 @@ class JobRun:
             await live.relay_turn(self)
             return
         # -- end hook
+        if self.spare is not None:
+            await self._relay_spare(self.spare)
+            return
         first_seq = self.progress.next_seq
         options = build_options(self.job, self.paths, stderr_sink=self.stderr_lines.append)
         # The conversation is mirrored to (and resumed from) the database: any host can run the next turn.
@@ -155,14 +171,26 @@ class JobRun:
                 raise
             await self._consume_api(f"the Claude CLI could not start: {self._launch_error() or exc}")
 
+    async def _relay_spare(self, spare: spares.Spare) -> None:
+        """The job's prompt to the pre-started CLI it took over, its answer relayed as a cold run's."""
+        spare.sink = self.stderr_lines.append
+        try:
+            await spare.client.query(self.prompt)
+            await self._relay(spare.client.receive_response())
+        finally:
+            spare.sink = None
+            client, spare.client = spare.client, None
+            # Its input closed, the CLI ends as after a one-shot query (the group is killed after).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), settings.JOB_KILL_GRACE_SECONDS + 5)
+
     async def _relay(self, messages) -> None:
         async for message in messages:
             event = message_event(message)
             if isinstance(message, SystemMessage) and message.subtype == "init":
                 self.session_id = message.data.get("session_id", "")
-                event = init_paths_hidden(
-                    event, cwd=job_cwd(self.job, self.paths), private=self._private_roots()
-                )
+                cwd = self.spare.cwd if self.spare is not None else job_cwd(self.job, self.paths)
+                event = init_paths_hidden(event, cwd=cwd, private=self._private_roots())
             if isinstance(message, ResultMessage):
                 self.result = message
             if event.get("type") != "system":
@@ -225,9 +253,13 @@ class JobRun:
 
     def _read_pid(self) -> None:
         try:
-            self.pid = int(self.paths.pidfile.read_text())
+            pid = int(self.paths.pidfile.read_text())
         except (OSError, ValueError):
             return
+        self._cli_known(pid)
+
+    def _cli_known(self, pid: int) -> None:
+        self.pid = pid
         self.watch.cli_pid = self.pid
         worker.cli_started(self.pid)
         logger.info("job %s: CLI started with pid %s", self.job.pk, self.pid)
@@ -284,6 +316,8 @@ class JobRun:
             )
             fields["stderr"] = note + fields["stderr"]
         fields.update(live.outcome_fields(self, fields))  # live sessions hook: which live CLI ran it
+        if self.spare is not None:
+            fields["options"] = {**(fields.get("options") or self.job.options or {}), "spare_cli": True}
         res = self.result
         if res is not None:
             fields.update(
@@ -408,8 +442,23 @@ class JobRun:
 
 
 def run_job(job_id) -> None:
-    """Run a job that ``queue.job_claim_next`` moved to running. Blocks until it ends."""
-    job_run = JobRun(Job.objects.get(pk=job_id))
+    """Run a job that ``queue.job_claim_next`` moved to running. Blocks until it ends.
+
+    On a pre-started CLI (``jobs.spares``) if this worker has one started exactly
+    as the job's would be; afterwards a spare like this job is started for the next."""
+    job = Job.objects.get(pk=job_id)
+    spare = spares.take(job)
+    if spare is not None and not spares.adopt(spare, job):
+        spare = None
+    try:
+        _run_job(JobRun(job, spare))
+    finally:
+        if spare is not None:
+            spares.finished(spare)
+        spares.replenish(job)
+
+
+def _run_job(job_run: JobRun) -> None:
 
     async def main() -> None:
         try:
@@ -419,8 +468,9 @@ def run_job(job_id) -> None:
             # connection open between jobs.
             await sync_to_async(connections.close_all)()
 
-    if live.serves(job_run.job):
-        # live sessions hook: on the process's persistent loop, where a live CLI outlives its turn.
+    if live.serves(job_run.job) or job_run.spare is not None:
+        # live sessions hook: on the process's persistent loop, where a live CLI outlives its turn
+        # (and where a spare CLI was started).
         live_loop.run(main())
     else:
         asyncio.run(main())

@@ -102,6 +102,14 @@ class DatabaseSessionStore(SessionStore):
         self._writer_id = writer_id
         self._local_project = project_key_for_directory(workdir) if workdir is not None else None
 
+    def bind_job(self, job_id: uuid.UUID) -> None:
+        """Make a job's store, opened before the job existed (a spare CLI, ``jobs.spares``),
+        the store of ``job_id``: its owner and writer. Called before the CLI writes a line."""
+        if "job_id" not in self._owner:
+            raise ValueError("only a job's store can be bound to another job")
+        self._owner = {"job_id": job_id}
+        self._writer_id = job_id
+
     def __repr__(self) -> str:
         owner, pk = next(iter(self._owner.items()))
         return f"<DatabaseSessionStore {owner}={pk}>"
