@@ -9,7 +9,8 @@ round, so that a slow moment of the machine hits every path alike:
 - ``bare_cli``: ``claude -p --output-format stream-json`` started cold, prompt
   on stdin, until it exits (the yardstick: every ratio is to its median);
 - ``jobs_poll``: ``POST /jobs`` until ``GET /jobs/{id}`` says ``completed``
-  (polled every 20 ms); ``jobs_sse``: the same, followed on ``/events``;
+  (polled every 20 ms); ``jobs_sse``: the same, followed on ``/events`` (with
+  the service's defaults, each on a CLI a worker started before: ``jobs.spares``);
 - ``compat``: the openai SDK's ``chat.completions.create``;
 - ``first_token`` of the bare CLI (``--include-partial-messages``), of a
   streamed ``chat.completions`` and of a session's second turn;
@@ -289,8 +290,10 @@ def breakdown(service: Service, jobs: list[tuple[str, float, float]]) -> dict[st
     from jobs.models import Job
 
     stages = defaultdict(list)
+    spare = 0
     for job_id, submitted, seen in jobs:
         job = Job.objects.get(pk=job_id)
+        spare += bool((job.options or {}).get("spare_cli"))
         times = list(job.events.order_by("seq").values_list("created_at", flat=True))
         if not (times and job.started_at and job.finished_at):
             continue
@@ -307,7 +310,9 @@ def breakdown(service: Service, jobs: list[tuple[str, float, float]]) -> dict[st
         stages["first → last CLI event"].append(t["last"] - t["first"])
         stages["last event → final status"].append(t["finished"] - t["last"])
         stages["final status → client saw it"].append(seen - t["finished"])
-    return {name: statistics.median(values) for name, values in stages.items()}
+    medians = {name: statistics.median(values) for name, values in stages.items()}
+    print(f"jobs_poll samples on a pre-started CLI (jobs.spares): {spare} of {len(jobs)}")
+    return medians
 
 
 def delivery(received: list[tuple[str, int, float]]) -> dict[str, float]:
@@ -366,6 +371,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--settle", type=float, default=1.0, help="seconds between two samples (the service settles)"
+    )
     add_setup_arguments(parser)
     args = parser.parse_args()
 
@@ -397,6 +405,9 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, fn in order:
                     samples[name].append(fn())
+                    # What a sample leaves running (a spare CLI starting for the next job, a
+                    # folder deleted in the background) must not slow the next path's sample.
+                    time.sleep(args.settle)
             stages = breakdown(service, paths.jobs)
             delivered = delivery(paths.received)
         finally:
