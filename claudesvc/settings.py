@@ -461,9 +461,9 @@ SESSION_LIVE_MAX_PER_WORKER = env_int("SESSION_LIVE_MAX_PER_WORKER", 4, minimum=
 # How often (ms) a worker holding live sessions looks for their next turns.
 SESSION_LIVE_POLL_MS = env_int("SESSION_LIVE_POLL_MS", 20, minimum=5)
 # -- end live sessions --
-# Pre-started CLIs (jobs/spares.py): each worker process keeps this many CLIs started and
-# initialised for jobs like the last one it ran (~130 MB each while they wait); 0 turns it off.
-CLI_SPARES_PER_WORKER = env_int("CLI_SPARES_PER_WORKER", 1, minimum=0, maximum=8)
+# Pre-started CLIs (jobs/spares.py): each worker process keeps up to this many CLIs started and
+# initialised, like the last jobs it ran of as many kinds (~130 MB USS each while they wait); 0: none.
+CLI_SPARES_PER_WORKER = env_int("CLI_SPARES_PER_WORKER", 2, minimum=0, maximum=8)
 # max_tokens when a request names none, and the operator's ceiling on what a request
 # may ask for. A request above its model's output limit (or this ceiling) is lowered
 # to it, not refused: clients send their defaults (LangChain's ChatAnthropic 64000).

@@ -102,13 +102,15 @@ class DatabaseSessionStore(SessionStore):
         self._writer_id = writer_id
         self._local_project = project_key_for_directory(workdir) if workdir is not None else None
 
-    def bind_job(self, job_id: uuid.UUID) -> None:
-        """Make a job's store, opened before the job existed (a spare CLI, ``jobs.spares``),
-        the store of ``job_id``: its owner and writer. Called before the CLI writes a line."""
-        if "job_id" not in self._owner:
-            raise ValueError("only a job's store can be bound to another job")
-        self._owner = {"job_id": job_id}
-        self._writer_id = job_id
+    def bind(
+        self, *, session_id: uuid.UUID | None = None, job_id: uuid.UUID | None = None, writer_id: uuid.UUID
+    ) -> None:
+        """Give a store opened before its owner was known (a spare CLI's, ``jobs.spares``)
+        its owner and writer, as the constructor would have. Called before the CLI writes a line."""
+        if (session_id is None) == (job_id is None):
+            raise ValueError("a session store belongs to exactly one compat session or one job")
+        self._owner = {"session_id": session_id} if session_id is not None else {"job_id": job_id}
+        self._writer_id = writer_id
 
     def __repr__(self) -> str:
         owner, pk = next(iter(self._owner.items()))

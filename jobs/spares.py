@@ -11,11 +11,16 @@ Exactly like: a spare is started by ``cli_options.build_options`` for a
 *template* job (the model, tool policy, system prompt, output limit, schema
 and streaming of the last job this worker ran, or the defaults at the
 worker's start) in a folder of its own (``JOBS_ROOT/spares/<pid>-<token>``,
-laid out as a job's). A job takes it only if ``build_options`` for the job,
-with the spare's folder, gives the same options (every argument, the whole
+laid out as a job's; for a compat turn with a ``cwd`` folder inside standing
+for its session's). A job takes it only if ``build_options`` for the job,
+with the spare's folders, gives the same options (every argument, the whole
 environment, the sandbox's mounts, the limits): so a changed setting, another
-model or policy, a key's budget cap (``--max-budget-usd``), a compat session
-(resumes, live CLIs) or a Process API working directory never run on a spare.
+model or policy, a key's budget cap (``--max-budget-usd``), a resumed or live
+session turn or a Process API working directory never run on a spare. A compat
+turn that starts its session's conversation does (a one-off call): its files
+are copied where its CLI works, and its transcript goes to its session's store
+(``DatabaseSessionStore.bind``), from which the session's next turn resumes
+on any host, as after a cold start.
 
 Taking over (``adopt``): the spare's folder is renamed to the job's
 (``JOBS_ROOT/<job id>``) before anything of the job is placed there, so every
@@ -58,7 +63,7 @@ from django.conf import settings
 
 from jobs import loop as job_loop
 from jobs.models import Job, ToolPolicy
-from jobs.workspace import JobPaths, home_prepare, job_paths
+from jobs.workspace import OUTPUT_DIR_NAME, JobPaths, home_prepare, job_paths
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +76,19 @@ READY_WAIT_SECONDS = 10
 _TEMPLATE_OPTIONS = ("max_tokens", "partial_messages", "json_schema")
 
 
+# A spare's layout: a job's own folder (Jobs API, Process API without a working directory),
+# or a compat turn's, whose CLI runs in its session's folder (``cwd``) beside the job's.
+JOB_LAYOUT = "job"
+SESSION_LAYOUT = "session"
+
+
 @dataclass(eq=False)
 class Spare:
     """One pre-started CLI, waiting for its job's first prompt."""
 
     paths: JobPaths
     template: Job
+    layout: str = JOB_LAYOUT
     key: str = ""
     client: Any = None
     store: Any = None
@@ -102,7 +114,12 @@ class Spare:
     @property
     def cwd(self) -> Path:
         """The CLI's working directory as the CLI sees it (the spare's name, also after adoption)."""
-        return self.paths.work
+        return _cwd(self.paths, self.layout)
+
+
+def _cwd(paths: JobPaths, layout: str) -> Path:
+    # In the session layout the folder standing for the session's sits inside the spare's.
+    return paths.root / "cwd" if layout == SESSION_LAYOUT else paths.work
 
 
 _lock = threading.Lock()
@@ -117,18 +134,28 @@ def enabled() -> bool:
     return settings.CLI_SPARES_PER_WORKER > 0 and worker.state.agent is not None and not worker.stopping()
 
 
-def eligible(job: Job) -> bool:
-    """Whether ``job`` could run on a spare at all (its options decide the rest, ``take``)."""
+def layout_of(job: Job) -> str | None:
+    """The spare layout ``job`` could run on, or None if none (its options decide the rest, ``take``).
+
+    A job of its own folder; or a compat turn that starts its session's conversation
+    (no resume) in the session's folder, not on a live CLI (``jobs.live`` keeps those):
+    a one-off call, or a session's first turn with live sessions off. Never a job
+    with a spending cap, a resume or another working directory."""
     from jobs import live
+    from jobs.sessions import session_workdir
 
     opts = job.options or {}
-    return (
-        job.session_id is None
-        and not opts.get("cwd")
-        and not opts.get("resume")
-        and job.max_budget_usd is None
-        and not live.serves(job)
-    )
+    if job.max_budget_usd is not None or opts.get("resume") or live.serves(job):
+        return None
+    if job.session_id is None:
+        return None if opts.get("cwd") else JOB_LAYOUT
+    if opts.get("cwd") == str(session_workdir(job.session_id)):
+        return SESSION_LAYOUT
+    return None
+
+
+def eligible(job: Job) -> bool:
+    return layout_of(job) is not None
 
 
 def options_key(options) -> str:
@@ -142,14 +169,19 @@ def options_key(options) -> str:
     return json.dumps(values, sort_keys=True, default=str)
 
 
-def _key_for(job: Job, paths: JobPaths) -> str:
+def _key_for(job: Job, paths: JobPaths, layout: str) -> str:
+    """The options ``job``'s CLI would get in a spare's folder ``paths`` (``build_options``
+    reads nothing of a job but what ``template_of`` keeps, besides the folders)."""
     from jobs.cli_options import build_options
 
-    return options_key(build_options(job, paths, stderr_sink=None))
+    template = template_of(job)
+    if layout == SESSION_LAYOUT:
+        template.options["cwd"] = str(_cwd(paths, layout))
+    return options_key(build_options(template, paths, stderr_sink=None))
 
 
 def template_of(job: Job | None) -> Job:
-    """An unsaved job whose CLI options are those of ``job`` (or the defaults)."""
+    """An unsaved job whose CLI options are those of ``job`` (or the defaults), its folders left out."""
     if job is None:
         return Job(
             model=settings.CLAUDE_DEFAULT_MODEL, tool_policy=ToolPolicy.SAFE, system_prompt="", options={}
@@ -181,6 +213,10 @@ async def _start(spare: Spare, template: Job) -> None:
     paths.output.mkdir(parents=True, exist_ok=True)
     paths.tmp.mkdir(parents=True, exist_ok=True)
     home_prepare(paths.home)
+    template = template_of(template)
+    if spare.layout == SESSION_LAYOUT:
+        (spare.cwd / OUTPUT_DIR_NAME).mkdir(parents=True, exist_ok=True)
+        template.options["cwd"] = str(spare.cwd)
     options = build_options(template, paths, stderr_sink=spare.stderr)
     # What session_store_options gives a job without a session; its owner is set on adoption.
     spare.store = DatabaseSessionStore(job_id=uuid.uuid4(), workdir=options.cwd)
@@ -219,11 +255,11 @@ async def close(spare: Spare, reason: str) -> None:
     shutil.rmtree(spare.paths.root, ignore_errors=True)
 
 
-def _launch(template: Job) -> None:
+def _launch(template: Job, layout: str) -> None:
     """Start a spare like ``template`` on the loop (not waiting for it)."""
-    spare = Spare(paths=JobPaths(root=_spare_root()), template=template)
+    spare = Spare(paths=JobPaths(root=_spare_root()), template=template, layout=layout)
     try:
-        spare.key = _key_for(template, spare.paths)
+        spare.key = _key_for(template, spare.paths, layout)
     except Exception:
         logger.warning("spare CLI: the options of %s could not be built", template, exc_info=True)
         return
@@ -247,34 +283,38 @@ def replenish(like: Job | None) -> None:
     worker's start: the defaults). The least recently started other spare makes room."""
     if not enabled():
         return
-    if like is not None and (like.parent_id is not None or not eligible(like)):
+    layout = JOB_LAYOUT if like is None else layout_of(like)
+    if layout is None or (like is not None and like.parent_id is not None):
         return
     template = template_of(like)
     with _lock:
         pool = [s for s in _pool if not s.closed]
-    if any(_same(s, template) for s in pool):
+    if any(_same(s, template, layout) for s in pool):
         return
     excess = len(pool) + 1 - settings.CLI_SPARES_PER_WORKER
     for spare in sorted(pool, key=lambda s: s.started)[: max(0, excess)]:
         job_loop.submit(close(spare, "a job with other settings needs the room"))
-    _launch(template)
+    _launch(template, layout)
 
 
-def _same(spare: Spare, job: Job) -> bool:
+def _same(spare: Spare, job: Job, layout: str) -> bool:
+    if spare.layout != layout:
+        return False
     try:
-        return _key_for(job, spare.paths) == spare.key
+        return _key_for(job, spare.paths, layout) == spare.key
     except Exception:
         return False
 
 
 def take(job: Job) -> Spare | None:
     """A spare started exactly as ``job``'s CLI would be, taken out of the pool, ready; or None."""
-    if not enabled() or not eligible(job):
+    layout = layout_of(job) if enabled() else None
+    if layout is None:
         return None
     with _lock:
         candidates = [s for s in _pool if not s.closed]
     for spare in candidates:
-        if not _same(spare, job):
+        if not _same(spare, job, layout):
             continue
         with _lock:
             if spare not in _pool:
@@ -306,10 +346,29 @@ def adopt(spare: Spare, job: Job) -> bool:
         )
         job_loop.submit(close(spare, "its folder could not become the job's"))
         return False
+    if spare.layout == SESSION_LAYOUT:
+        # The turn's files (session_job_start wrote them into the session's folder) go where
+        # its CLI works; the session's folder keeps them for its later turns, as for any turn.
+        workdir = Path(job.options["cwd"])
+        here = target / spare.cwd.relative_to(spare.paths.root)
+        try:
+            for entry in job.options.get("inline_files") or []:
+                dest = here / entry["name"]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(workdir / entry["name"], dest)
+        except (OSError, KeyError):
+            logger.warning(
+                "job %s: its files could not be placed for spare CLI %s", job.pk, spare.pid, exc_info=True
+            )
+            _kill(spare)
+            shutil.rmtree(target, ignore_errors=True)
+            return False
+        spare.store.bind(session_id=job.session_id, writer_id=job.pk)
+    else:
+        spare.store.bind(job_id=job.pk, writer_id=job.pk)
     with contextlib.suppress(OSError):
         # Without a sandbox the CLI opens its folder by the spare's name: keep that name working.
         spare.paths.root.symlink_to(target, target_is_directory=True)
-    spare.store.bind_job(job.pk)
     logger.info("job %s: runs on spare CLI %s (pid %s)", job.pk, spare.paths.root.name, spare.pid)
     return True
 
@@ -357,7 +416,7 @@ async def _retire_old() -> None:
                 with _lock:
                     room = len(_pool) < settings.CLI_SPARES_PER_WORKER
                 if room and enabled():
-                    _launch(spare.template)  # the same settings, in a fresh folder
+                    _launch(spare.template, spare.layout)  # the same settings, in a fresh folder
 
 
 def shutdown() -> None:

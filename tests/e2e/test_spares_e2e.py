@@ -155,3 +155,45 @@ def test_spares_end_with_their_worker(own_service, owner_key):  # noqa: F811
             host.stop()
         assert _gone(fresh_pid)
         assert not fresh.exists()
+
+
+def test_a_one_off_compat_call_runs_on_a_spare_and_its_session_can_go_on(
+    own_service,  # noqa: F811
+    owner_key,
+    upstream,
+):
+    from tests.e2e.test_compat_sdks import job_of, marker, oai, upstream_turns
+
+    with own_service(**SPARES) as svc:
+        client = oai(svc, owner_key.secret)
+
+        def ask(text: str, history=(), session: str | None = None):
+            raw = client.chat.completions.with_raw_response.create(
+                model="haiku",
+                messages=[*history, {"role": "user", "content": text}],
+                extra_headers={"X-Request-ID": session} if session else {},
+            )
+            return raw, raw.parse().choices[0].message.content
+
+        ask("Warm up [[reply:one]]")  # the worker now keeps a spare like a compat call
+        spare = spare_ready(svc)
+        first = f"My name is Ada {marker()} [[reply:Nice to meet you, Ada.]]"
+        raw, answer = ask(first)
+        job = job_of(raw.headers["x-job-id"])
+        assert answer == "Nice to meet you, Ada." and job.options.get("spare_cli") is True
+        assert not spare.exists()
+        # The turn's conversation is its session's, kept in the database: the one-off
+        # session (named in X-Session-ID) resumes it, on whatever CLI runs the next turn.
+        probe = marker()
+        raw2, _ = ask(
+            f"What is my name? {probe}",
+            history=[{"role": "user", "content": first}, {"role": "assistant", "content": answer}],
+            session=raw.headers["x-session-id"],
+        )
+        two = job_of(raw2.headers["x-job-id"])
+        assert two.session_id == job.session_id and two.options["resume"] == job.claude_session_id
+        assert upstream_turns(upstream, probe) == [
+            ("user", first),
+            ("assistant", "Nice to meet you, Ada."),
+            ("user", f"What is my name? {probe}"),
+        ]

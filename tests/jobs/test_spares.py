@@ -27,8 +27,8 @@ def paths(tmp_path) -> JobPaths:
 def test_a_job_like_the_template_has_the_spares_options(paths):
     template = spares.template_of(job(model="opus", options={"max_tokens": 100, "timeout_ms": 5}))
     assert template.options == {"max_tokens": 100}
-    assert spares._key_for(template, paths) == spares._key_for(
-        job(model="opus", options={"max_tokens": 100}), paths
+    assert spares._key_for(template, paths, "job") == spares._key_for(
+        job(model="opus", options={"max_tokens": 100}), paths, "job"
     )
 
 
@@ -44,13 +44,13 @@ def test_a_job_like_the_template_has_the_spares_options(paths):
     ],
 )
 def test_any_other_setting_of_the_job_gives_other_options(paths, change):
-    assert spares._key_for(job(**change), paths) != spares._key_for(job(), paths)
+    assert spares._key_for(job(**change), paths, "job") != spares._key_for(job(), paths, "job")
 
 
 def test_a_changed_service_setting_gives_other_options(paths, settings):
-    before = spares._key_for(job(), paths)
+    before = spares._key_for(job(), paths, "job")
     settings.CLAUDE_ENV_ALLOW = [*settings.CLAUDE_ENV_ALLOW, "EXTRA_VAR"]
-    assert spares._key_for(job(), paths) != before
+    assert spares._key_for(job(), paths, "job") != before
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_adoption_renames_the_spares_folder_to_the_jobs_and_links_the_old_name(s
     spare = spares.Spare(paths=spare_paths, template=job())
 
     class Store:
-        def bind_job(self, job_id):
+        def bind(self, *, job_id, writer_id):
             self.bound = job_id
 
     spare.store = Store()
@@ -102,3 +102,18 @@ def test_leftovers_of_dead_processes_are_swept(settings, tmp_path):
     (root / "999999998-link").symlink_to(tmp_path)
     assert spares.spares_sweep() == 2
     assert [p.name for p in root.iterdir()] == [f"{os.getppid()}-alive"]
+
+
+def test_a_compat_turn_starting_its_session_takes_the_session_layout(settings, tmp_path):
+    from jobs.sessions import session_workdir
+
+    settings.JOBS_ROOT = str(tmp_path)
+    session = uuid.uuid4()
+    fresh = job(session_id=session, options={"cwd": str(session_workdir(session))})
+    assert spares.layout_of(fresh) == spares.SESSION_LAYOUT
+    resumed = job(session_id=session, options={"cwd": str(session_workdir(session)), "resume": "abc"})
+    assert spares.layout_of(resumed) is None
+    paths = JobPaths(root=tmp_path / "spares" / "1-abc")
+    assert spares._key_for(fresh, paths, spares.SESSION_LAYOUT) != spares._key_for(
+        fresh, paths, spares.JOB_LAYOUT
+    )
