@@ -12,6 +12,12 @@ throw-away database, 2 worker processes), then runs, one after the other:
   is made before the timed window; the window measures the warm turns, which
   a live session serves from its CLI (``SESSION_KEEPALIVE_SECONDS``).
 
+- (c) ``ceiling`` (only when asked, ``--only ceiling``): the same N
+  conversations with no service at all, N ``ClaudeSDKClient``s of
+  claude-agent-sdk driven directly from one process against the same fake
+  upstream, warm turns back to back: what the CLI alone allows on this
+  machine, the bound of any wrapper's (b).
+
 Each client has an API key of its own (the per-key running cap would
 otherwise bound one key's clients). For each part it prints calls per second
 over the window and the p50/p95 latency of a call.
@@ -19,6 +25,7 @@ over the window and the p50/p95 latency of a call.
     .venv/bin/python bench/throughput.py                     # embedded (SQLite, ORM broker)
     .venv/bin/python bench/throughput.py --scaleout          # PostgreSQL + Redis
     .venv/bin/python bench/throughput.py --clients 6 --seconds 20 --only sessions
+    .venv/bin/python bench/throughput.py --only ceiling      # the CLI alone, no service
 """
 
 from __future__ import annotations
@@ -215,6 +222,52 @@ class SessionClient:
         self.messages.append({"role": "assistant", "content": answer.choices[0].message.content})
 
 
+def sdk_ceiling(upstream: FakeAnthropic, n: int, seconds: float) -> None:
+    """(c): N live ``ClaudeSDKClient``s driven directly, warm turns per second (no service)."""
+    import asyncio
+
+    from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
+
+    from tests.fakes.anthropic_upstream import CLI_ENV
+
+    counts = [0] * n
+
+    async def one(i: int, home: str, start: asyncio.Event, stop: asyncio.Event) -> None:
+        env = {**CLI_ENV, "ANTHROPIC_BASE_URL": upstream.url, "CLAUDE_CONFIG_DIR": home}
+        async with ClaudeSDKClient(ClaudeAgentOptions(env=env, cwd=home, setting_sources=[])) as client:
+            await client.query("hello")
+            async for _ in client.receive_response():
+                pass
+            await start.wait()
+            while not stop.is_set():
+                await client.query("hello")
+                async for _ in client.receive_response():
+                    pass
+                counts[i] += 1
+
+    async def run() -> float:
+        start, stop = asyncio.Event(), asyncio.Event()
+        with tempfile.TemporaryDirectory(prefix="claudesvc-ceiling-") as tmp:
+            homes = [Path(tmp) / str(i) for i in range(n)]
+            for home in homes:
+                home.mkdir()
+            tasks = [asyncio.create_task(one(i, str(h), start, stop)) for i, h in enumerate(homes)]
+            await asyncio.sleep(8)  # every CLI started and answered once
+            start.set()
+            began = time.perf_counter()
+            await asyncio.sleep(seconds)
+            stop.set()
+            elapsed = time.perf_counter() - began
+            await asyncio.gather(*tasks)
+        return elapsed
+
+    elapsed = asyncio.run(run())
+    total = sum(counts)
+    print(
+        f"ceiling  {n} ClaudeSDKClients, no service: {total} turns in {elapsed:5.1f} s = {total / elapsed:6.2f}/s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -222,7 +275,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--max-turns", type=int, default=1000, help="turns per session before a new one")
-    parser.add_argument("--only", choices=["oneshot", "sessions"])
+    parser.add_argument("--only", choices=["oneshot", "sessions", "ceiling"])
     add_setup_arguments(parser)
     parser.add_argument(
         "--workers", type=int, default=2, help="worker processes of the service (JOB_WORKERS)"
@@ -231,6 +284,10 @@ def main() -> None:
 
     from openai import OpenAI
 
+    if args.only == "ceiling":
+        with FakeAnthropic() as upstream:
+            sdk_ceiling(upstream, args.clients, args.seconds)
+        return
     if args.scaleout:
         args.database_url = database_create(args.database_url)
 
