@@ -18,6 +18,13 @@ throw-away database, 2 worker processes), then runs, one after the other:
   upstream, warm turns back to back: what the CLI alone allows on this
   machine, the bound of any wrapper's (b).
 
+Another OpenAI-compatible server (a peer wrapper, side by side): start the fake
+upstream on its own (``python -m tests.fakes.anthropic_upstream --port 8765``),
+start the peer against it (``ANTHROPIC_BASE_URL=http://127.0.0.1:8765`` and the
+variables of ``tests.fakes.anthropic_upstream.CLI_ENV``), then aim the clients
+at it with ``--target-url http://127.0.0.1:<its port>/v1 --target-key <its key>``
+instead of starting the service.
+
 Each client has an API key of its own (the per-key running cap would
 otherwise bound one key's clients). For each part it prints calls per second
 over the window and the p50/p95 latency of a call.
@@ -276,6 +283,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--max-turns", type=int, default=1000, help="turns per session before a new one")
     parser.add_argument("--only", choices=["oneshot", "sessions", "ceiling"])
+    parser.add_argument("--target-url", help="an OpenAI-compatible base URL to measure instead (…/v1)")
+    parser.add_argument("--target-key", default="none", help="its API key")
     add_setup_arguments(parser)
     parser.add_argument(
         "--workers", type=int, default=2, help="worker processes of the service (JOB_WORKERS)"
@@ -288,10 +297,30 @@ def main() -> None:
         with FakeAnthropic() as upstream:
             sdk_ceiling(upstream, args.clients, args.seconds)
         return
+    if args.target_url:
+        # A peer, already running against a fake upstream of its own (see the module's docstring).
+        clients = [
+            OpenAI(base_url=args.target_url, api_key=args.target_key, max_retries=0, timeout=120)
+            for _ in range(args.clients)
+        ]
+        print(f"setup: {args.target_url}, {args.clients} clients, {args.seconds:g} s per part", flush=True)
+        if args.only in (None, "oneshot"):
+            oneshot = [OneShot(c) for c in clients]
+            oneshot[0].call()
+            run_clients("oneshot", oneshot, args.seconds)
+        if args.only in (None, "sessions"):
+            sessions = [SessionClient(c, args.max_turns) for c in clients]
+            for session in sessions:
+                session.call()
+            run_clients("sessions", sessions, args.seconds)
+        return
     if args.scaleout:
         args.database_url = database_create(args.database_url)
 
-    with FakeAnthropic() as upstream, tempfile.TemporaryDirectory(prefix="claudesvc-throughput-") as tmp:
+    with (
+        FakeAnthropic() as upstream,
+        tempfile.TemporaryDirectory(prefix="claudesvc-throughput-") as tmp,
+    ):
         work = Path(tmp)
         service = Service(
             upstream, work, args.scaleout, args.database_url, args.redis_url, workers=args.workers

@@ -25,6 +25,7 @@ sent (files it read, tool results, system prompt, model).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -96,7 +97,7 @@ def _text_of(content: Any) -> str:
 class FakeAnthropic:
     """Serves the fake API in a background thread; use as a context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         fake = self
@@ -141,7 +142,7 @@ class FakeAnthropic:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -353,3 +354,15 @@ class FakeAnthropic:
         )
         send("message_stop", {"type": "message_stop"})
         handler.close_connection = True
+
+
+if __name__ == "__main__":
+    # For runs beside other programs (bench/throughput.py's peers): serve until interrupted.
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The fake Anthropic Messages API on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=8765)
+    with FakeAnthropic(parser.parse_args().port) as fake:
+        print(f"fake Anthropic API at {fake.url}; the CLI needs {CLI_ENV}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
