@@ -3,7 +3,9 @@
 ``asyncio.run`` per job closes its loop when the job ends, and with it every
 subprocess the job's SDK client started. Jobs of compat sessions run here
 instead (``runner.run_job``), so a session's live CLI (``jobs.live``) can
-outlive the turn that started it and serve the next one.
+outlive the turn that started it and serve the next one; so do the
+pre-started CLIs (``jobs.spares``), started here before their job exists,
+and the jobs that take them over.
 """
 
 from __future__ import annotations
