@@ -124,7 +124,8 @@ def run_clients(name: str, clients: list, seconds: float) -> dict:
 
 
 def live_cli_memory(service: Service) -> None:
-    """RSS and USS of each live CLI's process tree (its process group) under the service."""
+    """RSS and USS of each CLI process tree (its process group) kept under the service:
+    live session CLIs, and the pre-started ones (``jobs.spares``: they work in ``JOBS_ROOT/spares/``)."""
     import os
 
     import psutil
@@ -141,11 +142,13 @@ def live_cli_memory(service: Service) -> None:
                 groups.setdefault(pgid, []).append(proc)
     except psutil.Error:
         return
-    rss, uss = [], []
+    figures: dict[str, tuple[list, list]] = {"live CLIs": ([], []), "spare CLIs": ([], [])}
     for procs in groups.values():
         try:
-            if not any(p.name() == "claude" or p.cmdline()[:1] == ["claude"] for p in procs):
+            clis = [p for p in procs if p.name() == "claude" or p.cmdline()[:1] == ["claude"]]
+            if not clis:
                 continue
+            kind = "spare CLIs" if any("/spares/" in p.cwd() for p in clis) else "live CLIs"
         except psutil.Error:
             continue
         r = u = 0
@@ -155,14 +158,15 @@ def live_cli_memory(service: Service) -> None:
             except psutil.Error:
                 continue
             r, u = r + info.rss, u + info.uss
-        rss.append(r / 2**20)
-        uss.append(u / 2**20)
-    if rss:
-        print(
-            f"live CLIs: {len(rss)} process trees; per tree RSS median {statistics.median(rss):.0f} MB "
-            f"(max {max(rss):.0f}), USS median {statistics.median(uss):.0f} MB (max {max(uss):.0f})",
-            flush=True,
-        )
+        figures[kind][0].append(r / 2**20)
+        figures[kind][1].append(u / 2**20)
+    for kind, (rss, uss) in figures.items():
+        if rss:
+            print(
+                f"{kind}: {len(rss)} process trees; per tree RSS median {statistics.median(rss):.0f} MB "
+                f"(max {max(rss):.0f}), USS median {statistics.median(uss):.0f} MB (max {max(uss):.0f})",
+                flush=True,
+            )
 
 
 def live_summary(db: Path) -> None:
