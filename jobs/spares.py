@@ -69,6 +69,8 @@ logger = logging.getLogger(__name__)
 
 # A spare older than this is replaced by a fresh one: its rlimits (CPU seconds) count from its start.
 SPARE_MAX_AGE_SECONDS = 300
+# A spare for the next job starts this long after a job ended, once its end was pushed to its readers.
+REPLENISH_DELAY_SECONDS = 0.05
 # How long a claimed job waits for a spare that is still starting (it would start its own CLI otherwise).
 READY_WAIT_SECONDS = 10
 
@@ -287,14 +289,21 @@ def replenish(like: Job | None) -> None:
     if layout is None or (like is not None and like.parent_id is not None):
         return
     template = template_of(like)
-    with _lock:
-        pool = [s for s in _pool if not s.closed]
-    if any(_same(s, template, layout) for s in pool):
-        return
-    excess = len(pool) + 1 - settings.CLI_SPARES_PER_WORKER
-    for spare in sorted(pool, key=lambda s: s.started)[: max(0, excess)]:
-        job_loop.submit(close(spare, "a job with other settings needs the room"))
-    _launch(template, layout)
+
+    async def later() -> None:
+        # After the job's end reached its readers (the caller pushes it next): not before.
+        await asyncio.sleep(REPLENISH_DELAY_SECONDS)
+        with _lock:
+            pool = [s for s in _pool if not s.closed]
+        if any(_same(s, template, layout) for s in pool):
+            return
+        excess = len(pool) + 1 - settings.CLI_SPARES_PER_WORKER
+        for spare in sorted(pool, key=lambda s: s.started)[: max(0, excess)]:
+            await close(spare, "a job with other settings needs the room")
+        if enabled():
+            _launch(template, layout)
+
+    job_loop.submit(later())
 
 
 def _same(spare: Spare, job: Job, layout: str) -> bool:
