@@ -14,7 +14,10 @@ round, so that a slow moment of the machine hits every path alike:
 - ``compat``: the openai SDK's ``chat.completions.create``;
 - ``first_token`` of the bare CLI (``--include-partial-messages``), of a
   streamed ``chat.completions`` and of a session's second turn;
-- ``session_turn2``: the second turn of a compat session (non-streaming).
+- ``session_turn2``: the second turn of a compat session (non-streaming);
+- ``sdk_turn2`` and ``sdk_turn2_first_token``: a warm turn of a
+  ``ClaudeSDKClient`` kept alive in the bench's own process, no service: what
+  the SDK and the CLI alone take (the session paths' yardstick).
 
 For the ``jobs_poll`` samples it also reads the job's own timestamps from the
 database and prints where the time went: submit → row written, row → claimed
@@ -277,6 +280,65 @@ class Paths:
         headers, history = self._session()
         return self._first_token([*history, {"role": "user", "content": SLOW}], headers)
 
+    # -- the warm yardstick: a live ClaudeSDKClient in this process, no service ----------------
+
+    def _direct(self):
+        if getattr(self, "_direct_client", None) is None:
+            self._direct_client = DirectClient(self.upstream, self.home)
+        return self._direct_client
+
+    def sdk_turn2(self) -> float:
+        return self._direct().turn(QUICK, first_token=False)
+
+    def sdk_turn2_first_token(self) -> float:
+        return self._direct().turn(SLOW, first_token=True)
+
+
+class DirectClient:
+    """claude-agent-sdk's ``ClaudeSDKClient`` kept alive in the bench's own process: a warm
+    turn with nothing but the SDK and the CLI (the yardstick of the session paths)."""
+
+    def __init__(self, upstream: FakeAnthropic, home: Path) -> None:
+        import asyncio
+        import threading
+
+        from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
+
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        config = home / "direct-sdk"
+        config.mkdir(exist_ok=True)
+        env = {**CLI_ENV, "ANTHROPIC_BASE_URL": upstream.url, "CLAUDE_CONFIG_DIR": str(config)}
+        options = ClaudeAgentOptions(
+            env=env, cwd=str(home), model="sonnet", include_partial_messages=True, setting_sources=[]
+        )
+        self.client = ClaudeSDKClient(options)
+        self._run(self.client.connect())
+        self.turn(QUICK, first_token=False)  # its first turn: the CLI's start
+
+    def _run(self, coro):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
+
+    def turn(self, prompt: str, *, first_token: bool) -> float:
+        from claude_agent_sdk.types import StreamEvent
+
+        async def one() -> float:
+            started = time.perf_counter()
+            first = None
+            await self.client.query(prompt)
+            async for message in self.client.receive_response():
+                if (
+                    first is None
+                    and isinstance(message, StreamEvent)
+                    and message.event.get("delta", {}).get("type") == "text_delta"
+                ):
+                    first = time.perf_counter() - started
+            return first if first_token else time.perf_counter() - started
+
+        return self._run(one())
+
 
 def breakdown(service: Service, jobs: list[tuple[str, float, float]]) -> dict[str, float]:
     """Median seconds per stage of the ``jobs_poll`` samples, from the job's own rows."""
@@ -395,6 +457,8 @@ def main() -> None:
             ("bare_first_token", paths.bare_first_token),
             ("compat_first_token", paths.compat_first_token),
             ("session_turn2_first_token", paths.session_turn2_first_token),
+            ("sdk_turn2", paths.sdk_turn2),
+            ("sdk_turn2_first_token", paths.sdk_turn2_first_token),
         ]
         samples: dict[str, list[float]] = defaultdict(list)
         try:
@@ -429,6 +493,13 @@ def main() -> None:
         median = statistics.median(samples[name])
         base = first if name.endswith("first_token") else cold
         print(f"| {name} | {median * 1000:.0f} ms | {median / base:.2f}x |")
+    warm, direct = (
+        statistics.median(samples[n]) for n in ("session_turn2_first_token", "sdk_turn2_first_token")
+    )
+    print(
+        f"\na session's warm turn, first token: {warm * 1000:.0f} ms; the same on a ClaudeSDKClient with no "
+        f"service: {direct * 1000:.0f} ms; the service adds {(warm - direct) * 1000:+.0f} ms"
+    )
     print("\n| stage of a Jobs API job (jobs_poll) | median |")
     print("| --- | --- |")
     for name, value in stages.items():
