@@ -459,7 +459,7 @@ SESSION_KEEPALIVE_SECONDS = env_int("SESSION_KEEPALIVE_SECONDS", 300, minimum=0)
 # At most this many live CLIs per worker process; the least recently used goes first.
 SESSION_LIVE_MAX_PER_WORKER = env_int("SESSION_LIVE_MAX_PER_WORKER", 4, minimum=1)
 # How often (ms) a worker holding live sessions looks for their next turns.
-SESSION_LIVE_POLL_MS = env_int("SESSION_LIVE_POLL_MS", 20, minimum=5)
+SESSION_LIVE_POLL_MS = env_int("SESSION_LIVE_POLL_MS", 250, minimum=5)
 # -- end live sessions --
 # max_tokens when a request names none, and the operator's ceiling on what a request
 # may ask for. A request above its model's output limit (or this ceiling) is lowered

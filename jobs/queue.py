@@ -3,7 +3,9 @@
 The jobs table is the queue. ``job_claim_next`` picks fairly between owners
 (API keys, JWT users) and moves the job to running by compare-and-set;
 ``job_claim`` does the same for one given job (a child job its parent runs
-inline). Moved here from ``jobs.services`` (the job lifecycle stays there).
+inline); ``job_claim_session_turn`` claims the next turn of the live sessions
+a worker holds (``jobs.live``). Moved here from ``jobs.services`` (the job
+lifecycle stays there).
 """
 
 from __future__ import annotations
@@ -251,6 +253,90 @@ def _claim_from(queue: _OwnerQueue, worker: str, only_sessions=None) -> tuple[Jo
         return None, True
     logger.info("job %s claimed by %s", candidate, worker)
     return Job.objects.get(pk=candidate), False
+
+
+def job_claim_session_turn(*, worker: str, session_ids: list) -> Job | None:
+    """Move the next pending turn of one of these live sessions to running, or return None.
+
+    The claim of the poller of the worker holding these sessions' live CLIs
+    (``jobs.live``), rung by the web for each of their turns: it goes straight
+    to those sessions' turns instead of walking every owner's queue as
+    ``job_claim_next`` does. Only sessions whose row still names ``worker``
+    as their holder count (a session another worker took over is its).
+
+    The rules stay those of the fair claim:
+
+    - a session's turns run one after the other: its earliest pending turn is
+      the candidate, and the compare-and-set moves it only while no other
+      turn of the session runs;
+    - never a child job (its parent runs it, ``tasks.run_child_job``);
+    - the owner's running cap (``max_running_jobs``, else
+      ``JOB_MAX_RUNNING_PER_KEY``) counts all of its running jobs, under the
+      owner's lock, in the same transaction as the claim;
+    - an owner with a budget (daily or monthly) goes through ``job_claim_next``
+      restricted to the session, where budgets are refused and capped.
+
+    Among the sessions, the earliest turn first: each of them has a CLI of its
+    own on this worker, so none waits for another's slot.
+    """
+    if not session_ids:
+        return None
+    turns = (
+        Job.objects.filter(
+            status=JobStatus.PENDING,
+            parent__isnull=True,
+            session_id__in=session_ids,
+            session__live_worker=worker,
+        )
+        .order_by("-priority", "created_at", "pk")
+        .values_list(
+            "pk",
+            "session_id",
+            "api_key_id",
+            "user_id",
+            "api_key__max_running_jobs",
+            "api_key__budget_daily_usd",
+            "api_key__budget_monthly_usd",
+        )
+    )
+    tried = set()
+    for pk, session_id, api_key_id, user_id, cap, daily, monthly in turns:
+        if session_id in tried:
+            continue  # a later turn of a session waits for its earliest
+        tried.add(session_id)
+        if daily is not None or monthly is not None:
+            job = job_claim_next(worker=worker, only_sessions=[session_id])
+        else:
+            max_running = settings.JOB_MAX_RUNNING_PER_KEY if cap is None else cap
+            job = _claim_turn(
+                pk,
+                session_id=session_id,
+                owner=_owner_of(api_key_id=api_key_id, user_id=user_id),
+                lock={"api_key_id": api_key_id, "user_id": user_id} if max_running else None,
+                max_running=max_running,
+                worker=worker,
+            )
+        if job is not None:
+            return job
+    return None
+
+
+def _claim_turn(pk, *, session_id, owner: Q, lock: dict | None, max_running: int, worker: str) -> Job | None:
+    """Compare-and-set one session turn to running, within its owner's running cap."""
+    with transaction.atomic():
+        if lock is not None:
+            _owner_lock(**lock)
+        if max_running and Job.objects.filter(owner, status=JobStatus.RUNNING).count() >= max_running:
+            return None
+        now = timezone.now()
+        session_busy = Exists(Job.objects.filter(session_id=session_id, status=JobStatus.RUNNING))
+        claimed = Job.objects.filter(~session_busy, pk=pk, status=JobStatus.PENDING).update(
+            status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker, max_budget_usd=None
+        )
+    if not claimed:
+        return None
+    logger.info("job %s claimed by %s", pk, worker)
+    return Job.objects.get(pk=pk)
 
 
 def _jobs_refuse_pending(*, owner: Q, message: str, code: str) -> int:
