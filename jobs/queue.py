@@ -35,7 +35,7 @@ from jobs.live_routing import claimable_filter
 from jobs.models import Job, JobStatus
 from jobs.outcomes import error_event
 from jobs.progress import JobProgress
-from jobs.services import _next_seq_of, _owner_lock, _owner_of, job_transition, worker_name
+from jobs.services import _next_seq_of, _owner_lock, _owner_of, job_transition, owner_limits, worker_name
 from jobs.usage import budget_refusal, budget_remaining
 
 logger = logging.getLogger(__name__)
@@ -281,62 +281,59 @@ def job_claim_session_turn(*, worker: str, session_ids: list) -> Job | None:
     """
     if not session_ids:
         return None
+    running_turn = Job.objects.filter(session_id=OuterRef("session_id"), status=JobStatus.RUNNING)
     turns = (
         Job.objects.filter(
+            ~Exists(running_turn),
             status=JobStatus.PENDING,
             parent__isnull=True,
             session_id__in=session_ids,
             session__live_worker=worker,
         )
+        .select_related("api_key")
         .order_by("-priority", "created_at", "pk")
-        .values_list(
-            "pk",
-            "session_id",
-            "api_key_id",
-            "user_id",
-            "api_key__max_running_jobs",
-            "api_key__budget_daily_usd",
-            "api_key__budget_monthly_usd",
-        )
     )
     tried = set()
-    for pk, session_id, api_key_id, user_id, cap, daily, monthly in turns:
-        if session_id in tried:
+    for turn in turns:
+        if turn.session_id in tried:
             continue  # a later turn of a session waits for its earliest
-        tried.add(session_id)
-        if daily is not None or monthly is not None:
-            job = job_claim_next(worker=worker, only_sessions=[session_id])
+        tried.add(turn.session_id)
+        key = turn.api_key
+        if key is not None and (key.budget_daily_usd is not None or key.budget_monthly_usd is not None):
+            claimed = job_claim_next(worker=worker, only_sessions=[turn.session_id])
         else:
-            max_running = settings.JOB_MAX_RUNNING_PER_KEY if cap is None else cap
-            job = _claim_turn(
-                pk,
-                session_id=session_id,
-                owner=_owner_of(api_key_id=api_key_id, user_id=user_id),
-                lock={"api_key_id": api_key_id, "user_id": user_id} if max_running else None,
-                max_running=max_running,
-                worker=worker,
-            )
-        if job is not None:
-            return job
+            claimed = _claim_turn(turn, worker=worker)
+        if claimed is not None:
+            return claimed
     return None
 
 
-def _claim_turn(pk, *, session_id, owner: Q, lock: dict | None, max_running: int, worker: str) -> Job | None:
-    """Compare-and-set one session turn to running, within its owner's running cap."""
+def _claim_turn(turn: Job, *, worker: str) -> Job | None:
+    """Compare-and-set one session turn (read just before) to running, within its owner's running cap."""
+    _, max_running = owner_limits(turn.api_key)
     with transaction.atomic():
-        if lock is not None:
-            _owner_lock(**lock)
-        if max_running and Job.objects.filter(owner, status=JobStatus.RUNNING).count() >= max_running:
-            return None
+        if max_running:
+            _owner_lock(api_key_id=turn.api_key_id, user_id=turn.user_id)
+            owner = _owner_of(api_key_id=turn.api_key_id, user_id=turn.user_id)
+            if Job.objects.filter(owner, status=JobStatus.RUNNING).count() >= max_running:
+                return None
         now = timezone.now()
-        session_busy = Exists(Job.objects.filter(session_id=session_id, status=JobStatus.RUNNING))
-        claimed = Job.objects.filter(~session_busy, pk=pk, status=JobStatus.PENDING).update(
-            status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker, max_budget_usd=None
-        )
+        session_busy = Exists(Job.objects.filter(session_id=turn.session_id, status=JobStatus.RUNNING))
+        fields = {
+            "status": JobStatus.RUNNING,
+            "started_at": now,
+            "heartbeat_at": now,
+            "worker": worker,
+            "max_budget_usd": None,
+        }
+        claimed = Job.objects.filter(~session_busy, pk=turn.pk, status=JobStatus.PENDING).update(**fields)
     if not claimed:
         return None
-    logger.info("job %s claimed by %s", pk, worker)
-    return Job.objects.get(pk=pk)
+    logger.info("job %s claimed by %s", turn.pk, worker)
+    # Nothing else changes a pending job's row (a cancel moves its status, which the update checked).
+    for name, value in fields.items():
+        setattr(turn, name, value)
+    return turn
 
 
 def _jobs_refuse_pending(*, owner: Q, message: str, code: str) -> int:
