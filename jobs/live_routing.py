@@ -54,11 +54,17 @@ def claimable_filter(queryset, worker: str | None):
 
 
 def session_holder(session) -> str | None:
-    """The live worker holding ``session`` now, or None: its poller claims the
-    next turn (``compat_turn_create`` rings it instead of waking the queue's workers)."""
-    if not enabled():
+    """The live worker holding ``session`` (its row as just read) now, or None: its
+    poller claims the next turn (``compat_turn_create`` rings it instead of waking
+    the queue's workers). The same conditions as ``held_sessions``."""
+    if not enabled() or not session.live_worker or not session.live_until:
         return None
-    return held_sessions().filter(pk=session.pk).values_list("live_worker", flat=True).first()
+    now = timezone.now()
+    if session.live_until <= now:
+        return None
+    fresh = now - timedelta(seconds=2 * settings.JOB_HEARTBEAT_SECONDS + 1)
+    alive = Worker.objects.filter(name=session.live_worker, heartbeat_at__gte=fresh, stopping=False).exists()
+    return session.live_worker if alive else None
 
 
 # -- the worker's side of a session turn (hooks in jobs.sessions) -------------------------------

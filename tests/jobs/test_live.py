@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from apikeys.models import ApiKey
 from claudesvc.auth import Caller
-from jobs import live, live_cli, wakeup
+from jobs import live, live_cli, live_routing, wakeup
 from jobs.compat_api.conversation import anthropic_conversation, openai_conversation
 from jobs.compat_api.fingerprint import answer_fingerprints, conversation_fingerprints
 from jobs.compat_api.services import compat_turn_create
@@ -343,3 +343,18 @@ def test_the_poller_claims_a_rung_turn_without_waiting_for_its_fallback_poll(
         doorbell.wake()
         poller.join(10)
         doorbell.close()
+
+
+def test_a_session_names_its_holder_only_while_it_is_alive_and_the_lease_lasts(caller):
+    session = _held(caller, "holder")
+    session.refresh_from_db()
+    assert live_routing.session_holder(session) == "host:1"
+    Worker.objects.filter(name="host:1").update(stopping=True)
+    assert live_routing.session_holder(session) is None
+    Worker.objects.filter(name="host:1").update(
+        stopping=False, heartbeat_at=timezone.now() - timedelta(minutes=5)
+    )
+    assert live_routing.session_holder(session) is None
+    Worker.objects.filter(name="host:1").update(heartbeat_at=timezone.now())
+    session.live_until = timezone.now() - timedelta(seconds=1)
+    assert live_routing.session_holder(session) is None
