@@ -261,13 +261,15 @@ class HolderDoorbell:
     def __init__(self, worker: str) -> None:
         self._woken = threading.Event()
         self._bell: Bell | None = None
+        self._client = None
         self._pubsub = None
         if settings.REDIS_URL:
             try:
                 import redis
 
-                client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1)
-                self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+                # Kept: a client that is collected closes its pool, the subscription's connection too.
+                self._client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1)
+                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
                 self._pubsub.subscribe(holder_channel(worker))
             except Exception:
                 logger.warning("live sessions: no Redis doorbell; polling only", exc_info=True)
@@ -327,3 +329,4 @@ class HolderDoorbell:
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 self._pubsub.close()
+                self._client.close()
