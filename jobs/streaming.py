@@ -67,6 +67,11 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
     receiving: asyncio.Future | None = None
     try:
         while True:
+            # The status first: the worker writes a job's final events before its final
+            # status, so a read of the events after a final status has them all. And a
+            # status that changes after this read rings (pushes) after it, so the wait
+            # below returns at once: no wake-up is lost, and one wake-up costs these two reads.
+            status = await Job.objects.filter(pk=job_id).values_list("status", flat=True).afirst()
             events = await sync_to_async(job_events)(job_id=job_id, offset=next_seq, limit=READ_LIMIT)
             for event in events:
                 next_seq = event.seq + 1
@@ -74,21 +79,11 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
             if len(events) == READ_LIMIT:
                 last_sent = time.monotonic()
                 continue  # more are waiting
+            if status is None or status in FINAL_STATUSES:
+                yield Ended(status)
+                return
             if events:
-                # Each event written after this read wakes the reader again, and so
-                # does the job's end (``progress.job_ended_push``): wait for that
-                # instead of reading again at once (a lost wake-up: the next poll).
                 last_sent = time.monotonic()
-            else:
-                status = await Job.objects.filter(pk=job_id).values_list("status", flat=True).afirst()
-                if status is None or status in FINAL_STATUSES:
-                    # The final events are written before the status changes; one
-                    # more read catches any that landed since the last one.
-                    tail = await sync_to_async(job_events)(job_id=job_id, offset=next_seq, limit=READ_LIMIT)
-                    if tail:
-                        continue
-                    yield Ended(status)
-                    return
             try:
                 if channel:
                     # The receive stays pending across polls rather than being
