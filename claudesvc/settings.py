@@ -459,7 +459,7 @@ SESSION_KEEPALIVE_SECONDS = env_int("SESSION_KEEPALIVE_SECONDS", 300, minimum=0)
 # At most this many live CLIs per worker process; the least recently used goes first.
 SESSION_LIVE_MAX_PER_WORKER = env_int("SESSION_LIVE_MAX_PER_WORKER", 4, minimum=1)
 # How often (ms) a worker holding live sessions looks for their next turns.
-SESSION_LIVE_POLL_MS = env_int("SESSION_LIVE_POLL_MS", 20, minimum=5)
+SESSION_LIVE_POLL_MS = env_int("SESSION_LIVE_POLL_MS", 250, minimum=5)
 # -- end live sessions --
 # Pre-started CLIs (jobs/spares.py): each worker process keeps up to this many CLIs started and
 # initialised, like the last jobs it ran of as many kinds (~130 MB USS each while they wait); 0: none.

@@ -8,11 +8,15 @@ session's next turn goes to that CLI: no CLI start, no resume.
 
 Routing. Other workers leave a pending turn of a session alone while its
 holder has a fresh heartbeat and the lease (``live_until``) lasts
-(``jobs.live_routing.claimable_filter``, applied by ``jobs.queue``). The holder polls
-for its sessions' pending turns every ``SESSION_LIVE_POLL_MS`` and claims
-them through the normal claim (``queue.job_claim_next`` restricted to its
-sessions), so per-key running caps and the one-turn-at-a-time rule hold; it
-runs them on threads of its own beside whatever its task loop runs.
+(``jobs.live_routing.claimable_filter``, applied by ``jobs.queue``). The web
+rings the holder's poller once a turn of one of its sessions is committed
+(``jobs.wakeup.holder_ring``: a bell of the worker's on this machine, a Redis
+``PUBLISH`` with Redis); the poller also polls every ``SESSION_LIVE_POLL_MS``,
+so a lost ring costs that delay. It claims the turn directly
+(``queue.job_claim_session_turn``: the session's earliest turn by
+compare-and-set, within the owner's running cap, one turn per session; owners
+with a budget through the fair claim) and runs it on a thread of its own
+beside whatever its task loop runs.
 
 Reuse only when safe. A live CLI is used for a turn only if it is the one
 that served the session's latest completed turn (``resume_job``, set by
@@ -59,6 +63,7 @@ from django.db import connections
 from jobs import live_cli
 from jobs import loop as live_loop
 from jobs.live_routing import enabled
+from jobs.wakeup import HolderDoorbell
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +208,7 @@ def outcome_fields(run, fields: dict[str, Any]) -> dict[str, Any]:
 _background_lock = threading.Lock()
 _background_started = False
 _pool: ThreadPoolExecutor | None = None
+_doorbell: HolderDoorbell | None = None
 
 
 def _ensure_background() -> None:
@@ -215,7 +221,10 @@ def _ensure_background() -> None:
             max_workers=settings.SESSION_LIVE_MAX_PER_WORKER + 1, thread_name_prefix="claudesvc-live"
         )
         live_loop.submit(_idle_closer())
-        threading.Thread(target=_poller, name="claudesvc-live-poller", daemon=True).start()
+        global _doorbell
+        # Listening before this worker names itself a session's holder (``live_cli.hold``).
+        _doorbell = HolderDoorbell(live_cli.worker_me())
+        threading.Thread(target=_poller, args=(_doorbell,), name="claudesvc-live-poller", daemon=True).start()
         import multiprocessing.util
 
         # django-q2 recycles a worker process by letting it return: close the CLIs then.
@@ -241,17 +250,19 @@ async def _idle_closer() -> None:
                 )
 
 
-def _poller() -> None:
+def _poller(doorbell: HolderDoorbell, stop: threading.Event | None = None) -> None:
+    """Claim the turns of this worker's idle live CLIs' sessions as they come, for the life of
+    the process (or until ``stop`` is set: tests)."""
     from jobs import worker
-    from jobs.models import Job, JobStatus
-    from jobs.queue import job_claim_next
+    from jobs.queue import job_claim_session_turn
 
     me = live_cli.worker_me()
     interval = settings.SESSION_LIVE_POLL_MS / 1000
     released = False
     next_check = 0.0
-    while True:
-        time.sleep(interval)
+    while stop is None or not stop.is_set():
+        # Rung by the web for each turn of a session held here; the poll is the fallback.
+        doorbell.wait(interval)
         try:
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + 1
@@ -265,11 +276,10 @@ def _poller() -> None:
             ids = live_cli.registry.idle_ids()
             if not ids:
                 continue
-            if not Job.objects.filter(status=JobStatus.PENDING, session_id__in=ids).exists():
-                continue
-            job = job_claim_next(worker=me, only_sessions=ids)
+            job = job_claim_session_turn(worker=me, session_ids=ids)
             if job is None:
                 continue
+            doorbell.wake()  # another of its sessions' turns may wait too: look again at once
             live_cli.registry.set_busy(job.session_id, True)
             assert _pool is not None
             _pool.submit(_run_claimed, job)
@@ -277,6 +287,7 @@ def _poller() -> None:
             logger.warning("live session poller: a look for new turns failed", exc_info=True)
             connections.close_all()
             time.sleep(0.5)
+    connections.close_all()
 
 
 def _close_gone(me: str) -> None:
@@ -318,6 +329,9 @@ def _run_claimed(job) -> None:
         if entry is not None and entry.busy and not entry.closed and entry.last_job != str(job.pk):
             entry.busy = False
         connections.close_all()
+        if _doorbell is not None:
+            # A turn of the session sent meanwhile found its CLI busy: the poller looks again now.
+            _doorbell.wake()
 
 
 _turn_runner: Callable[[Any], None] | None = None

@@ -2,8 +2,8 @@
 
 Which worker holds a session's live CLI (``ClaudeSession.live_worker`` /
 ``live_until``), so that the queue leaves that session's next turn to it
-(``claimable_filter``, applied by ``jobs.queue``) and the web sends no wake-up
-(``session_is_held``); and which conversation a turn may continue: the
+(``claimable_filter``, applied by ``jobs.queue``) and the web rings that
+worker instead of the queue (``session_holder``); and which conversation a turn may continue: the
 session's, only if the history the client sent is the one it holds
 (``session_turn_start``, ``session_finished_updates``, hooks of
 ``jobs.sessions``; the fingerprints are ``jobs.history``'s).
@@ -22,7 +22,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from jobs.history import answer_fingerprints
-from jobs.models import ClaudeSession, Job, JobEvent, JobStatus, Worker
+from jobs.models import ClaudeSession, JobEvent, JobStatus, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -53,23 +53,30 @@ def claimable_filter(queryset, worker: str | None):
     return queryset.exclude(session_id__in=held.values("pk"))
 
 
-def session_is_held(session) -> bool:
-    """Whether a live worker holds ``session`` now: its poller claims the next turn,
-    no wake-up needed (``compat_turn_create`` sends none then)."""
-    if not enabled():
-        return False
-    return held_sessions().filter(pk=session.pk).exists()
+def session_holder(session) -> str | None:
+    """The live worker holding ``session`` (its row as just read) now, or None: its
+    poller claims the next turn (``compat_turn_create`` rings it instead of waking
+    the queue's workers). The same conditions as ``held_sessions``."""
+    if not enabled() or not session.live_worker or not session.live_until:
+        return None
+    now = timezone.now()
+    if session.live_until <= now:
+        return None
+    fresh = now - timedelta(seconds=2 * settings.JOB_HEARTBEAT_SECONDS + 1)
+    alive = Worker.objects.filter(name=session.live_worker, heartbeat_at__gte=fresh, stopping=False).exists()
+    return session.live_worker if alive else None
 
 
 # -- the worker's side of a session turn (hooks in jobs.sessions) -------------------------------
 
 
-def session_turn_start(job, session, options: dict[str, Any], resume: str) -> str:
+def session_turn_start(job, session, options: dict[str, Any], resume: str, *, latest_job=None) -> str:
     """What ``session_job_start`` resumes: ``resume``, or "" when the history the
     client sent is not the one the session's conversation holds (an edited or
     dropped message): then the turn starts afresh from the client's full prompt.
     Records in ``options`` which completed job's conversation the turn continues
-    (``resume_job``), which a live CLI must have served to be reused."""
+    (``resume_job``: ``latest_job``, the session's latest completed turn, which
+    left ``resume``), which a live CLI must have served to be reused."""
     options.pop("resume_job", None)
     options.pop("history_stale", None)
     sent = options.get("history_fp")
@@ -81,24 +88,14 @@ def session_turn_start(job, session, options: dict[str, Any], resume: str) -> st
         options["history_stale"] = True
         options.pop("resume", None)
         return ""
-    if resume:
-        latest = (
-            Job.objects.filter(session_id=session.pk, status=JobStatus.COMPLETED)
-            .exclude(claude_session_id="")
-            .exclude(pk=job.pk)
-            .order_by("-finished_at")
-            .values_list("pk", flat=True)
-            .first()
-        )
-        if latest is not None:
-            options["resume_job"] = str(latest)
+    if resume and latest_job is not None:
+        options["resume_job"] = str(latest_job)
     return resume
 
 
-def _answers(job_id) -> list[str]:
-    """The forms a client may send this job's answer back in."""
-    row = Job.objects.filter(pk=job_id).values("result").first()
-    answers = [row["result"] or ""] if row else []
+def _answers(job_id, result: str) -> list[str]:
+    """The forms a client may send this job's answer back in (``result``: the job's)."""
+    answers = [result or ""]
     texts, structured = [], None
     for kind, data in JobEvent.objects.filter(job_id=job_id, type__in=["assistant", "result"]).values_list(
         "type", "data"
@@ -117,12 +114,13 @@ def _answers(job_id) -> list[str]:
     return answers
 
 
-def session_finished_updates(job_id, status: str | None) -> dict[str, Any]:
-    """Fields of the session's row after a turn: the history fingerprints a completed turn left."""
-    if status != JobStatus.COMPLETED:
+def session_finished_updates(job_id, finished: dict[str, Any] | None) -> dict[str, Any]:
+    """Fields of the session's row after a turn: the history fingerprints a completed turn left.
+
+    ``finished``: the job's ``status``, ``options`` and ``result`` as it ended (None: deleted)."""
+    if not finished or finished["status"] != JobStatus.COMPLETED:
         return {}
-    opts = Job.objects.filter(pk=job_id).values_list("options", flat=True).first() or {}
-    turn_fp = opts.get("turn_fp")
+    turn_fp = (finished["options"] or {}).get("turn_fp")
     if not turn_fp:
         return {"history_fps": []}
-    return {"history_fps": answer_fingerprints(turn_fp, _answers(job_id))}
+    return {"history_fps": answer_fingerprints(turn_fp, _answers(job_id, finished["result"]))}

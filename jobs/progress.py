@@ -35,20 +35,36 @@ def job_bells(job_id: uuid.UUID | str) -> Path:
     return bells_root() / "jobs" / str(job_id)
 
 
-async def _push(job_id: uuid.UUID | str, message: dict[str, Any]) -> None:
-    ring(job_bells(job_id))  # nobody waits: one failed listdir
+def _layer():
+    """The channel layer, if it reaches readers in other processes (Redis); else None."""
     layer = get_channel_layer()
     if layer is None or isinstance(layer, InMemoryChannelLayer):
-        return  # an in-memory layer never reaches a reader in the web process
+        return None  # an in-memory layer never reaches a reader in the web process
+    return layer
+
+
+async def _push(job_id: uuid.UUID | str, message: dict[str, Any]) -> None:
+    ring(job_bells(job_id))  # nobody waits: one failed listdir
+    layer = _layer()
+    if layer is None:
+        return
     try:
         await layer.group_send(job_group(job_id), message)
     except Exception:  # the push is an optimisation; readers poll the table anyway
         logger.warning("live push for job %s failed", job_id, exc_info=True)
 
 
+def _push_sync(job_id: uuid.UUID | str, message: dict[str, Any]) -> None:
+    if _layer() is None:
+        # Only bells to ring: no event loop to start for that (async_to_sync makes one per call).
+        ring(job_bells(job_id))
+        return
+    async_to_sync(_push)(job_id, message)
+
+
 def job_ended_push(job_id: uuid.UUID | str) -> None:
     """Wake the job's readers after its final status was written (they end then)."""
-    async_to_sync(_push)(job_id, {"type": "job.ended"})
+    _push_sync(job_id, {"type": "job.ended"})
 
 
 class JobGone(Exception):
@@ -86,4 +102,4 @@ class JobProgress:
         await _push(self.job_id, {"type": "job.event", "seq": seq})
 
     def _publish_sync(self, seq: int) -> None:
-        async_to_sync(self._publish)(seq)
+        _push_sync(self.job_id, {"type": "job.event", "seq": seq})

@@ -3,7 +3,9 @@
 The jobs table is the queue. ``job_claim_next`` picks fairly between owners
 (API keys, JWT users) and moves the job to running by compare-and-set;
 ``job_claim`` does the same for one given job (a child job its parent runs
-inline). Moved here from ``jobs.services`` (the job lifecycle stays there).
+inline); ``job_claim_session_turn`` claims the next turn of the live sessions
+a worker holds (``jobs.live``). Moved here from ``jobs.services`` (the job
+lifecycle stays there).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from jobs.live_routing import claimable_filter
 from jobs.models import Job, JobStatus
 from jobs.outcomes import error_event
 from jobs.progress import JobProgress
-from jobs.services import _next_seq_of, _owner_lock, _owner_of, job_transition, worker_name
+from jobs.services import _next_seq_of, _owner_lock, _owner_of, job_transition, owner_limits, worker_name
 from jobs.usage import budget_refusal, budget_remaining
 
 logger = logging.getLogger(__name__)
@@ -251,6 +253,87 @@ def _claim_from(queue: _OwnerQueue, worker: str, only_sessions=None) -> tuple[Jo
         return None, True
     logger.info("job %s claimed by %s", candidate, worker)
     return Job.objects.get(pk=candidate), False
+
+
+def job_claim_session_turn(*, worker: str, session_ids: list) -> Job | None:
+    """Move the next pending turn of one of these live sessions to running, or return None.
+
+    The claim of the poller of the worker holding these sessions' live CLIs
+    (``jobs.live``), rung by the web for each of their turns: it goes straight
+    to those sessions' turns instead of walking every owner's queue as
+    ``job_claim_next`` does. Only sessions whose row still names ``worker``
+    as their holder count (a session another worker took over is its).
+
+    The rules stay those of the fair claim:
+
+    - a session's turns run one after the other: its earliest pending turn is
+      the candidate, and the compare-and-set moves it only while no other
+      turn of the session runs;
+    - never a child job (its parent runs it, ``tasks.run_child_job``);
+    - the owner's running cap (``max_running_jobs``, else
+      ``JOB_MAX_RUNNING_PER_KEY``) counts all of its running jobs, under the
+      owner's lock, in the same transaction as the claim;
+    - an owner with a budget (daily or monthly) goes through ``job_claim_next``
+      restricted to the session, where budgets are refused and capped.
+
+    Among the sessions, the earliest turn first: each of them has a CLI of its
+    own on this worker, so none waits for another's slot.
+    """
+    if not session_ids:
+        return None
+    running_turn = Job.objects.filter(session_id=OuterRef("session_id"), status=JobStatus.RUNNING)
+    turns = (
+        Job.objects.filter(
+            ~Exists(running_turn),
+            status=JobStatus.PENDING,
+            parent__isnull=True,
+            session_id__in=session_ids,
+            session__live_worker=worker,
+        )
+        .select_related("api_key")
+        .order_by("-priority", "created_at", "pk")
+    )
+    tried = set()
+    for turn in turns:
+        if turn.session_id in tried:
+            continue  # a later turn of a session waits for its earliest
+        tried.add(turn.session_id)
+        key = turn.api_key
+        if key is not None and (key.budget_daily_usd is not None or key.budget_monthly_usd is not None):
+            claimed = job_claim_next(worker=worker, only_sessions=[turn.session_id])
+        else:
+            claimed = _claim_turn(turn, worker=worker)
+        if claimed is not None:
+            return claimed
+    return None
+
+
+def _claim_turn(turn: Job, *, worker: str) -> Job | None:
+    """Compare-and-set one session turn (read just before) to running, within its owner's running cap."""
+    _, max_running = owner_limits(turn.api_key)
+    with transaction.atomic():
+        if max_running:
+            _owner_lock(api_key_id=turn.api_key_id, user_id=turn.user_id)
+            owner = _owner_of(api_key_id=turn.api_key_id, user_id=turn.user_id)
+            if Job.objects.filter(owner, status=JobStatus.RUNNING).count() >= max_running:
+                return None
+        now = timezone.now()
+        session_busy = Exists(Job.objects.filter(session_id=turn.session_id, status=JobStatus.RUNNING))
+        fields = {
+            "status": JobStatus.RUNNING,
+            "started_at": now,
+            "heartbeat_at": now,
+            "worker": worker,
+            "max_budget_usd": None,
+        }
+        claimed = Job.objects.filter(~session_busy, pk=turn.pk, status=JobStatus.PENDING).update(**fields)
+    if not claimed:
+        return None
+    logger.info("job %s claimed by %s", turn.pk, worker)
+    # Nothing else changes a pending job's row (a cancel moves its status, which the update checked).
+    for name, value in fields.items():
+        setattr(turn, name, value)
+    return turn
 
 
 def _jobs_refuse_pending(*, owner: Q, message: str, code: str) -> int:

@@ -28,6 +28,7 @@ import shutil
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from claude_agent_sdk import ClaudeAgentOptions
 from django.conf import settings
@@ -199,15 +200,20 @@ def session_resume_id(session_id: uuid.UUID, *, exclude_job: uuid.UUID | None = 
     Read from the jobs (their status and ``claude_session_id`` are written in one
     update when they finish), so the next turn sees it as soon as it may start.
     """
+    return _latest_completed(session_id, exclude_job=exclude_job)[1]
+
+
+def _latest_completed(session_id: uuid.UUID, *, exclude_job: uuid.UUID | None = None) -> tuple[Any, str]:
+    """(job id, Claude Code conversation) of the session's latest completed turn, or (None, "")."""
     latest = (
         Job.objects.filter(session_id=session_id, status=JobStatus.COMPLETED)
         .exclude(claude_session_id="")
         .exclude(pk=exclude_job)
         .order_by("-finished_at")
-        .values_list("claude_session_id", flat=True)
+        .values_list("pk", "claude_session_id")
         .first()
     )
-    return latest or ""
+    return latest or (None, "")
 
 
 def session_job_start(job: Job) -> None:
@@ -225,9 +231,9 @@ def session_job_start(job: Job) -> None:
         session_prune_unfinished(session.pk)
         cwd = session_workdir(session.pk)
         options["cwd"] = str(cwd)
-        resume = session_resume_id(session.pk, exclude_job=job.pk)
+        latest_job, resume = _latest_completed(session.pk, exclude_job=job.pk)
         # live sessions hook (jobs/live_routing.py): a history the client changed starts afresh.
-        resume = live_routing.session_turn_start(job, session, options, resume)
+        resume = live_routing.session_turn_start(job, session, options, resume, latest_job=latest_job)
         if resume:
             options["resume"] = resume
             # The conversation so far is in the transcript: send only the new turn.
@@ -249,14 +255,16 @@ def session_job_finished(job: Job) -> None:
 
     if job.session_id is None:
         return
-    finished = Job.objects.filter(pk=job.pk).values("status", "claude_session_id").first()
+    finished = (
+        Job.objects.filter(pk=job.pk).values("status", "claude_session_id", "options", "result").first()
+    )
     if finished and finished["status"] != JobStatus.COMPLETED:
         session_prune_unfinished(job.session_id)
-    updates = {"last_activity": timezone.now()}
+    updates: dict[str, Any] = {"last_activity": timezone.now()}
     if finished and finished["status"] == JobStatus.COMPLETED and finished["claude_session_id"]:
         updates["claude_session_id"] = finished["claude_session_id"]
     # live sessions hook (jobs/live_routing.py): the history the client will send next.
-    updates.update(live_routing.session_finished_updates(job.pk, finished["status"] if finished else None))
+    updates.update(live_routing.session_finished_updates(job.pk, finished))
     ClaudeSession.objects.filter(pk=job.session_id).update(**updates)
     if Job.objects.filter(session_id=job.session_id, status=JobStatus.PENDING).exists():
         # Its token may have found the session busy and gone: hand the broker a new one.

@@ -27,6 +27,9 @@ from jobs.progress import job_bells, job_group
 from jobs.selectors import job_events
 from jobs.wakeup import bell_open
 
+# Events per read; a reader that got this many reads again at once.
+READ_LIMIT = 500
+
 
 @dataclass(frozen=True)
 class Idle:
@@ -64,22 +67,23 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
     receiving: asyncio.Future | None = None
     try:
         while True:
-            events = await sync_to_async(job_events)(job_id=job_id, offset=next_seq, limit=500)
+            # The status first: the worker writes a job's final events before its final
+            # status, so a read of the events after a final status has them all. And a
+            # status that changes after this read rings (pushes) after it, so the wait
+            # below returns at once: no wake-up is lost, and one wake-up costs these two reads.
+            status = await Job.objects.filter(pk=job_id).values_list("status", flat=True).afirst()
+            events = await sync_to_async(job_events)(job_id=job_id, offset=next_seq, limit=READ_LIMIT)
             for event in events:
                 next_seq = event.seq + 1
                 yield event
-            if events:
+            if len(events) == READ_LIMIT:
                 last_sent = time.monotonic()
-                continue
-            status = await Job.objects.filter(pk=job_id).values_list("status", flat=True).afirst()
+                continue  # more are waiting
             if status is None or status in FINAL_STATUSES:
-                # The final events are written before the status changes; one
-                # more read catches any that landed since the last one.
-                tail = await sync_to_async(job_events)(job_id=job_id, offset=next_seq, limit=500)
-                if tail:
-                    continue
                 yield Ended(status)
                 return
+            if events:
+                last_sent = time.monotonic()
             try:
                 if channel:
                     # The receive stays pending across polls rather than being

@@ -20,7 +20,13 @@ Uses:
   enqueue rings the cluster's pusher, which waits on its bell instead of
   sleeping ``poll``;
 - ``jobs.streaming.follow_job`` waits on a bell of its job's folder, which
-  ``jobs.progress`` rings after each event it writes and when the job ends.
+  ``jobs.progress`` rings after each event it writes and when the job ends;
+- ``HolderDoorbell``: the poller of a worker holding live session CLIs
+  (``jobs.live``) waits on a bell of its own, which the web rings
+  (``holder_ring``) once it has committed a turn of a session that worker
+  holds. This one is not only for the embedded setup: with Redis (workers
+  possibly on other hosts) the ring is a ``PUBLISH`` on a channel of the
+  worker's, which its poller subscribes to.
 
 Sockets live in Linux's abstract namespace (no path length limit, gone with
 their process); the registry file only names them. Elsewhere nothing rings and
@@ -36,6 +42,8 @@ import os
 import select
 import socket
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -194,3 +202,131 @@ class BrokerBell(ORM):
         from django.utils import timezone
 
         return timezone.now()
+
+
+# -- the holder of live sessions (jobs.live's poller) ------------------------------------------
+
+
+def holder_folder(worker: str) -> Path:
+    """Where the poller of ``worker`` (``host:pid``) registers its bell (embedded setup)."""
+    return bells_root() / "live" / worker.replace("/", "_")
+
+
+def holder_channel(worker: str) -> str:
+    """The Redis channel the poller of ``worker`` subscribes to (scale-out)."""
+    return f"{settings.Q_CLUSTER_NAME}:live:{worker}"
+
+
+_redis_client = None
+
+
+def _redis():
+    global _redis_client
+    if _redis_client is None:
+        import redis
+
+        # Short timeouts: a ring is an optimisation, never worth a request's wait.
+        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    return _redis_client
+
+
+def holder_ring(worker: str) -> None:
+    """Wake the poller of ``worker``: a turn of a session it holds waits (call after commit).
+
+    Never raises: a lost ring costs the poller's fallback poll (``SESSION_LIVE_POLL_MS``).
+    """
+    if settings.REDIS_URL:
+        try:
+            _redis().publish(holder_channel(worker), b"!")
+        except Exception:
+            logger.debug("could not ring %s's live poller", worker, exc_info=True)
+        return
+    ring(holder_folder(worker))
+
+
+class HolderDoorbell:
+    """What a worker's live session poller waits on between its fallback polls.
+
+    A ring from the web (``holder_ring``: a bell of the worker's own in the
+    embedded setup, its Redis channel with Redis) or from its own process
+    (``wake``: a turn of its ended, a session's next turn may wait behind it)
+    ends the wait at once. Without either transport it only sleeps. Open it
+    before the worker names itself as a session's holder, so that no ring
+    meant for it comes before it listens.
+    """
+
+    # How often a wait looks at its own process's wake-ups while it waits on the socket.
+    SLICE = 0.05
+
+    def __init__(self, worker: str) -> None:
+        self._woken = threading.Event()
+        self._bell: Bell | None = None
+        self._client = None
+        self._pubsub = None
+        if settings.REDIS_URL:
+            try:
+                import redis
+
+                # Kept: a client that is collected closes its pool, the subscription's connection too.
+                self._client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1)
+                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub.subscribe(holder_channel(worker))
+            except Exception:
+                logger.warning("live sessions: no Redis doorbell; polling only", exc_info=True)
+                self._pubsub = None
+        else:
+            self._bell = bell_open(holder_folder(worker))
+
+    def wake(self) -> None:
+        """End the current (or next) wait at once: from this process."""
+        self._woken.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a ring or ``timeout`` seconds; whether it rang (the rings are consumed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._woken.is_set():
+                self._woken.clear()
+                self._drain()
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            step = min(remaining, self.SLICE)
+            if self._bell is not None:
+                if self._bell.wait(step):
+                    return True
+            elif self._pubsub is not None:
+                if self._listen(step):
+                    return True
+            else:
+                time.sleep(step)
+
+    def _listen(self, timeout: float) -> bool:
+        assert self._pubsub is not None
+        try:
+            if self._pubsub.get_message(timeout=timeout) is None:
+                return False
+            self._drain()
+            return True
+        except Exception:
+            # Redis restarting: redis-py reconnects and resubscribes on the next read.
+            logger.debug("live sessions: the Redis doorbell failed", exc_info=True)
+            time.sleep(timeout)
+            return False
+
+    def _drain(self) -> None:
+        if self._bell is not None:
+            self._bell.drain()
+        elif self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                while self._pubsub.get_message(timeout=0) is not None:
+                    pass
+
+    def close(self) -> None:
+        if self._bell is not None:
+            self._bell.close()
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                self._pubsub.close()
+                self._client.close()

@@ -7,6 +7,7 @@ serializer → one transactional service → output.)
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -19,6 +20,7 @@ from jobs.compat_api.fingerprint import conversation_fingerprints
 from jobs.models import Job
 from jobs.services import job_create
 from jobs.sessions import session_for_call, session_resume_id
+from jobs.wakeup import holder_ring
 
 RCA_SYSTEM_PROMPT = (
     "You are an experienced site reliability engineer doing a root cause analysis. "
@@ -66,7 +68,8 @@ def compat_turn_create(
     if conversation.history:
         # Continued (resumed, or on its live CLI), the turn sends the new messages alone.
         options["resume_prompt"] = conversation.turn_prompt()
-    return job_create(
+    holder = live_routing.session_holder(session)
+    job = job_create(
         caller=caller,
         prompt=conversation.full_prompt(),
         model=model,
@@ -74,9 +77,13 @@ def compat_turn_create(
         system_prompt=conversation.system,
         options=options,
         session=session,
-        # The worker holding the session's live CLI polls for its turns: no wake-up for the others.
-        enqueue=not live_routing.session_is_held(session),
+        # The worker holding the session's live CLI claims its turns: no wake-up for the others.
+        enqueue=holder is None,
     )
+    if holder is not None:
+        # Its poller claims the turn at once (a lost ring: at its next fallback poll).
+        transaction.on_commit(partial(holder_ring, holder))
+    return job
 
 
 @transaction.atomic

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
+import uuid
 from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from django.utils import timezone
 
+from apikeys.models import ApiKey
 from claudesvc.auth import Caller
-from jobs import live
+from jobs import live, live_cli, live_routing, wakeup
 from jobs.compat_api.conversation import anthropic_conversation, openai_conversation
 from jobs.compat_api.fingerprint import answer_fingerprints, conversation_fingerprints
+from jobs.compat_api.services import compat_turn_create
 from jobs.models import ClaudeSession, Job, JobStatus, Worker
-from jobs.queue import job_claim_next, job_claimable_exists
-from jobs.services import job_create
+from jobs.queue import job_claim_next, job_claim_session_turn, job_claimable_exists
+from jobs.services import job_create, job_transition
 from jobs.sessions import session_for_call, session_job_start
 
 
@@ -174,3 +183,178 @@ def test_only_sessions_the_caller_named_get_a_live_cli(caller):
     session = session_for_call(caller=caller, external_id=None, model="haiku")
     assert not live.serves(_turn(caller, session))
     assert live.serves(_turn(caller, session, live_session=True, cwd="/tmp/x"))
+
+
+# -- the holder's claim (queue.job_claim_session_turn) and its ring (jobs.wakeup) ----------------
+
+
+def _held(caller, name: str, worker: str = "host:1") -> ClaudeSession:
+    now = timezone.now()
+    Worker.objects.get_or_create(
+        name=worker,
+        defaults={"host": "host", "pid": 1, "cluster": "c", "started_at": now, "heartbeat_at": now},
+    )
+    session = session_for_call(caller=caller, external_id=name, model="haiku")
+    ClaudeSession.objects.filter(pk=session.pk).update(
+        live_worker=worker, live_until=now + timedelta(seconds=60)
+    )
+    return session
+
+
+def test_the_holder_claims_its_sessions_turns_one_after_the_other(caller):
+    session = _held(caller, "direct")
+    first, second = _turn(caller, session), _turn(caller, session)
+    assert job_claim_session_turn(worker="host:1", session_ids=[session.pk]).pk == first.pk
+    assert job_claim_session_turn(worker="host:1", session_ids=[session.pk]) is None, "one turn at a time"
+    _complete(first, "11111111-1111-1111-1111-111111111111")
+    claimed = job_claim_session_turn(worker="host:1", session_ids=[session.pk])
+    assert claimed.pk == second.pk and claimed.status == JobStatus.RUNNING and claimed.worker == "host:1"
+    assert claimed.max_budget_usd is None
+
+
+def test_the_holders_claim_takes_only_sessions_it_still_holds(caller):
+    session = _held(caller, "moved", worker="host:2")
+    _turn(caller, session)
+    assert job_claim_session_turn(worker="host:1", session_ids=[session.pk]) is None
+    assert job_claim_session_turn(worker="host:1", session_ids=[]) is None
+
+
+def test_the_holders_claim_respects_the_keys_running_cap(caller, owner_key):
+    owner_key.row.max_running_jobs = 1
+    owner_key.row.save()
+    caller = Caller(api_key=owner_key.row)
+    other = session_for_call(caller=caller, external_id="other", model="haiku")
+    running = _turn(caller, other)
+    assert job_claim_next(worker="host:2").pk == running.pk
+    held = _held(caller, "capped")
+    turn = _turn(caller, held)
+    assert job_claim_session_turn(worker="host:1", session_ids=[held.pk]) is None
+    _complete(running, "")
+    assert job_claim_session_turn(worker="host:1", session_ids=[held.pk]).pk == turn.pk
+
+
+def test_the_holders_claim_respects_the_default_cap_of_jwt_users(jwt_user, settings):
+    settings.SESSION_KEEPALIVE_SECONDS = 300
+    settings.JOB_MAX_RUNNING_PER_KEY = 1
+    caller = Caller(user_id=jwt_user.row.pk)
+    running = job_create(caller=caller, prompt="other", enqueue=False)
+    assert job_claim_next(worker="host:2").pk == running.pk
+    held = _held(caller, "user-capped")
+    _turn(caller, held)
+    assert job_claim_session_turn(worker="host:1", session_ids=[held.pk]) is None
+
+
+def test_the_holders_claim_never_takes_a_child_job(caller):
+    session = _held(caller, "children")
+    parent = job_create(caller=caller, prompt="parent", enqueue=False)
+    job_create(caller=caller, prompt="child", session=session, parent=parent, enqueue=False)
+    assert job_claim_session_turn(worker="host:1", session_ids=[session.pk]) is None
+
+
+def test_an_owner_with_a_budget_goes_through_the_fair_claim(caller, owner_key):
+    ApiKey.objects.filter(pk=owner_key.row.pk).update(budget_daily_usd=Decimal("2"))
+    session = _held(caller, "budget")
+    turn, over = _turn(caller, session), _turn(caller, session)
+    claimed = job_claim_session_turn(worker="host:1", session_ids=[session.pk])
+    assert claimed.pk == turn.pk and claimed.max_budget_usd == pytest.approx(2)  # capped as any claim
+    assert job_transition(job_id=turn.pk, frm=JobStatus.RUNNING, to=JobStatus.COMPLETED, cost_usd=3)
+    assert job_claim_session_turn(worker="host:1", session_ids=[session.pk]) is None
+    over.refresh_from_db()
+    assert over.status == JobStatus.CANCELLED and over.error_message.startswith("budget_exceeded")
+
+
+def test_a_ring_reaches_the_holders_doorbell():
+    worker = f"host:{uuid.uuid4().hex[:8]}"  # Redis channels are shared by every database index
+    doorbell = wakeup.HolderDoorbell(worker)
+    try:
+        assert not doorbell.wait(0)
+        wakeup.holder_ring(worker)
+        assert doorbell.wait(5)
+        assert not doorbell.wait(0), "the ring was consumed"
+        doorbell.wake()  # from its own process
+        assert doorbell.wait(5)
+    finally:
+        doorbell.close()
+
+
+def test_a_turn_of_a_held_session_rings_its_holder_after_commit(
+    caller, monkeypatch, django_capture_on_commit_callbacks
+):
+    session = _held(caller, "rung")
+    rung, enqueued = [], []
+    monkeypatch.setattr("jobs.compat_api.services.holder_ring", rung.append)
+    monkeypatch.setattr("jobs.services.job_enqueue", lambda: enqueued.append(1))
+    with django_capture_on_commit_callbacks(execute=True):
+        compat_turn_create(
+            caller=caller,
+            conversation=_openai(("user", "Hi")),
+            model="haiku",
+            max_tokens=None,
+            session_key=session.external_id,
+            extra={},
+        )
+        assert rung == [], "not before the turn's row is committed"
+    assert rung == ["host:1"] and enqueued == [], "its holder, and no worker of the queue"
+    with django_capture_on_commit_callbacks(execute=True):
+        compat_turn_create(
+            caller=caller,
+            conversation=_openai(("user", "Hi")),
+            model="haiku",
+            max_tokens=None,
+            session_key="not-held",
+            extra={},
+        )
+    assert rung == ["host:1"] and enqueued == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_poller_claims_a_rung_turn_without_waiting_for_its_fallback_poll(
+    caller, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    settings.SESSION_LIVE_POLL_MS = 600_000  # only a ring can wake it within the test
+    me = f"host:{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr("jobs.live_cli.worker_me", lambda: me)
+    session = _held(caller, "poller", worker=me)
+    entry = live_cli.LiveCli(session_id=session.pk, signature="", root=Path("/nonexistent"), busy=False)
+    entry.lease_until = time.time() + 60
+    monkeypatch.setattr(live_cli, "registry", live_cli._Registry())
+    live_cli.registry.put(entry)
+    handed = queue.Queue()
+    monkeypatch.setattr(live, "_pool", SimpleNamespace(submit=lambda run, job: handed.put(job)))
+    doorbell, stop = wakeup.HolderDoorbell(me), threading.Event()
+    poller = threading.Thread(target=live._poller, args=(doorbell, stop), daemon=True)
+    poller.start()
+    try:
+        time.sleep(0.3)  # the poller waits on its doorbell now
+        with django_capture_on_commit_callbacks(execute=True):
+            turn = compat_turn_create(
+                caller=caller,
+                conversation=_openai(("user", "Hi")),
+                model="haiku",
+                max_tokens=None,
+                session_key=session.external_id,
+                extra={},
+            )
+        claimed = handed.get(timeout=10)
+        assert claimed.pk == turn.pk and claimed.worker == me
+        assert entry.busy, "its CLI is taken for the turn"
+    finally:
+        stop.set()
+        doorbell.wake()
+        poller.join(10)
+        doorbell.close()
+
+
+def test_a_session_names_its_holder_only_while_it_is_alive_and_the_lease_lasts(caller):
+    session = _held(caller, "holder")
+    session.refresh_from_db()
+    assert live_routing.session_holder(session) == "host:1"
+    Worker.objects.filter(name="host:1").update(stopping=True)
+    assert live_routing.session_holder(session) is None
+    Worker.objects.filter(name="host:1").update(
+        stopping=False, heartbeat_at=timezone.now() - timedelta(minutes=5)
+    )
+    assert live_routing.session_holder(session) is None
+    Worker.objects.filter(name="host:1").update(heartbeat_at=timezone.now())
+    session.live_until = timezone.now() - timedelta(seconds=1)
+    assert live_routing.session_holder(session) is None
