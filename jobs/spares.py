@@ -92,6 +92,7 @@ class Spare:
     template: Job
     layout: str = JOB_LAYOUT
     key: str = ""
+    kind: str = ""  # its options in a fixed folder: what spares for the same jobs share
     client: Any = None
     store: Any = None
     pid: int | None = None
@@ -257,9 +258,9 @@ async def close(spare: Spare, reason: str) -> None:
     shutil.rmtree(spare.paths.root, ignore_errors=True)
 
 
-def _launch(template: Job, layout: str) -> None:
+def _launch(template: Job, layout: str, kind: str) -> None:
     """Start a spare like ``template`` on the loop (not waiting for it)."""
-    spare = Spare(paths=JobPaths(root=_spare_root()), template=template, layout=layout)
+    spare = Spare(paths=JobPaths(root=_spare_root()), template=template, layout=layout, kind=kind)
     try:
         spare.key = _key_for(template, spare.paths, layout)
     except Exception:
@@ -280,9 +281,37 @@ def _launch(template: Job, layout: str) -> None:
     _ensure_background()
 
 
+# How much of a kind's demand is left after each later job (its weight halves in ~7 jobs).
+DEMAND_DECAY = 0.9
+# Kind of spare (its options, wherever its folder) -> how many jobs of that kind ended lately.
+_demand: dict[str, float] = {}
+
+
+def room_for(kind: str, pool: list[Spare], demand: dict[str, float], limit: int) -> tuple[bool, Spare | None]:
+    """Whether to start a spare of ``kind``, and which spare of ``pool`` to close first for it."""
+    if any(s.kind == kind for s in pool):
+        return False, None
+    if len(pool) < limit:
+        return True, None
+    weakest = min(pool, key=lambda s: (demand.get(s.kind, 0.0), s.started))
+    if demand.get(weakest.kind, 0.0) >= demand.get(kind, 0.0):
+        return False, None
+    return True, weakest
+
+
+def _kind(template: Job, layout: str) -> str:
+    """What spares for jobs like ``template`` have in common: their options, in one fixed folder."""
+    return _key_for(template, JobPaths(root=Path(settings.JOBS_ROOT) / "spares" / "kind"), layout)
+
+
 def replenish(like: Job | None) -> None:
     """Have a spare ready for a job like ``like`` (the one that just ended, or None at the
-    worker's start: the defaults). The least recently started other spare makes room."""
+    worker's start: the defaults).
+
+    When all ``CLI_SPARES_PER_WORKER`` are taken by other kinds, the kind with the least
+    demand lately (jobs of it that ended, decayed by ``DEMAND_DECAY`` per job) gives up its
+    spare, if it has less than this one: a worker serving three kinds of jobs with room for
+    two keeps spares for the two it runs most, rather than replacing one by the next in turn."""
     if not enabled():
         return
     layout = JOB_LAYOUT if like is None else layout_of(like)
@@ -293,15 +322,23 @@ def replenish(like: Job | None) -> None:
     async def later() -> None:
         # After the job's end reached its readers (the caller pushes it next): not before.
         await asyncio.sleep(REPLENISH_DELAY_SECONDS)
-        with _lock:
-            pool = [s for s in _pool if not s.closed]
-        if any(_same(s, template, layout) for s in pool):
+        try:
+            kind = _kind(template, layout)
+        except Exception:
+            logger.warning("spare CLI: the options of %s could not be built", template, exc_info=True)
             return
-        excess = len(pool) + 1 - settings.CLI_SPARES_PER_WORKER
-        for spare in sorted(pool, key=lambda s: s.started)[: max(0, excess)]:
-            await close(spare, "a job with other settings needs the room")
-        if enabled():
-            _launch(template, layout)
+        with _lock:
+            if like is not None:
+                for other in _demand:
+                    _demand[other] *= DEMAND_DECAY
+                _demand[kind] = _demand.get(kind, 0.0) + 1
+            pool = [s for s in _pool if not s.closed]
+            demand = dict(_demand)
+        launch, evict = room_for(kind, pool, demand, settings.CLI_SPARES_PER_WORKER)
+        if evict is not None:
+            await close(evict, "a kind of job in more demand needs the room")
+        if launch and enabled():
+            _launch(template, layout, kind)
 
     job_loop.submit(later())
 
@@ -425,7 +462,7 @@ async def _retire_old() -> None:
                 with _lock:
                     room = len(_pool) < settings.CLI_SPARES_PER_WORKER
                 if room and enabled():
-                    _launch(spare.template, spare.layout)  # the same settings, in a fresh folder
+                    _launch(spare.template, spare.layout, spare.kind)  # the same settings, a fresh folder
 
 
 def shutdown() -> None:

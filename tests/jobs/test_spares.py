@@ -117,3 +117,21 @@ def test_a_compat_turn_starting_its_session_takes_the_session_layout(settings, t
     assert spares._key_for(fresh, paths, spares.SESSION_LAYOUT) != spares._key_for(
         fresh, paths, spares.JOB_LAYOUT
     )
+
+
+def test_with_no_room_the_kind_least_in_demand_gives_up_its_spare(tmp_path):
+    def spare(kind: str, started: float) -> spares.Spare:
+        made = spares.Spare(paths=JobPaths(root=tmp_path / kind), template=job(), kind=kind)
+        made.started = started
+        return made
+
+    jobs_api, compat = spare("jobs", 1.0), spare("compat", 2.0)
+    pool, demand = [jobs_api, compat], {"jobs": 1.8, "compat": 1.7, "streamed": 0.9}
+    # A kind already waiting: nothing to do; room left: start one.
+    assert spares.room_for("jobs", pool, demand, 2) == (False, None)
+    assert spares.room_for("streamed", pool, demand, 3) == (True, None)
+    # Full: a rarer kind does not push out the two a worker runs most ...
+    assert spares.room_for("streamed", pool, demand, 2) == (False, None)
+    # ... a kind in more demand replaces the least wanted one.
+    demand["streamed"] = 1.75
+    assert spares.room_for("streamed", pool, demand, 2) == (True, compat)
