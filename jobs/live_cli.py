@@ -11,9 +11,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import os
 import shutil
-import signal
 import threading
 import time
 import uuid
@@ -28,6 +26,8 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
+from jobs.sandbox import KeptCli
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,7 +41,7 @@ def worker_me() -> str:
 
 
 @dataclass
-class LiveCli:
+class LiveCli(KeptCli):
     session_id: uuid.UUID
     signature: str
     root: Path
@@ -55,19 +55,6 @@ class LiveCli:
     lease_until: float = 0.0  # time.time() the session row's live_until was last set to
     sink: Callable[[str], None] | None = None
     closed: bool = False
-
-    def stderr(self, line: str) -> None:
-        if self.sink is not None:
-            self.sink(line)
-
-    def alive(self) -> bool:
-        if self.pid is None or self.closed:
-            return False
-        try:
-            os.killpg(self.pid, 0)
-        except OSError:
-            return False
-        return True
 
     @property
     def output(self) -> Path:
@@ -200,11 +187,8 @@ async def start(run, signature: str) -> LiveCli:
 
 
 def kill(entry: LiveCli) -> None:
-    entry.closed = True
     registry.remove(entry)
-    if entry.pid:
-        with contextlib.suppress(OSError):
-            os.killpg(entry.pid, signal.SIGKILL)
+    entry.kill_group()
 
 
 async def close(entry: LiveCli, reason: str) -> None:

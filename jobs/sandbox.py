@@ -32,11 +32,14 @@ explicitly makes jobs fail (with the reason) if it cannot run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -234,3 +237,33 @@ def group_running(pgid: int) -> bool:
         if stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X"):
             return True
     return False
+
+
+class KeptCli:
+    """A CLI process group kept alive between uses (a live session's, ``jobs.live_cli``; a
+    spare, ``jobs.spares``): where its stderr goes, whether it lives, its end. The owner
+    sets ``pid`` (the group's leader, as the launcher wrote it), ``closed`` and ``sink``."""
+
+    pid: int | None
+    closed: bool
+    sink: Callable[[str], None] | None
+
+    def stderr(self, line: str) -> None:
+        if self.sink is not None:
+            self.sink(line)
+
+    def alive(self) -> bool:
+        if self.pid is None or self.closed:
+            return False
+        try:
+            os.killpg(self.pid, 0)
+        except OSError:
+            return False
+        return True
+
+    def kill_group(self) -> None:
+        """Closed for good: SIGKILL to its whole process group."""
+        self.closed = True
+        if self.pid:
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGKILL)

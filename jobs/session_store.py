@@ -96,14 +96,15 @@ class DatabaseSessionStore(SessionStore):
         writer_id: uuid.UUID | None = None,
         workdir: str | Path | None = None,
     ) -> None:
-        if (session_id is None) == (job_id is None):
-            raise ValueError("a session store belongs to exactly one compat session or one job")
-        self._owner = {"session_id": session_id} if session_id is not None else {"job_id": job_id}
-        self._writer_id = writer_id
+        self.bind(session_id=session_id, job_id=job_id, writer_id=writer_id)
         self._local_project = project_key_for_directory(workdir) if workdir is not None else None
 
     def bind(
-        self, *, session_id: uuid.UUID | None = None, job_id: uuid.UUID | None = None, writer_id: uuid.UUID
+        self,
+        *,
+        session_id: uuid.UUID | None = None,
+        job_id: uuid.UUID | None = None,
+        writer_id: uuid.UUID | None,
     ) -> None:
         """Give a store opened before its owner was known (a spare CLI's, ``jobs.spares``)
         its owner and writer, as the constructor would have. Called before the CLI writes a line."""

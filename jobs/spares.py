@@ -50,7 +50,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import threading
 import time
 import uuid
@@ -63,6 +62,7 @@ from django.conf import settings
 
 from jobs import loop as job_loop
 from jobs.models import Job, ToolPolicy
+from jobs.sandbox import KeptCli
 from jobs.workspace import OUTPUT_DIR_NAME, JobPaths, home_prepare, job_paths
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ SESSION_LAYOUT = "session"
 
 
 @dataclass(eq=False)
-class Spare:
+class Spare(KeptCli):
     """One pre-started CLI, waiting for its job's first prompt."""
 
     paths: JobPaths
@@ -100,19 +100,6 @@ class Spare:
     ready: concurrent.futures.Future | None = None  # the connect, on the loop
     sink: Callable[[str], None] | None = None
     closed: bool = False
-
-    def stderr(self, line: str) -> None:
-        if self.sink is not None:
-            self.sink(line)
-
-    def alive(self) -> bool:
-        if self.pid is None or self.closed:
-            return False
-        try:
-            os.killpg(self.pid, 0)
-        except OSError:
-            return False
-        return True
 
     @property
     def cwd(self) -> Path:
@@ -155,10 +142,6 @@ def layout_of(job: Job) -> str | None:
     if opts.get("cwd") == str(session_workdir(job.session_id)):
         return SESSION_LAYOUT
     return None
-
-
-def eligible(job: Job) -> bool:
-    return layout_of(job) is not None
 
 
 def options_key(options) -> str:
@@ -236,13 +219,6 @@ async def _start(spare: Spare, template: Job) -> None:
     logger.info("spare CLI %s ready (pid %s)", paths.root.name, spare.pid)
 
 
-def _kill(spare: Spare) -> None:
-    spare.closed = True
-    if spare.pid:
-        with contextlib.suppress(OSError):
-            os.killpg(spare.pid, signal.SIGKILL)
-
-
 async def close(spare: Spare, reason: str) -> None:
     """End a spare nobody took: its process group, its client, its folder."""
     with _lock:
@@ -250,7 +226,7 @@ async def close(spare: Spare, reason: str) -> None:
             _pool.remove(spare)
     if not spare.closed:
         logger.info("spare CLI %s closed (%s)", spare.paths.root.name, reason)
-    _kill(spare)
+    spare.kill_group()
     if spare.client is not None:
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(spare.client.disconnect(), 5)
@@ -406,7 +382,7 @@ def adopt(spare: Spare, job: Job) -> bool:
             logger.warning(
                 "job %s: its files could not be placed for spare CLI %s", job.pk, spare.pid, exc_info=True
             )
-            _kill(spare)
+            spare.kill_group()
             shutil.rmtree(target, ignore_errors=True)
             return False
         spare.store.bind(session_id=job.session_id, writer_id=job.pk)
@@ -422,7 +398,7 @@ def adopt(spare: Spare, job: Job) -> bool:
 def finished(spare: Spare) -> None:
     """The job that took ``spare`` ended: whatever is left of its process group goes
     (the runner killed it already), and so does the link from the spare's name."""
-    _kill(spare)
+    spare.kill_group()
     with contextlib.suppress(OSError):
         if spare.paths.root.is_symlink():
             spare.paths.root.unlink()
@@ -471,7 +447,7 @@ def shutdown() -> None:
         pool = list(_pool)
         _pool.clear()
     for spare in pool:
-        _kill(spare)
+        spare.kill_group()
         shutil.rmtree(spare.paths.root, ignore_errors=True)
 
 

@@ -63,8 +63,8 @@ def test_a_changed_service_setting_gives_other_options(paths, settings):
     ],
 )
 def test_sessions_working_directories_resumes_and_budget_caps_never_take_a_spare(fields):
-    assert not spares.eligible(job(**fields))
-    assert spares.eligible(job())
+    assert spares.layout_of(job(**fields)) is None
+    assert spares.layout_of(job()) == spares.JOB_LAYOUT
 
 
 def test_nothing_is_taken_outside_a_worker_process():
