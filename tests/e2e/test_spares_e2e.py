@@ -197,3 +197,31 @@ def test_a_one_off_compat_call_runs_on_a_spare_and_its_session_can_go_on(
             ("assistant", "Nice to meet you, Ada."),
             ("user", f"What is my name? {probe}"),
         ]
+
+
+def test_a_worker_killed_while_its_job_runs_on_a_spare_fails_the_job_once(own_service, owner_key):  # noqa: F811
+    from jobs.models import Job
+
+    with own_service(**SPARES) as svc, svc.client(owner_key) as client:
+        run_job(client, "Warm up [[reply:one]]")
+        pid = int((spare_ready(svc) / "cli.pid").read_text())
+        slow = "Long [[slow:1]][[reply:" + " ".join(f"w{i}" for i in range(60)) + "]]"
+        created = client.post("/jobs", json={"prompt": slow})
+        assert created.status_code == 202, created.text
+        job_id = created.json()["data"]["id"]
+        deadline = time.monotonic() + 60
+        while Job.objects.get(pk=job_id).cli_pid != pid:  # running, on that spare
+            assert time.monotonic() < deadline, svc.logs()[-4000:]
+            time.sleep(0.1)
+        worker = int(Job.objects.get(pk=job_id).worker.rpartition(":")[2])
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not Job.objects.get(pk=job_id).is_final:
+            assert time.monotonic() < deadline, svc.logs()[-4000:]
+            time.sleep(0.2)
+        job = Job.objects.get(pk=job_id)
+        assert job.status == "failed"
+        assert "died" in job.error_message or "stopped responding" in job.error_message
+        # Its CLI went with the worker, and the job was not started again anywhere.
+        assert _gone(pid)
+        assert job.events.filter(type="system", data__subtype="init").count() == 1
