@@ -54,9 +54,12 @@ def test_a_flood_from_one_key_delays_another_keys_job_by_one_slot_at_most(servic
     jobs = {str(j.pk): j for j in wait_all_done([*flood, bobs_id])}
     bobs = jobs[bobs_id]
     assert bobs.status == JobStatus.COMPLETED, bobs.error_message
-    # No flood job started between bob's submission and his start: he took the first free slot.
+    # He took the first free slot. Only when both flood jobs end together may one flood job
+    # start just before him, in the same round: both owners then have none running, and the
+    # flood's next job has waited longer (the fair order's tie-break). Never a whole job ahead.
     overtook = [j for j in jobs.values() if j.pk != bobs.pk and asked < j.started_at < bobs.started_at]
-    assert overtook == [], service.logs()
+    assert len(overtook) <= 1, service.logs()
+    assert all((bobs.started_at - j.started_at).total_seconds() < 1.5 for j in overtook), service.logs()
     # ... which is the first flood job to end after he asked (plus the worker's wake-up).
     first_free = min(j.finished_at for j in jobs.values() if j.pk != bobs.pk and j.finished_at > asked)
     assert (bobs.started_at - first_free).total_seconds() < 10
