@@ -11,6 +11,7 @@ next poll.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from pathlib import Path
@@ -62,9 +63,23 @@ def _push_sync(job_id: uuid.UUID | str, message: dict[str, Any]) -> None:
     async_to_sync(_push)(job_id, message)
 
 
+# Jobs whose end the runner pushed from its own loop (``ajob_ended_push``): the sync push after
+# the run (``tasks._run``, for every kind of job) need not push it again.
+_ended_pushed: set[str] = set()
+
+
 def job_ended_push(job_id: uuid.UUID | str) -> None:
     """Wake the job's readers after its final status was written (they end then)."""
+    if str(job_id) in _ended_pushed:
+        _ended_pushed.discard(str(job_id))
+        return
     _push_sync(job_id, {"type": "job.ended"})
+
+
+async def ajob_ended_push(job_id: uuid.UUID | str) -> None:
+    """``job_ended_push`` from a running loop: on its channel layer connection, at once."""
+    await _push(job_id, {"type": "job.ended"})
+    _ended_pushed.add(str(job_id))
 
 
 class JobGone(Exception):
@@ -103,3 +118,73 @@ class JobProgress:
 
     def _publish_sync(self, seq: int) -> None:
         _push_sync(self.job_id, {"type": "job.event", "seq": seq})
+
+    def writer(self) -> EventWriter:
+        return EventWriter(self)
+
+
+class EventWriter:
+    """A job's events written behind the CLI that produces them, in order.
+
+    ``JobProgress.aemit`` makes its caller wait for the row and the push: one
+    database round trip and one push per event, while the CLI's next messages
+    wait in the pipe. The runner's relay puts its events here instead and goes
+    on reading the CLI; one task writes what has come meanwhile as one insert
+    and wakes the readers once. Sequence numbers are given at ``put``, so the
+    order is the CLI's; the relay ``flush``es before the job's final status is
+    written (a reader that sees it finished has all of its events).
+
+    A write that fails (the job deleted: ``JobGone``; the database gone) fails
+    the next ``put`` or the ``flush``, as ``aemit`` would have. ``MAX_PENDING``
+    bounds what waits: a CLI faster than the database waits for it.
+    """
+
+    MAX_PENDING = 500
+
+    def __init__(self, progress: JobProgress) -> None:
+        self.progress = progress
+        self._pending: list[JobEvent] = []
+        self._task: asyncio.Task | None = None
+        self._error: BaseException | None = None
+
+    async def put(self, type_: str, data: dict[str, Any]) -> int:
+        if self._error is not None:
+            raise self._error
+        if len(self._pending) >= self.MAX_PENDING:
+            await self.flush()
+        seq = self.progress.next_seq
+        self.progress.next_seq += 1
+        self._pending.append(JobEvent(job_id=self.progress.job_id, seq=seq, type=type_[:40], data=data))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        return seq
+
+    async def flush(self) -> None:
+        """Wait until every event put so far is written and pushed."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+        if self._error is not None:
+            raise self._error
+
+    async def _drain(self) -> None:
+        while self._pending and self._error is None:
+            batch, self._pending = self._pending, []
+            try:
+                await sync_to_async(_store_many, thread_sensitive=True)(self.progress.job_id, batch)
+            except BaseException as exc:
+                self._error = exc
+                self._pending.clear()
+                return
+            # The relay's events come while the job runs: its status changes only at its end,
+            # which is pushed on its own (``job.ended``), so a reader woken by this reads no status.
+            await _push(
+                self.progress.job_id, {"type": "job.event", "seq": batch[-1].seq, "status_unchanged": True}
+            )
+
+
+def _store_many(job_id: uuid.UUID | str, events: list[JobEvent]) -> None:
+    try:
+        JobEvent.objects.bulk_create(events)
+    except IntegrityError as exc:
+        # The foreign key fails once the job is deleted (SQLite/PostgreSQL).
+        raise JobGone(str(job_id)) from exc

@@ -282,21 +282,23 @@ def job_claim_session_turn(*, worker: str, session_ids: list) -> Job | None:
     if not session_ids:
         return None
     running_turn = Job.objects.filter(session_id=OuterRef("session_id"), status=JobStatus.RUNNING)
+    # The sessions this worker holds, not a list of ids in the query: the fallback poll runs
+    # it several times a second, and the holder's sessions' pending turns are few.
     turns = (
         Job.objects.filter(
             ~Exists(running_turn),
             status=JobStatus.PENDING,
             parent__isnull=True,
-            session_id__in=session_ids,
             session__live_worker=worker,
         )
         .select_related("api_key")
         .order_by("-priority", "created_at", "pk")
     )
+    wanted = set(session_ids)
     tried = set()
     for turn in turns:
-        if turn.session_id in tried:
-            continue  # a later turn of a session waits for its earliest
+        if turn.session_id in tried or turn.session_id not in wanted:
+            continue  # a later turn of a session waits for its earliest; a busy CLI's turn waits
         tried.add(turn.session_id)
         key = turn.api_key
         if key is not None and (key.budget_daily_usd is not None or key.budget_monthly_usd is not None):

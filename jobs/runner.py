@@ -47,7 +47,7 @@ from jobs.cli_options import (
 from jobs.measure import Measure, children_cpu_seconds, limit_message, rlimit_hit
 from jobs.models import Job, JobStatus
 from jobs.outcomes import CANCELLED_MESSAGE, error_event, timeout_message
-from jobs.progress import JobGone, JobProgress
+from jobs.progress import JobGone, JobProgress, ajob_ended_push
 from jobs.sandbox import cli_limits, group_running
 from jobs.services import job_requeue, job_transition
 from jobs.sessions import session_store_options
@@ -185,17 +185,22 @@ class JobRun:
                 await asyncio.wait_for(client.disconnect(), settings.JOB_KILL_GRACE_SECONDS + 5)
 
     async def _relay(self, messages) -> None:
-        async for message in messages:
-            event = message_event(message)
-            if isinstance(message, SystemMessage) and message.subtype == "init":
-                self.session_id = message.data.get("session_id", "")
-                cwd = self.spare.cwd if self.spare is not None else job_cwd(self.job, self.paths)
-                event = init_paths_hidden(event, cwd=cwd, private=self._private_roots())
-            if isinstance(message, ResultMessage):
-                self.result = message
-            if event.get("type") != "system":
-                self.model_answered = True
-            await self.progress.aemit(event.get("type", "message"), event)
+        # Written behind the CLI (one insert for what came meanwhile), all of them before it returns.
+        writer = self.progress.writer()
+        try:
+            async for message in messages:
+                event = message_event(message)
+                if isinstance(message, SystemMessage) and message.subtype == "init":
+                    self.session_id = message.data.get("session_id", "")
+                    cwd = self.spare.cwd if self.spare is not None else job_cwd(self.job, self.paths)
+                    event = init_paths_hidden(event, cwd=cwd, private=self._private_roots())
+                if isinstance(message, ResultMessage):
+                    self.result = message
+                if event.get("type") != "system":
+                    self.model_answered = True
+                await writer.put(event.get("type", "message"), event)
+        finally:
+            await writer.flush()
 
     def _private_roots(self) -> list[Path]:
         cli = real_cli_path()
@@ -423,6 +428,8 @@ class JobRun:
         moved = await sync_to_async(job_transition)(
             job_id=self.job.pk, frm=JobStatus.RUNNING, to=status, **outcome
         )
+        if moved:
+            await ajob_ended_push(self.job.pk)  # its readers end now
         logger.info(
             "job %s finished: %s in %s ms%s",
             self.job.pk,

@@ -65,13 +65,19 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
     last_sent = time.monotonic()
     next_seq = offset
     receiving: asyncio.Future | None = None
+    # Whether this wake-up may come from a status change: not when the push says that only events
+    # came (a running job's relay, ``progress.EventWriter``).
+    check_status = True
+    status = None
     try:
         while True:
             # The status first: the worker writes a job's final events before its final
             # status, so a read of the events after a final status has them all. And a
             # status that changes after this read rings (pushes) after it, so the wait
-            # below returns at once: no wake-up is lost, and one wake-up costs these two reads.
-            status = await Job.objects.filter(pk=job_id).values_list("status", flat=True).afirst()
+            # below returns at once: no wake-up is lost, and one wake-up costs these two reads
+            # (a push that says the status did not change, the second alone).
+            if check_status:
+                status = await Job.objects.filter(pk=job_id).values_list("status", flat=True).afirst()
             events = await sync_to_async(job_events)(job_id=job_id, offset=next_seq, limit=READ_LIMIT)
             for event in events:
                 next_seq = event.seq + 1
@@ -79,7 +85,7 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
             if len(events) == READ_LIMIT:
                 last_sent = time.monotonic()
                 continue  # more are waiting
-            if status is None or status in FINAL_STATUSES:
+            if check_status and (status is None or status in FINAL_STATUSES):
                 yield Ended(status)
                 return
             if events:
@@ -91,10 +97,14 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
                     # unsubscribes a channel whose receive() is cancelled.
                     if receiving is None:
                         receiving = asyncio.ensure_future(layer.receive(channel))
+                    check_status = True
                     done, _ = await asyncio.wait({receiving}, timeout=poll)
                     if done:
                         receiving, finished = None, receiving
-                        finished.result()  # a broken layer fails the stream, as before
+                        message = finished.result()  # a broken layer fails the stream, as before
+                        check_status = not (
+                            message.get("type") == "job.event" and message.get("status_unchanged")
+                        )
                 elif bell:
                     # Set since the last read already (a ring that came meanwhile): no wait.
                     await asyncio.wait_for(rang.wait(), timeout=poll)

@@ -212,6 +212,15 @@ def test_the_holder_claims_its_sessions_turns_one_after_the_other(caller):
     assert claimed.max_budget_usd is None
 
 
+def test_the_holders_claim_takes_only_the_sessions_whose_cli_is_idle(caller):
+    busy, idle = _held(caller, "busy-cli"), _held(caller, "idle-cli")
+    waiting = _turn(caller, busy)  # the earlier turn, but its session's CLI is busy
+    turn = _turn(caller, idle)
+    assert job_claim_session_turn(worker="host:1", session_ids=[idle.pk]).pk == turn.pk
+    assert job_claim_session_turn(worker="host:1", session_ids=[idle.pk]) is None
+    assert job_claim_session_turn(worker="host:1", session_ids=[busy.pk]).pk == waiting.pk
+
+
 def test_the_holders_claim_takes_only_sessions_it_still_holds(caller):
     session = _held(caller, "moved", worker="host:2")
     _turn(caller, session)
