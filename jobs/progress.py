@@ -79,6 +79,8 @@ def job_ended_push(job_id: uuid.UUID | str) -> None:
 async def ajob_ended_push(job_id: uuid.UUID | str) -> None:
     """``job_ended_push`` from a running loop: on its channel layer connection, at once."""
     await _push(job_id, {"type": "job.ended"})
+    if len(_ended_pushed) > 1000:  # a run not followed by ``job_ended_push`` (tests): bounded
+        _ended_pushed.clear()
     _ended_pushed.add(str(job_id))
 
 

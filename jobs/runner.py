@@ -428,8 +428,10 @@ class JobRun:
         moved = await sync_to_async(job_transition)(
             job_id=self.job.pk, frm=JobStatus.RUNNING, to=status, **outcome
         )
-        if moved:
-            await ajob_ended_push(self.job.pk)  # its readers end now
+        if moved and self.job.session_id is None:
+            # Its readers end now. (A session's turn ends for them once the session has
+            # recorded it: ``tasks._run``.)
+            await ajob_ended_push(self.job.pk)
         logger.info(
             "job %s finished: %s in %s ms%s",
             self.job.pk,

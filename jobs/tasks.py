@@ -130,10 +130,14 @@ def _run(job) -> None:
     try:
         job_kind(job.kind).execute(job.pk)
     finally:
-        # Readers following the job end now, not at their next poll.
-        job_ended_push(job.pk)
-        # Whatever happened, the session's next turn must not wait for a wake-up that never comes.
-        session_job_finished(job)
+        try:
+            # Whatever happened, the session's next turn must not wait for a wake-up that never
+            # comes. And first: a client that sees this turn end may send the next one at once,
+            # which must find the conversation this one left (else it starts afresh, jobs.live_routing).
+            session_job_finished(job)
+        finally:
+            # Readers following the job end now, not at their next poll.
+            job_ended_push(job.pk)
 
 
 def run_live_turn(job) -> None:

@@ -131,6 +131,36 @@ def test_a_run_ends_with_a_push_to_its_readers(monkeypatch):
     assert pushed == [job.pk]
 
 
+@pytest.mark.django_db
+def test_a_session_turns_end_is_pushed_after_its_session_recorded_it(monkeypatch):
+    """A client that sees a turn end may send the next turn at once: the session must already
+    know the conversation the turn left, or the next turn starts afresh on a cold CLI."""
+    from jobs.sessions import session_for_call
+
+    key, _ = api_key_create(name="turn-end")
+    caller = Caller(api_key=key)
+    session = session_for_call(caller=caller, external_id="order", model="haiku")
+    job = job_create(caller=caller, prompt="hi", session=session, enqueue=False)
+    order = []
+    monkeypatch.setattr(tasks, "job_ended_push", lambda job_id: order.append("pushed"))
+    monkeypatch.setattr(tasks, "session_job_start", lambda job: None)
+
+    def finished(job):
+        order.append("recorded")
+        raise RuntimeError("the session update failed")
+
+    monkeypatch.setattr(tasks, "session_job_finished", finished)
+
+    class Instant:
+        def execute(self, job_id):
+            Job.objects.filter(pk=job_id).update(status=JobStatus.COMPLETED)
+
+    monkeypatch.setattr(tasks, "job_kind", lambda kind: Instant())
+    with pytest.raises(RuntimeError):
+        tasks._run(Job.objects.get(pk=job.pk))
+    assert order == ["recorded", "pushed"], "pushed after the session's update, even a failed one"
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_reader_wakes_on_a_push_not_at_its_next_poll(settings):
     settings.STREAM_POLL_MS = 600_000  # only a push can wake it within the test's time
