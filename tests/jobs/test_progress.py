@@ -55,7 +55,8 @@ async def test_events_put_while_one_is_written_go_in_one_insert_in_order(batches
     assert writer.progress.next_seq == 13
 
 
-async def test_a_reader_gets_every_event_and_ends_after_the_final_status():
+async def test_a_reader_gets_every_event_and_ends_after_the_final_status(settings):
+    settings.STREAM_POLL_MS = 600_000  # only the pushes can wake it within the test's time
     job = await _job()
     seen = []
 
