@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -67,17 +68,19 @@ def tool(name: str, **arguments) -> str:
 
 
 def files_containing(root: Path, needle: str) -> list[Path]:
-    """Every file under ``root`` whose bytes contain ``needle``."""
-    found = []
-    data = needle.encode()
-    # os.walk, not rglob: a finished job's folder may be deleted in the background meanwhile
-    # (workspace._remove_soon), and os.walk skips what vanished instead of raising.
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            path = Path(folder) / name
-            try:
-                if path.is_file() and not path.is_symlink() and data in path.read_bytes():
-                    found.append(path)
-            except OSError:
-                continue
-    return found
+    """Every file under ``root`` whose bytes contain ``needle``.
+
+    Read by ``grep`` in a process of its own, never by this one: ``root`` may hold
+    the test database, and a process that opens and closes an SQLite file outside
+    SQLite drops every POSIX lock its own connections hold on it. The service's
+    processes could then checkpoint or rebuild the WAL index under this one's feet,
+    and the database is corrupted ("database disk image is malformed"; see
+    https://www.sqlite.org/howtocorrupt.html, section 2.2). ``grep -r`` skips
+    symbolic links and what vanished meanwhile (a finished job's folder deleted in
+    the background, workspace._remove_soon); both end up on its stderr.
+    """
+    done = subprocess.run(
+        ["grep", "-r", "-l", "-F", "-e", needle, "--", str(root)], capture_output=True, timeout=120
+    )
+    assert done.returncode in (0, 1, 2), done.stderr  # 2: some file vanished or was unreadable
+    return [Path(os.fsdecode(line)) for line in done.stdout.splitlines()]
