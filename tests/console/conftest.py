@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, running_service
+from tests.e2e.conftest import ROOT, jobs_settled_before_the_flush, running_service  # noqa: F401 - autouse here too
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -235,6 +235,32 @@ def other_services_paused() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def jobs_settled_before_the_flush(transactional_db) -> Iterator[None]:
+    """After each test, before its tables are emptied: the jobs it left (an async
+    execute, a compat call whose client stopped reading …) are cancelled and have
+    ended. A worker still writing a job's rows while the test's teardown empties the
+    tables deadlocks PostgreSQL's TRUNCATE, and on SQLite the next test would find
+    rows of a job that no longer exists. Depends on ``transactional_db`` so that it
+    is torn down before it."""
+    yield
+    from claudesvc.errors import Conflict
+    from jobs.models import ACTIVE_STATUSES, Job
+    from jobs.services import job_cancel
+
+    left = list(Job.objects.filter(status__in=ACTIVE_STATUSES))
+    if not left:
+        return
+    for job in left:
+        with contextlib.suppress(Conflict):  # it ended meanwhile
+            job_cancel(job=job, reason="the test ended")
+    # A dead worker's job ends when the reaper fails it (JOB_STALE_SECONDS, 10 s here).
+    deadline = time.monotonic() + 30
+    while Job.objects.filter(status__in=ACTIVE_STATUSES).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the worker's writes after the final status (its session, its push)
+
+
 @pytest.fixture(scope="session")
 def service_extra_env(voxtral_server) -> dict[str, str]:
     """Environment added to the service's (one service per session): the fake
