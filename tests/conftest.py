@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import DatabaseError
+from django.db.backends.signals import connection_created
+from django.dispatch import receiver
 from rest_framework.test import APIClient
 
 from apikeys.models import ApiKey
@@ -35,6 +38,28 @@ def pytest_collection_modifyitems(config, items):
     if live:
         chosen = {id(item) for item in live}
         items[:] = [item for item in items if id(item) not in chosen] + live
+
+
+@receiver(connection_created, dispatch_uid="tests.conftest.deadlock_victims")
+def _the_test_side_outwaits_deadlocks(sender, connection, **kwargs) -> None:
+    """PostgreSQL: this process waits 10 s before it looks for a deadlock (the
+    default is 1 s, which the service's processes keep).
+
+    A transactional test's teardown empties every table with one ``TRUNCATE``
+    while the live service's workers go on (a deleted job's CLI being stopped,
+    a heartbeat, the live poller's claim). ``TRUNCATE`` locks table after table,
+    and a worker's transaction can hold one it wants while waiting for one it
+    has; PostgreSQL then aborts the backend that looked first, which is now the
+    worker's: it retries as after any database error, and the test's teardown
+    goes through. Setting it needs a superuser (as the tests' ``postgres``);
+    otherwise the default stays."""
+    if connection.vendor != "postgresql":
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET deadlock_timeout = '10s'")
+    except DatabaseError:
+        pass  # not a superuser: a teardown may then lose a deadlock, as before
 
 
 @pytest.fixture(autouse=True)
