@@ -1,11 +1,13 @@
-"""The OpenAPI document against the live service: schemathesis generates valid
+"""The OpenAPI document against the live service: schemathesis generates
 requests for every operation from ``/openapi.yaml`` and checks that no answer
 is a server error and every answer matches what the document declares.
 
-Bounded: positive examples only (what a generated client would send), a few
-per operation, so chat routes do reach the CLI (through the fake upstream)
-instead of stopping at validation. Every operation runs on a key of its own,
-so the destructive ones (DELETE) touch nothing else."""
+Bounded: a few examples per operation. Valid ones (what a generated client
+would send), so chat routes do reach the CLI (through the fake upstream)
+instead of stopping at validation; and invalid ones (a wrong type, a missing
+field, a value out of range), whose answer must be a documented client error,
+never a 500. Every operation runs on a key of its own, so the destructive
+ones (DELETE) touch nothing else."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from schemathesis.specs.openapi import checks
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 MAX_EXAMPLES = 3
+MAX_INVALID_EXAMPLES = 5
 
 
 def _document() -> dict:
@@ -30,6 +33,15 @@ def _document() -> dict:
 
 schema = schemathesis.openapi.from_dict(_document())
 schema.config.generation.update(modes=[GenerationMode.POSITIVE], max_examples=MAX_EXAMPLES)
+invalid = schemathesis.openapi.from_dict(_document())
+invalid.config.generation.update(modes=[GenerationMode.NEGATIVE], max_examples=MAX_INVALID_EXAMPLES)
+CHECKS = [
+    not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_schema_conformance,
+    checks.response_headers_conformance,
+]
 
 
 # POST /jobs: schemathesis cannot generate its multipart file parts (format: binary
@@ -46,11 +58,22 @@ def test_every_operation_answers_what_the_document_says(case, service, owner_key
         base_url=service.url,
         headers={"X-API-Key": owner_key.secret},
         timeout=90,
-        checks=[
-            not_a_server_error,
-            checks.status_code_conformance,
-            checks.content_type_conformance,
-            checks.response_schema_conformance,
-            checks.response_headers_conformance,
-        ],
+        checks=CHECKS,
+    )
+
+
+# Operations with nothing that could be made invalid are skipped by schemathesis.
+@invalid.parametrize()
+@settings(
+    max_examples=MAX_INVALID_EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+)
+def test_invalid_requests_get_a_documented_client_error(case, service, owner_key):
+    case.call_and_validate(
+        base_url=service.url,
+        headers={"X-API-Key": owner_key.secret},
+        timeout=90,
+        checks=CHECKS,
     )
