@@ -135,6 +135,16 @@ if (
     # check_connection to the pool): after a PostgreSQL restart the pool drops its
     # dead connections instead of failing one request for each.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and _WORKER_PROCESS:
+    # A worker's threads that last (its task loop, the live sessions' poller and
+    # runners, the job loop's ORM thread) keep their connection from one job to the
+    # next: a new PostgreSQL connection costs a backend process and ~5 ms before its
+    # first query, several times per session turn. Each job's end hands them back
+    # as the end of a request does (``django.db.close_old_connections``: closed if
+    # broken or older than this), and the first query after checks the connection
+    # (after a PostgreSQL restart it reconnects instead of failing the job).
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 300, minimum=0)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

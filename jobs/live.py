@@ -58,7 +58,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connections
+from django.db import close_old_connections, connections
 
 from jobs import live_cli
 from jobs import loop as live_loop
@@ -328,7 +328,8 @@ def _run_claimed(job) -> None:
         # The turn never reached its CLI (deleted, failed to prepare): offer the CLI again.
         if entry is not None and entry.busy and not entry.closed and entry.last_job != str(job.pk):
             entry.busy = False
-        connections.close_all()
+        # Kept for the next turn unless broken or old (settings: a worker's connections).
+        close_old_connections()
         if _doorbell is not None:
             # A turn of the session sent meanwhile found its CLI busy: the poller looks again now.
             _doorbell.wake()

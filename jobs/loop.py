@@ -53,6 +53,11 @@ def get_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+def running() -> bool:
+    """Whether this process started its loop (a worker that ran a session turn or a spare CLI)."""
+    return _loop is not None and _thread is not None and _thread.is_alive()
+
+
 def in_loop_thread() -> bool:
     return _thread is not None and threading.current_thread() is _thread
 

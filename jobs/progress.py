@@ -68,12 +68,24 @@ def _push_sync(job_id: uuid.UUID | str, message: dict[str, Any]) -> None:
 _ended_pushed: set[str] = set()
 
 
-def job_ended_push(job_id: uuid.UUID | str) -> None:
-    """Wake the job's readers after its final status was written (they end then)."""
+def _end_pushed_already(job_id: uuid.UUID | str) -> bool:
     if str(job_id) in _ended_pushed:
         _ended_pushed.discard(str(job_id))
-        return
-    _push_sync(job_id, {"type": "job.ended"})
+        return True
+    return False
+
+
+def job_ended_push(job_id: uuid.UUID | str) -> None:
+    """Wake the job's readers after its final status was written (they end then)."""
+    if not _end_pushed_already(job_id):
+        _push_sync(job_id, {"type": "job.ended"})
+
+
+async def ajob_ended_push_after_run(job_id: uuid.UUID | str) -> None:
+    """``job_ended_push`` on a loop that runs on: its channel layer connection stays open for
+    the next push (``async_to_sync`` would start a loop, and connect, for one message)."""
+    if not _end_pushed_already(job_id):
+        await _push(job_id, {"type": "job.ended"})
 
 
 async def ajob_ended_push(job_id: uuid.UUID | str) -> None:

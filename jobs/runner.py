@@ -26,7 +26,7 @@ import claude_agent_sdk
 from asgiref.sync import sync_to_async
 from claude_agent_sdk import CLIConnectionError, ProcessError, ResultMessage, SystemMessage
 from django.conf import settings
-from django.db import connections
+from django.db import close_old_connections
 
 from claudesvc.errors import NotFound
 from jobs import fallback, live, spares, worker
@@ -473,9 +473,9 @@ def _run_job(job_run: JobRun) -> None:
         try:
             await job_run.run()
         finally:
-            # ORM calls ran on sync_to_async's executor thread; do not keep its
-            # connection open between jobs.
-            await sync_to_async(connections.close_all)()
+            # ORM calls ran on the loop's ORM thread: its connection is kept for the
+            # next job unless broken or old (settings: a worker's connections).
+            await sync_to_async(close_old_connections)()
 
     if live.serves(job_run.job) or job_run.spare is not None:
         # live sessions hook: on the process's persistent loop, where a live CLI outlives its turn

@@ -17,10 +17,10 @@ from django.conf import settings
 from django.db import connections
 
 from claudesvc.logcontext import bind_job
-from jobs import live, worker
+from jobs import live, loop, worker
 from jobs.kinds import job_kind
 from jobs.models import JobStatus
-from jobs.progress import job_ended_push
+from jobs.progress import ajob_ended_push_after_run, job_ended_push
 from jobs.queue import job_claim, job_claim_next
 from jobs.reaper import job_reap_stale, job_release_broken_off
 from jobs.services import job_delete_expired, job_enqueue, job_transition
@@ -137,7 +137,19 @@ def _run(job) -> None:
             session_job_finished(job)
         finally:
             # Readers following the job end now, not at their next poll.
-            job_ended_push(job.pk)
+            _ended_push(job.pk)
+
+
+def _ended_push(job_id) -> None:
+    """``progress.job_ended_push``, from the worker's persistent loop if it runs (a session's
+    turns and pre-started CLIs run there): it keeps its channel layer connection."""
+    if not loop.running() or loop.in_loop_thread():
+        job_ended_push(job_id)
+        return
+    try:
+        loop.run(ajob_ended_push_after_run(job_id), timeout=10)
+    except Exception:  # the push is an optimisation: readers poll the table anyway
+        logger.warning("job %s: pushing its end failed", job_id, exc_info=True)
 
 
 def run_live_turn(job) -> None:

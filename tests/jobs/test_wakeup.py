@@ -120,7 +120,7 @@ def test_a_run_ends_with_a_push_to_its_readers(monkeypatch):
     key, _ = api_key_create(name="end")
     job = job_create(caller=Caller(api_key=key), prompt="hi", enqueue=False)
     pushed = []
-    monkeypatch.setattr(tasks, "job_ended_push", pushed.append)
+    monkeypatch.setattr(tasks, "_ended_push", pushed.append)
 
     class Instant:
         def execute(self, job_id):
@@ -142,7 +142,7 @@ def test_a_session_turns_end_is_pushed_after_its_session_recorded_it(monkeypatch
     session = session_for_call(caller=caller, external_id="order", model="haiku")
     job = job_create(caller=caller, prompt="hi", session=session, enqueue=False)
     order = []
-    monkeypatch.setattr(tasks, "job_ended_push", lambda job_id: order.append("pushed"))
+    monkeypatch.setattr(tasks, "_ended_push", lambda job_id: order.append("pushed"))
     monkeypatch.setattr(tasks, "session_job_start", lambda job: None)
 
     def finished(job):
@@ -159,6 +159,38 @@ def test_a_session_turns_end_is_pushed_after_its_session_recorded_it(monkeypatch
     with pytest.raises(RuntimeError):
         tasks._run(Job.objects.get(pk=job.pk))
     assert order == ["recorded", "pushed"], "pushed after the session's update, even a failed one"
+
+
+def test_a_turns_end_is_pushed_from_the_workers_loop_when_it_runs(monkeypatch):
+    """Where the worker's persistent loop runs (a session's turns run on it), the end goes out on
+    it, on the channel layer connection it keeps, not on a loop and connection made for one push;
+    from the loop's own thread, where that cannot wait, the plain push."""
+    from jobs import loop, progress
+
+    threads = []
+
+    async def push(job_id, message):
+        threads.append((threading.current_thread().name, job_id, message["type"]))
+
+    monkeypatch.setattr(progress, "_push", push)
+    loop.get_loop()
+    assert loop.running()
+    tasks._ended_push("job-a")
+    assert threads == [("claudesvc-loop", "job-a", "job.ended")]
+
+    # An end the runner pushed already (``ajob_ended_push``) is not pushed twice.
+    progress._ended_pushed.add("job-b")
+    tasks._ended_push("job-b")
+    assert [t[1] for t in threads] == ["job-a"] and "job-b" not in progress._ended_pushed
+
+    plain = []
+    monkeypatch.setattr(tasks, "job_ended_push", plain.append)
+
+    async def from_the_loop():
+        tasks._ended_push("job-c")
+
+    loop.run(from_the_loop())
+    assert plain == ["job-c"]
 
 
 @pytest.mark.django_db(transaction=True)
