@@ -12,6 +12,7 @@ next poll.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from pathlib import Path
@@ -52,6 +53,10 @@ async def _push(job_id: uuid.UUID | str, message: dict[str, Any]) -> None:
     try:
         await layer.group_send(job_group(job_id), message)
     except Exception:  # the push is an optimisation; readers poll the table anyway
+        if "events" in message:
+            # What the layer could not carry (an integer msgpack cannot hold): the wake-up alone.
+            await _push(job_id, {k: v for k, v in message.items() if k != "events"})
+            return
         logger.warning("live push for job %s failed", job_id, exc_info=True)
 
 
@@ -191,9 +196,34 @@ class EventWriter:
                 return
             # The relay's events come while the job runs: its status changes only at its end,
             # which is pushed on its own (``job.ended``), so a reader woken by this reads no status.
-            await _push(
-                self.progress.job_id, {"type": "job.event", "seq": batch[-1].seq, "status_unchanged": True}
-            )
+            message: dict[str, Any] = {"type": "job.event", "seq": batch[-1].seq, "status_unchanged": True}
+            if _layer() is not None:
+                events = pushed_events(batch)
+                if events is not None:
+                    message["events"] = events
+            await _push(self.progress.job_id, message)
+
+
+# A push carries its events (``pushed_events``) up to these bounds; a bigger batch is pushed
+# without them and its readers read it from the table.
+PUSH_EVENTS_MAX = 200
+PUSH_BYTES_MAX = 64 * 1024
+
+
+def pushed_events(batch: list[JobEvent]) -> list[list[Any]] | None:
+    """``[seq, type, data]`` of each stored event, for a push that spares its readers the
+    table read; None if the batch is too big to send through the channel layer."""
+    if len(batch) > PUSH_EVENTS_MAX:
+        return None
+    size = 0
+    for event in batch:
+        try:
+            size += len(json.dumps(event.data, ensure_ascii=False, separators=(",", ":")))
+        except (TypeError, ValueError):
+            return None  # not plain JSON: its readers read what the table made of it
+        if size > PUSH_BYTES_MAX:
+            return None
+    return [[event.seq, event.type, event.data] for event in batch]
 
 
 def _store_many(job_id: uuid.UUID | str, events: list[JobEvent]) -> None:

@@ -7,6 +7,9 @@ job ends): a push on the channel layer (Redis) in the scale-out deployment; in
 the embedded one, where the in-memory layer cannot reach the web process from a
 worker, a bell of the job's (``jobs.wakeup``) that ``jobs.progress`` rings.
 Without either, and as the fallback, it re-checks every ``STREAM_POLL_MS``.
+A push of the runner's events carries them (``progress.pushed_events``, when
+small enough): a reader that has every event before them takes them from the
+push instead of the table; after a gap (a push it missed), it reads the table.
 """
 
 from __future__ import annotations
@@ -69,16 +72,28 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
     # came (a running job's relay, ``progress.EventWriter``).
     check_status = True
     status = None
+    # The events a push carried (``progress.pushed_events``): [seq, type, data] each.
+    pushed: list | None = None
     try:
         while True:
             # The status first: the worker writes a job's final events before its final
             # status, so a read of the events after a final status has them all. And a
             # status that changes after this read rings (pushes) after it, so the wait
             # below returns at once: no wake-up is lost, and one wake-up costs these two reads
-            # (a push that says the status did not change, the second alone).
+            # (a push that says the status did not change, the second alone; one that also
+            # carries every event from the next one on, none).
             if check_status:
                 status = await Job.objects.filter(pk=job_id).values_list("status", flat=True).afirst()
-            events = await sync_to_async(job_events)(job_id=job_id, offset=next_seq, limit=READ_LIMIT)
+            if pushed and pushed[0][0] <= next_seq:
+                events = [
+                    JobEvent(job_id=job_id, seq=seq, type=type_, data=data)
+                    for seq, type_, data in pushed
+                    if seq >= next_seq
+                ]
+            else:
+                # Nothing pushed, or a gap before what was (a push this reader missed): the table.
+                events = await sync_to_async(job_events)(job_id=job_id, offset=next_seq, limit=READ_LIMIT)
+            pushed = None
             for event in events:
                 next_seq = event.seq + 1
                 yield event
@@ -105,6 +120,8 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
                         check_status = not (
                             message.get("type") == "job.event" and message.get("status_unchanged")
                         )
+                        if message.get("type") == "job.event":
+                            pushed = message.get("events")
                 elif bell:
                     # Set since the last read already (a ring that came meanwhile): no wait.
                     await asyncio.wait_for(rang.wait(), timeout=poll)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
 
 from apikeys.services import api_key_create
 from claudesvc.auth import Caller
@@ -20,8 +22,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def _job() -> Job:
-    key, _ = await asyncio.to_thread(api_key_create, name="writer")
-    job = await asyncio.to_thread(job_create, caller=Caller(api_key=key), prompt="hi", enqueue=False)
+    # Not asyncio.to_thread: each test's loop has threads of its own, and a pooled connection
+    # (scale-out) that a thread took is not given back when the thread ends.
+    key, _ = await sync_to_async(api_key_create)(name="writer")
+    job = await sync_to_async(job_create)(caller=Caller(api_key=key), prompt="hi", enqueue=False)
     await Job.objects.filter(pk=job.pk).aupdate(status=JobStatus.RUNNING)
     return job
 
@@ -107,3 +111,120 @@ async def test_a_writer_far_behind_makes_the_cli_wait(monkeypatch, batches):
     await writer.flush()
     assert await JobEvent.objects.filter(job=job).acount() == 12
     assert [seq for batch in batches for seq in batch] == list(range(12))
+
+
+class _Layer:
+    """A channel layer that records what is pushed; refuses what it is told to."""
+
+    def __init__(self, refuse=lambda message: False) -> None:
+        self.sent: list[dict] = []
+        self.refuse = refuse
+
+    async def group_send(self, group, message):
+        if self.refuse(message):
+            raise OverflowError("Integer value out of range")  # msgpack's, on a too big integer
+        self.sent.append(message)
+
+
+async def test_a_push_of_the_runners_events_carries_them(monkeypatch):
+    layer = _Layer()
+    monkeypatch.setattr(progress, "_layer", lambda: layer)
+    job = await _job()
+    writer = JobProgress(job.pk).writer()
+    await writer.put("system", {"type": "system", "n": 0})
+    await writer.flush()
+    await writer.put("stream_event", {"n": 1})
+    await writer.put("result", {"n": 2})
+    await writer.flush()
+    assert [m["events"] for m in layer.sent] == [
+        [[0, "system", {"type": "system", "n": 0}]],
+        [[1, "stream_event", {"n": 1}], [2, "result", {"n": 2}]],
+    ]
+    assert all(m["type"] == "job.event" and m["status_unchanged"] for m in layer.sent)
+
+
+async def test_a_push_the_layer_cannot_carry_still_wakes_the_readers(monkeypatch):
+    layer = _Layer(refuse=lambda message: "events" in message)
+    monkeypatch.setattr(progress, "_layer", lambda: layer)
+    job = await _job()
+    writer = JobProgress(job.pk).writer()
+    await writer.put("stream_event", {"n": 2**70})
+    await writer.flush()
+    assert layer.sent == [{"type": "job.event", "seq": 0, "status_unchanged": True}]
+
+
+def test_only_small_batches_of_plain_json_are_pushed_with_their_events():
+    def batch(*data):
+        return [JobEvent(seq=n, type="stream_event", data=d) for n, d in enumerate(data)]
+
+    assert progress.pushed_events(batch({"a": 1}, {"b": [1.5, None, "x"]})) == [
+        [0, "stream_event", {"a": 1}],
+        [1, "stream_event", {"b": [1.5, None, "x"]}],
+    ]
+    assert progress.pushed_events(batch(*[{}] * (progress.PUSH_EVENTS_MAX + 1))) is None
+    assert progress.pushed_events(batch({"text": "x" * progress.PUSH_BYTES_MAX})) is None
+    assert progress.pushed_events(batch({"when": object()})) is None
+
+
+def _count_table_reads(monkeypatch) -> list[int]:
+    from jobs import streaming
+
+    reads: list[int] = []
+    read = streaming.job_events
+
+    def spy(*, job_id, offset, limit):
+        reads.append(offset)
+        return read(job_id=job_id, offset=offset, limit=limit)
+
+    monkeypatch.setattr(streaming, "job_events", spy)
+    return reads
+
+
+async def _follow(job_id, seen: list) -> None:
+    async for item in follow_job(job_id):
+        seen.append(item)
+        if isinstance(item, Ended):
+            return
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="pushes reach a reader in another process with Redis only")
+async def test_a_reader_takes_pushed_events_without_reading_the_table(settings, monkeypatch):
+    settings.STREAM_POLL_MS = 600_000  # only the pushes can wake it within the test's time
+    reads = _count_table_reads(monkeypatch)
+    job = await _job()
+    seen: list = []
+    reader = asyncio.create_task(_follow(job.pk, seen))
+    await asyncio.sleep(0.5)  # subscribed, its first read done
+    writer = JobProgress(job.pk).writer()
+    for n in range(20):
+        await writer.put("stream_event", {"n": n})
+        await writer.flush()  # one push each
+    await Job.objects.filter(pk=job.pk).aupdate(status=JobStatus.COMPLETED)
+    await progress.ajob_ended_push(job.pk)
+    await asyncio.wait_for(reader, timeout=30)
+    assert [i.data["n"] for i in seen[:-1]] == list(range(20))
+    assert [i.seq for i in seen[:-1]] == list(range(20))
+    assert isinstance(seen[-1], Ended) and seen[-1].status == JobStatus.COMPLETED
+    # The first read, and the one after the end's push (which carries no events): none for the 20.
+    assert reads == [0, 20]
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="pushes reach a reader in another process with Redis only")
+async def test_a_reader_that_missed_a_push_reads_the_table(settings, monkeypatch):
+    settings.STREAM_POLL_MS = 600_000
+    reads = _count_table_reads(monkeypatch)
+    job = await _job()
+    seen: list = []
+    reader = asyncio.create_task(_follow(job.pk, seen))
+    await asyncio.sleep(0.5)
+    # Three events stored with no push (as if their push was lost), then one pushed with its events.
+    for n in range(3):
+        await sync_to_async(JobProgress(job.pk, start_seq=n)._store)("stream_event", {"n": n})
+    writer = JobProgress(job.pk, start_seq=3).writer()
+    await writer.put("stream_event", {"n": 3})
+    await writer.flush()
+    await Job.objects.filter(pk=job.pk).aupdate(status=JobStatus.COMPLETED)
+    await progress.ajob_ended_push(job.pk)
+    await asyncio.wait_for(reader, timeout=30)
+    assert [i.data["n"] for i in seen[:-1]] == [0, 1, 2, 3]
+    assert reads[:2] == [0, 0], "the push of event 3 came after a gap: the table was read from 0"
