@@ -85,6 +85,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Innermost: the chain runs in the request's thread, not switching for each middleware.
+    "claudesvc.middleware.SyncChainMiddleware",
 ]
 
 ROOT_URLCONF = "claudesvc.urls"
