@@ -50,6 +50,36 @@ def upstream_max_tokens(upstream, mark: str) -> int:
 PARIS = '[[structured:{"name": "Paris", "population": 2100000}]]'
 
 
+# -- a client that hangs up ------------------------------------------------------------------------
+
+
+def test_a_client_that_hangs_up_on_a_plain_answer_cancels_its_job(service, owner_key):
+    """Nobody is left to read the answer: the job stops instead of running to its end (the
+    request's thread waits in the view; the disconnect has to reach it through the middleware)."""
+    import time
+
+    from tests.e2e.test_compat_sdks import wait_final
+
+    mark = marker()
+    body = {
+        "model": "haiku",
+        "messages": [
+            {"role": "user", "content": f"[[slow:1]] {mark} one two three four five six seven eight"}
+        ],
+    }
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{service.url}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {owner_key.secret}"},
+            timeout=httpx.Timeout(10, read=2.5),
+        )
+    hung_up = time.monotonic()
+    job = wait_final(str(job_with(mark).pk), timeout=20)
+    assert job.status == "cancelled" and job.error_message == "Cancelled by the caller"
+    assert time.monotonic() - hung_up < 6, "it stopped well before its 8 s answer would have ended"
+
+
 # -- openai --------------------------------------------------------------------------------------
 
 
