@@ -123,6 +123,69 @@ def run_clients(name: str, clients: list, seconds: float) -> dict:
     return result
 
 
+class CpuAccount:
+    """CPU time (user + system) spent during a window, by part of the machine: the service's
+    web process, its worker cluster, the CLI process trees under it, PostgreSQL's and Redis'
+    processes, and this bench's own process (the clients and the fake upstream). Processes
+    that ended inside the window are missed (in the sessions part the CLIs live on)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.start = self._sample()
+
+    def _sample(self) -> dict[int, tuple[str, float]]:
+        import os
+
+        import psutil
+
+        parts: dict[int, tuple[str, float]] = {}
+
+        def add(proc, part: str) -> None:
+            try:
+                times = proc.cpu_times()
+                parts[proc.pid] = (part, times.user + times.system)
+            except psutil.Error:
+                pass
+
+        try:
+            serve = psutil.Process(self.service.proc.pid)
+            for child in serve.children():
+                part = (
+                    "web" if "--port" in " ".join(child.cmdline()) or "uvicorn" in child.name() else "workers"
+                )
+                add(child, part)
+                for proc in child.children(recursive=True):
+                    try:
+                        in_group = os.getpgid(proc.pid) == os.getpgid(child.pid)
+                    except OSError:
+                        continue
+                    add(proc, part if in_group else "CLIs")
+        except (psutil.Error, OSError):
+            pass
+        for proc in psutil.process_iter(["name"]):
+            name = proc.info["name"] or ""
+            if name.startswith("postgres"):
+                add(proc, "PostgreSQL")
+            elif name.startswith("redis-server"):
+                add(proc, "Redis")
+        add(psutil.Process(), "bench (clients, fake upstream)")
+        return parts
+
+    def report(self, calls: int) -> None:
+        end = self._sample()
+        spent: dict[str, float] = {}
+        for pid, (part, cpu) in end.items():
+            before = self.start.get(pid)
+            spent[part] = spent.get(part, 0.0) + cpu - (before[1] if before and before[0] == part else 0.0)
+        total = sum(spent.values())
+        print(
+            f"CPU per call ({calls} calls): "
+            + ", ".join(f"{part} {ms / max(calls, 1) * 1000:.1f} ms" for part, ms in sorted(spent.items()))
+            + f"; in all {total / max(calls, 1) * 1000:.1f} ms",
+            flush=True,
+        )
+
+
 def live_cli_memory(service: Service) -> None:
     """RSS and USS of each CLI process tree (its process group) kept under the service:
     live session CLIs, and the pre-started ones (``jobs.spares``: they work in ``JOBS_ROOT/spares/``)."""
@@ -343,7 +406,9 @@ def main() -> None:
             if args.only in (None, "oneshot"):
                 oneshot = [OneShot(c) for c in clients]
                 oneshot[0].call()  # warm-up: the first call probes the CLI
-                run_clients("oneshot", oneshot, args.seconds)
+                cpu = CpuAccount(service)
+                result = run_clients("oneshot", oneshot, args.seconds)
+                cpu.report(result["calls"])
             if args.only in (None, "sessions"):
                 sessions = [SessionClient(c, args.max_turns) for c in clients]
                 warm = [threading.Thread(target=s.call) for s in sessions]  # each session's first turn
@@ -351,7 +416,9 @@ def main() -> None:
                     t.start()
                 for t in warm:
                     t.join()
-                run_clients("sessions", sessions, args.seconds)
+                cpu = CpuAccount(service)
+                result = run_clients("sessions", sessions, args.seconds)
+                cpu.report(result["calls"])
                 live_cli_memory(service)
                 if not args.scaleout:
                     live_summary(work / "var" / "db.sqlite3")
