@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 from dataclasses import dataclass, field
@@ -23,8 +24,7 @@ class Measure:
 
     def sample(self, root_pid: int) -> None:
         try:
-            root = psutil.Process(root_pid)
-            procs = [root, *root.children(recursive=True)]
+            procs = [psutil.Process(pid) for pid in tree_pids(root_pid)]
         except psutil.Error:
             return
         rss = 0
@@ -51,6 +51,37 @@ def children_cpu_seconds() -> float:
     part after the last sample and short-lived children the sampler missed."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def tree_pids(root_pid: int) -> list[int]:
+    """``root_pid`` and its descendants, from the tree's own ``/proc/<pid>/task/<tid>/children``
+    files: the cost grows with the tree, not with every process on the machine as psutil's
+    ``children(recursive=True)`` does (it reads each process's ``stat``: 1 to 2 ms on a busy host,
+    before a live session's prompt goes out). psutil's walk where the kernel has no such files."""
+    if not _PROC_CHILDREN:
+        root = psutil.Process(root_pid)
+        return [root_pid, *(p.pid for p in root.children(recursive=True))]
+    if not os.path.isdir(f"/proc/{root_pid}"):
+        raise psutil.NoSuchProcess(root_pid)
+    pids: list[int] = []
+    todo = [root_pid]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # ended meanwhile
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    todo.extend(int(child) for child in f.read().split())
+            except (OSError, ValueError):
+                continue
+    return pids
+
+
+_PROC_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 
 
 _LIMIT_SETTINGS = {
