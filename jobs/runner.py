@@ -27,6 +27,7 @@ from asgiref.sync import sync_to_async
 from claude_agent_sdk import CLIConnectionError, ProcessError, ResultMessage, SystemMessage
 from django.conf import settings
 from django.db import close_old_connections
+from django.db.models import Exists, OuterRef, Subquery
 
 from claudesvc.errors import NotFound
 from jobs import fallback, live, spares, worker
@@ -45,11 +46,11 @@ from jobs.cli_options import (
     timeout_limit,
 )
 from jobs.measure import Measure, children_cpu_seconds, limit_message, rlimit_hit
-from jobs.models import Job, JobStatus
+from jobs.models import Attachment, Job, JobEvent, JobStatus
 from jobs.outcomes import CANCELLED_MESSAGE, error_event, timeout_message
 from jobs.progress import JobGone, JobProgress, ajob_ended_push
 from jobs.sandbox import cli_limits, group_running
-from jobs.services import job_requeue, job_transition
+from jobs.services import _next_seq_of, job_requeue, job_transition
 from jobs.sessions import session_store_options
 from jobs.upstream import upstream_status_of
 from jobs.watch import JobWatch, StopReason
@@ -72,12 +73,21 @@ logger = logging.getLogger(__name__)
 class JobRun:
     """One execution of one claimed (running) job."""
 
-    def __init__(self, job: Job, spare: spares.Spare | None = None) -> None:
+    def __init__(
+        self,
+        job: Job,
+        spare: spares.Spare | None = None,
+        *,
+        next_seq: int | None = None,
+        has_attachments: bool = True,
+    ) -> None:
         self.job = job
         # A pre-started CLI whose folder became this job's (jobs.spares.adopt), or None.
         self.spare = spare
         self.paths = workspace_prepare(job.pk)
-        self.progress = JobProgress(job.pk, start_seq=job.events.count())
+        self.progress = JobProgress(job.pk, start_seq=_next_seq_of(job.pk) if next_seq is None else next_seq)
+        # False: known to have none, nothing to look up before the prompt goes out (``job_to_run``).
+        self.has_attachments = has_attachments
         self.stderr_lines: collections.deque[str] = collections.deque(maxlen=200)
         self.measure = Measure()
         self.pid: int | None = None
@@ -111,7 +121,11 @@ class JobRun:
         if settings.JOB_KEEP_WORKDIR_SECONDS:
             await sync_to_async(workspace_sweep)()
         try:
-            placed = await sync_to_async(attachments_place)(job_id=self.job.pk, folder=self.paths.attachments)
+            placed = (
+                await sync_to_async(attachments_place)(job_id=self.job.pk, folder=self.paths.attachments)
+                if self.has_attachments
+                else []
+            )
         except AttachmentUnavailable as exc:
             self.error = exc
             await self._finish()
@@ -450,17 +464,31 @@ class JobRun:
             logger.exception("job %s: collecting its output files failed", self.job.pk)
 
 
+def job_to_run(job_id) -> Job:
+    """A claimed job with, in the same query, what its run needs to know before the prompt
+    goes out: the number of its last event (``last_event_seq``: a job that ran before, and was
+    put back, numbers on) and whether it has attachments to place (``has_attachments``). Most
+    jobs have none: no further query, no hop to another thread before the CLI has the prompt."""
+    return Job.objects.annotate(
+        last_event_seq=Subquery(
+            JobEvent.objects.filter(job_id=OuterRef("pk")).order_by("-seq").values("seq")[:1]
+        ),
+        has_attachments=Exists(Attachment.objects.filter(job_id=OuterRef("pk"))),
+    ).get(pk=job_id)
+
+
 def run_job(job_id) -> None:
     """Run a job that ``queue.job_claim_next`` moved to running. Blocks until it ends.
 
     On a pre-started CLI (``jobs.spares``) if this worker has one started exactly
     as the job's would be; afterwards a spare like this job is started for the next."""
-    job = Job.objects.get(pk=job_id)
+    job = job_to_run(job_id)
     spare = spares.take(job)
     if spare is not None and not spares.adopt(spare, job):
         spare = None
+    next_seq = 0 if job.last_event_seq is None else job.last_event_seq + 1
     try:
-        _run_job(JobRun(job, spare))
+        _run_job(JobRun(job, spare, next_seq=next_seq, has_attachments=job.has_attachments))
     finally:
         if spare is not None:
             spares.finished(spare)

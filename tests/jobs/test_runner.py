@@ -18,6 +18,7 @@ from apikeys.services import api_key_create
 from claudesvc.auth import Caller
 from jobs import cli_launcher, runner
 from jobs.models import Job, JobStatus
+from jobs.progress import JobProgress
 from jobs.queue import job_claim_next
 from jobs.services import job_cancel, job_create, job_delete
 from jobs.workspace import job_paths
@@ -56,6 +57,20 @@ def test_a_job_completes_with_its_result_usage_and_ordered_events(upstream):
     assert list(job.events.values_list("seq", flat=True)) == list(range(len(types)))
     # The CLI asked the upstream for the model the job named.
     assert "haiku" in upstream.main_requests()[-1]["body"]["model"]
+
+
+def test_a_job_run_again_numbers_its_events_on(owner_key):
+    # A job a stopping worker put back had events already (its CLI's start): the next run's follow them.
+    job = job_create(caller=Caller(api_key=owner_key.row), prompt="Again [[reply:twice]]", enqueue=False)
+    JobProgress(job.pk, start_seq=0).emit("system", {"type": "system", "subtype": "init"})
+    JobProgress(job.pk, start_seq=1).emit("system", {"type": "system", "subtype": "status"})
+    claimed = runner.job_to_run(job_claim_next().pk)
+    assert (claimed.last_event_seq, claimed.has_attachments) == (1, False)
+    runner.run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.COMPLETED and job.result == "twice"
+    seqs = list(job.events.order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(len(seqs))) and len(seqs) > 3
 
 
 def test_the_prompt_reaches_the_upstream_verbatim(upstream):
