@@ -279,7 +279,8 @@ def _poller(doorbell: HolderDoorbell, stop: threading.Event | None = None) -> No
             job = job_claim_session_turn(worker=me, session_ids=ids)
             if job is None:
                 continue
-            doorbell.wake()  # another of its sessions' turns may wait too: look again at once
+            if job.other_turns_waiting:
+                doorbell.wake()  # another of its sessions' turns waits too: look again at once
             live_cli.registry.set_busy(job.session_id, True)
             assert _pool is not None
             _pool.submit(_run_claimed, job)

@@ -278,6 +278,9 @@ def job_claim_session_turn(*, worker: str, session_ids: list) -> Job | None:
 
     Among the sessions, the earliest turn first: each of them has a CLI of its
     own on this worker, so none waits for another's slot.
+
+    The claimed job's ``other_turns_waiting`` says whether a turn of another of
+    these sessions was pending too (the poller looks again at once only then).
     """
     if not session_ids:
         return None
@@ -296,9 +299,10 @@ def job_claim_session_turn(*, worker: str, session_ids: list) -> Job | None:
     )
     wanted = set(session_ids)
     tried = set()
-    for turn in turns:
-        if turn.session_id in tried or turn.session_id not in wanted:
-            continue  # a later turn of a session waits for its earliest; a busy CLI's turn waits
+    candidates = [turn for turn in turns if turn.session_id in wanted]  # a busy CLI's turn waits
+    for i, turn in enumerate(candidates):
+        if turn.session_id in tried:
+            continue  # a later turn of a session waits for its earliest
         tried.add(turn.session_id)
         key = turn.api_key
         if key is not None and (key.budget_daily_usd is not None or key.budget_monthly_usd is not None):
@@ -306,6 +310,7 @@ def job_claim_session_turn(*, worker: str, session_ids: list) -> Job | None:
         else:
             claimed = _claim_turn(turn, worker=worker)
         if claimed is not None:
+            claimed.other_turns_waiting = any(t.session_id not in tried for t in candidates[i + 1 :])
             return claimed
     return None
 

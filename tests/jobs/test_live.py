@@ -221,6 +221,22 @@ def test_the_holders_claim_takes_only_the_sessions_whose_cli_is_idle(caller):
     assert job_claim_session_turn(worker="host:1", session_ids=[busy.pk]).pk == waiting.pk
 
 
+def test_the_holders_claim_says_whether_another_sessions_turn_waits(caller):
+    # The poller looks again at once only then; else it waits for the next ring.
+    one, two, three = _held(caller, "one"), _held(caller, "two"), _held(caller, "three")
+    first, later_of_one = _turn(caller, one), _turn(caller, one)
+    second = _turn(caller, two)
+    claimed = job_claim_session_turn(worker="host:1", session_ids=[one.pk, two.pk, three.pk])
+    assert claimed.pk == first.pk and claimed.other_turns_waiting, "two's turn waits"
+    claimed = job_claim_session_turn(worker="host:1", session_ids=[two.pk, three.pk])
+    assert claimed.pk == second.pk and not claimed.other_turns_waiting, (
+        "one's later turn is not two's or three's"
+    )
+    _complete(first, "11111111-1111-1111-1111-111111111111")
+    claimed = job_claim_session_turn(worker="host:1", session_ids=[one.pk])
+    assert claimed.pk == later_of_one.pk and not claimed.other_turns_waiting
+
+
 def test_the_holders_claim_takes_only_sessions_it_still_holds(caller):
     session = _held(caller, "moved", worker="host:2")
     _turn(caller, session)
