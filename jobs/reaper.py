@@ -25,6 +25,7 @@ from jobs.models import Job, JobEvent, JobStatus, Worker
 from jobs.outcomes import STALE_MESSAGE, error_event
 from jobs.progress import JobProgress
 from jobs.services import job_requeue, job_transition
+from jobs.sessions import session_prune_unfinished
 from jobs.workspace import workspace_remove
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ def job_release_broken_off(*, job_id: uuid.UUID, error: BaseException, cli_start
         return None
     logger.warning("job %s failed: %s", job_id, message)
     _emit_reaped(job_id, message)
+    session_id = Job.objects.filter(pk=job_id).values_list("session_id", flat=True).first()
+    if session_id is not None:
+        # Its worker's session_job_finished ran while the turn was still running: its lines go now.
+        session_prune_unfinished(session_id)
     return "failed"
 
 
@@ -118,7 +123,7 @@ def job_reap_stale() -> int:
     cutoff = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
     running = list(
         Job.objects.filter(status=JobStatus.RUNNING).values(
-            "pk", "worker", "heartbeat_at", "started_at", "cli_pid"
+            "pk", "worker", "heartbeat_at", "started_at", "cli_pid", "session_id"
         )
     )
     dead_workers = _dead_local_workers(running)
@@ -138,6 +143,9 @@ def job_reap_stale() -> int:
             _kill_orphaned_cli(job)
             _emit_reaped(job["pk"], message)
             _children_abandon(job["pk"])
+            if job["session_id"] is not None:
+                # What the lost turn wrote is no part of the conversation (its worker cannot drop it).
+                session_prune_unfinished(job["session_id"])
     if reaped:
         # Turns that waited for a lost job's session can start now.
         services.job_enqueue()

@@ -227,8 +227,6 @@ def session_job_start(job: Job) -> None:
     options = dict(job.options or {})
     prompt = job.prompt
     if session is not None:
-        # A turn whose host died was failed by the reaper, not by its worker: its lines go now.
-        session_prune_unfinished(session.pk)
         cwd = session_workdir(session.pk)
         options["cwd"] = str(cwd)
         latest_job, resume = _latest_completed(session.pk, exclude_job=job.pk)
@@ -276,7 +274,9 @@ def session_prune_unfinished(session_id: uuid.UUID) -> int:
 
     A resume already skips them (``DatabaseSessionStore``); deleting them keeps
     it so once their jobs are gone too (retention, deletion), when nothing
-    would tell them apart from the completed turns' lines any more.
+    would tell them apart from the completed turns' lines any more. Whoever
+    ends a turn that way calls it: its worker (``session_job_finished``), or,
+    when the worker could not, the reaper (``jobs.reaper``).
     """
     deleted, _ = TranscriptEntry.objects.filter(
         session_id=session_id, writer__status__in=[s for s in FINAL_STATUSES if s != JobStatus.COMPLETED]

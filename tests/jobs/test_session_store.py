@@ -9,6 +9,7 @@ import dataclasses
 import json
 import shutil
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,12 @@ from asgiref.sync import sync_to_async
 from claude_agent_sdk import project_key_for_directory
 from claude_agent_sdk.testing import run_session_store_conformance
 from django.db import connections
+from django.utils import timezone
 
 from claudesvc.auth import Caller
 from jobs import tasks
 from jobs.models import ClaudeSession, Job, JobStatus, TranscriptEntry
+from jobs.reaper import job_reap_stale, job_release_broken_off
 from jobs.services import job_create, job_delete
 from jobs.session_store import WORKDIR_PROJECT, DatabaseSessionStore
 from jobs.sessions import session_delete, session_for_call, session_job_start, session_store_options
@@ -117,9 +120,10 @@ async def test_a_resume_skips_lines_of_turns_that_did_not_complete(caller):
     assert await store.load(KEY) == [line(1), line(2), line(4)]
 
 
-def test_lines_of_a_turn_whose_host_died_are_dropped_before_the_next_turn(caller):
+def _lost_turn(caller):
+    """A session with a completed turn and a running one (the lost one), each with a line."""
     session = new_session(caller, "conv")
-    done, lost, following = [new_job(caller, session=session) for _ in range(3)]
+    done, lost = [new_job(caller, session=session) for _ in range(2)]
     Job.objects.filter(pk=done.pk).update(status=JobStatus.COMPLETED, claude_session_id=KEY["session_id"])
 
     async def fill():
@@ -127,16 +131,37 @@ def test_lines_of_a_turn_whose_host_died_are_dropped_before_the_next_turn(caller
         await DatabaseSessionStore(session_id=session.pk, writer_id=lost.pk).append(KEY, [line(2)])
 
     asyncio.run(fill())
-    # The reaper failed the lost turn; its worker never ran session_job_finished.
-    Job.objects.filter(pk=lost.pk).update(status=JobStatus.FAILED)
+    Job.objects.filter(pk=lost.pk).update(
+        status=JobStatus.RUNNING, worker="gone-host:1", heartbeat_at=timezone.now() - timedelta(hours=1)
+    )
+    return session, done, lost
+
+
+def _resumes_only_the_completed_turn(caller, session, done):
+    assert list(TranscriptEntry.objects.values_list("uuid", flat=True)) == ["u-1"]
+    following = new_job(caller, session=session)
     Job.objects.filter(pk=following.pk).update(status=JobStatus.RUNNING)
     following.refresh_from_db()
     session_job_start(following)
-    assert list(TranscriptEntry.objects.values_list("uuid", flat=True)) == ["u-1"]
     assert following.options["resume"] == KEY["session_id"]
     # Deleting the completed turn's job later keeps its lines in the conversation.
     job_delete(job=done)
     assert asyncio.run(DatabaseSessionStore(session_id=session.pk).load(KEY)) == [line(1)]
+
+
+def test_lines_of_a_turn_whose_host_died_are_dropped_by_the_reaper(caller):
+    session, done, lost = _lost_turn(caller)
+    # Its worker is gone and never runs session_job_finished: the reaper fails the turn.
+    assert job_reap_stale() == 1
+    assert Job.objects.get(pk=lost.pk).status == JobStatus.FAILED
+    _resumes_only_the_completed_turn(caller, session, done)
+
+
+def test_lines_of_a_turn_whose_run_broke_off_are_dropped_when_it_is_settled(caller):
+    session, done, lost = _lost_turn(caller)
+    # Its worker's run raised (the database went away after the CLI started): tasks._release.
+    assert job_release_broken_off(job_id=lost.pk, error=RuntimeError("boom"), cli_started=True) == "failed"
+    _resumes_only_the_completed_turn(caller, session, done)
 
 
 async def test_the_working_directory_is_one_project_on_every_host(caller, tmp_path):
