@@ -264,9 +264,6 @@ def _poller(doorbell: HolderDoorbell, stop: threading.Event | None = None) -> No
         # Rung by the web for each turn of a session held here; the poll is the fallback.
         doorbell.wait(interval)
         try:
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + 1
-                _close_gone(me)
             if worker.stopping():
                 if not released:
                     released = True
@@ -274,16 +271,17 @@ def _poller(doorbell: HolderDoorbell, stop: threading.Event | None = None) -> No
                 time.sleep(0.2)
                 continue
             ids = live_cli.registry.idle_ids()
-            if not ids:
-                continue
-            job = job_claim_session_turn(worker=me, session_ids=ids)
-            if job is None:
-                continue
-            if job.other_turns_waiting:
-                doorbell.wake()  # another of its sessions' turns waits too: look again at once
-            live_cli.registry.set_busy(job.session_id, True)
-            assert _pool is not None
-            _pool.submit(_run_claimed, job)
+            job = job_claim_session_turn(worker=me, session_ids=ids) if ids else None
+            if job is not None:
+                if job.other_turns_waiting:
+                    doorbell.wake()  # another of its sessions' turns waits too: look again at once
+                live_cli.registry.set_busy(job.session_id, True)
+                assert _pool is not None
+                _pool.submit(_run_claimed, job)
+            # After the claim: a turn the web rang for does not wait for this look.
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + 1
+                _close_gone(me)
         except Exception:
             logger.warning("live session poller: a look for new turns failed", exc_info=True)
             connections.close_all()
