@@ -294,7 +294,8 @@ def job_claim_session_turn(*, worker: str, session_ids: list) -> Job | None:
             parent__isnull=True,
             session__live_worker=worker,
         )
-        .select_related("api_key")
+        # The session too: the turn's start reads it (``sessions.session_job_start``).
+        .select_related("api_key", "session")
         .order_by("-priority", "created_at", "pk")
     )
     wanted = set(session_ids)

@@ -223,7 +223,10 @@ def session_job_start(job: Job) -> None:
     session was made with: the conversation comes from the database
     (``session_store_options``), so the turn needs nothing another host left on disk.
     """
-    session = ClaudeSession.objects.filter(pk=job.session_id).first()
+    # Read with the job by the claim of a live session's holder (``queue.job_claim_session_turn``).
+    session = (
+        job.session if Job.session.is_cached(job) else ClaudeSession.objects.filter(pk=job.session_id).first()
+    )
     options = dict(job.options or {})
     prompt = job.prompt
     if session is not None:

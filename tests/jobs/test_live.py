@@ -12,6 +12,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apikeys.models import ApiKey
@@ -219,6 +221,16 @@ def test_the_holders_claim_takes_only_the_sessions_whose_cli_is_idle(caller):
     assert job_claim_session_turn(worker="host:1", session_ids=[idle.pk]).pk == turn.pk
     assert job_claim_session_turn(worker="host:1", session_ids=[idle.pk]) is None
     assert job_claim_session_turn(worker="host:1", session_ids=[busy.pk]).pk == waiting.pk
+
+
+def test_a_claimed_turn_starts_without_reading_its_session_again(caller):
+    session = _held(caller, "read-once")
+    _turn(caller, session)
+    claimed = job_claim_session_turn(worker="host:1", session_ids=[session.pk])
+    with CaptureQueriesContext(connection) as queries:
+        session_job_start(claimed)
+    assert not [q for q in queries if '"jobs_claudesession"' in q["sql"]]
+    assert claimed.options["cwd"].endswith(str(session.pk))
 
 
 def test_the_holders_claim_says_whether_another_sessions_turn_waits(caller):
