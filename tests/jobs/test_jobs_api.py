@@ -86,6 +86,7 @@ def test_it_accepts_form_data(client_for, owner_key):
         ({"prompt": ["a"]}, "prompt"),
         ({"prompt": "hi", "model": "gpt-4"}, "model"),
         ({"prompt": "hi", "model": 3}, "model"),
+        ({"prompt": "hi", "model": ""}, "model"),
     ],
 )
 def test_it_names_the_bad_field(client_for, owner_key, body, field):

@@ -193,6 +193,7 @@ BAD_BODIES = [
     ({"prompt": "hi", "systemPrompt": 7}, "systemPrompt"),
     ({"prompt": "hi", "model": "gpt-4"}, "model"),
     ({"prompt": "hi", "model": 3}, "model"),
+    ({"prompt": "hi", "model": ""}, "model"),
     ({"prompt": "hi", "maxTokens": 0}, "maxTokens"),
     ({"prompt": "hi", "maxTokens": 100_001}, "maxTokens"),
     ({"prompt": "hi", "maxTokens": "100"}, "maxTokens"),
