@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from claudesvc.errors import ServiceError
-from claudesvc.fields import StrictCharField, UtcDateTimeField
+from claudesvc.fields import RefusesEmptyValues, StrictCharField, UtcDateTimeField
 from jobs.fields import ModelField
 from jobs.kinds import job_kind_or_none
 from jobs.models import Artifact, Attachment, Job, JobKind, JobStatus
@@ -24,7 +24,7 @@ PUBLIC_STATUS = {
 }
 
 
-class JobCreateInput(serializers.Serializer):
+class JobCreateInput(RefusesEmptyValues):
     prompt = StrictCharField(
         max_length=settings.MAX_PROMPT_CHARS, trim_whitespace=False, help_text="The prompt for Claude"
     )
@@ -241,14 +241,14 @@ def created_output(job: Job) -> dict:
     return data
 
 
-class OffsetQuery(serializers.Serializer):
+class OffsetQuery(RefusesEmptyValues):
     offset = serializers.IntegerField(
         required=False, default=0, min_value=0, help_text="First event to return"
     )
     limit = serializers.IntegerField(required=False, default=1000, min_value=1, max_value=1000)
 
 
-class JobListQuery(serializers.Serializer):
+class JobListQuery(RefusesEmptyValues):
     status = serializers.ChoiceField(choices=sorted(set(PUBLIC_STATUS.values())), required=False)
     limit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=1000)
 
@@ -259,7 +259,7 @@ class StreamOutput(serializers.Serializer):
     next_offset = serializers.IntegerField()
 
 
-class EventsQuery(serializers.Serializer):
+class EventsQuery(RefusesEmptyValues):
     last_event_id = serializers.IntegerField(
         required=False,
         min_value=-1,

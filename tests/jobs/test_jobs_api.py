@@ -99,6 +99,18 @@ def test_it_names_the_bad_field(client_for, owner_key, body, field):
     assert not Job.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("body", "field"), [({"model": ""}, "model"), ({"partial_messages": ""}, "partial_messages")]
+)
+def test_an_empty_form_field_is_refused_not_read_as_absent(client_for, owner_key, body, field):
+    response = client_for(owner_key).post("/jobs", {"prompt": "from a form", **body})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", field)
+    assert error["message"].startswith(f"{field}: May not be empty")
+    assert not Job.objects.exists()
+
+
 def test_it_rejects_invalid_json(client_for, owner_key):
     response = client_for(owner_key).post("/jobs", data="{not json", content_type="application/json")
     assert response.status_code == 400
@@ -134,6 +146,26 @@ def test_it_filters_the_list_by_status(client_for, owner_key):
     data = client_for(owner_key).get("/jobs?status=completed").json()["data"]
     assert [j["id"] for j in data] == [str(done.pk)]
     assert client_for(owner_key).get("/jobs?status=bogus").status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("?status=", "status"),
+        ("?limit=", "limit"),
+        ("/stream?offset=", "offset"),
+        ("/stream?limit=", "limit"),
+        ("/events?offset=", "offset"),
+        ("/events?last_event_id=", "last_event_id"),
+    ],
+)
+def test_an_empty_query_value_is_refused_not_read_as_absent(client_for, owner_key, query, field):
+    path = "/jobs" if query.startswith("?") else f"/jobs/{make_job(owner_key).pk}"
+    response = client_for(owner_key).get(path + query)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", field)
+    assert error["message"] == f"{field}: May not be empty: give a value or leave the parameter out."
 
 
 def test_it_shows_a_finished_job_in_the_seed_shape(client_for, owner_key):
