@@ -87,6 +87,10 @@ def test_it_accepts_form_data(client_for, owner_key):
         ({"prompt": "hi", "model": "gpt-4"}, "model"),
         ({"prompt": "hi", "model": 3}, "model"),
         ({"prompt": "hi", "model": ""}, "model"),
+        ({"prompt": "hi", "partial_messages": 0}, "partial_messages"),
+        ({"prompt": "hi", "partial_messages": 1}, "partial_messages"),
+        ({"prompt": "hi", "partial_messages": "true"}, "partial_messages"),
+        ({"prompt": "hi", "partial_messages": None}, "partial_messages"),
     ],
 )
 def test_it_names_the_bad_field(client_for, owner_key, body, field):
@@ -108,6 +112,23 @@ def test_an_empty_form_field_is_refused_not_read_as_absent(client_for, owner_key
     error = response.json()["error"]
     assert (error["code"], error["field"]) == ("invalid_request", field)
     assert error["message"].startswith(f"{field}: May not be empty")
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize(("sent", "stored"), [("true", {"partial_messages": True}), ("false", {})])
+def test_a_form_says_partial_messages_as_text(client_for, owner_key, sent, stored):
+    response = client_for(owner_key).post("/jobs", {"prompt": "from a form", "partial_messages": sent})
+    assert response.status_code == 202
+    assert Job.objects.get().options == stored
+
+
+@pytest.mark.parametrize("sent", ["1", "0", "yes", "on"])
+def test_a_form_refuses_other_words_for_partial_messages(client_for, owner_key, sent):
+    response = client_for(owner_key).post("/jobs", {"prompt": "from a form", "partial_messages": sent})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", "partial_messages")
+    assert error["message"] == 'partial_messages: Must be true or false (in a form: "true" or "false").'
     assert not Job.objects.exists()
 
 
