@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from rest_framework import serializers
+from rest_framework.exceptions import ErrorDetail
+from rest_framework.utils import html
 
 
 def iso_utc(value: datetime | None) -> str | None:
@@ -61,3 +63,24 @@ class StrictBooleanField(serializers.BooleanField):
         if not isinstance(data, bool):
             self.fail("not_a_boolean")
         return data
+
+
+class RefusesEmptyValues(serializers.Serializer):
+    """Form-encoded input (a query string, a form body) refuses an optional
+    field that is present but empty (``?status=``), naming it.
+
+    DRF reads an empty optional form value as absent, so a filter left empty
+    by mistake listed everything and ``?to=`` meant today; the OpenAPI document
+    declares no such value. JSON input is left to the fields themselves."""
+
+    empty_message = "May not be empty: give a value or leave the parameter out."
+
+    def to_internal_value(self, data):
+        if html.is_html_input(data):
+            for name, field in self.fields.items():
+                if field.required or field.read_only or getattr(field, "allow_blank", False):
+                    continue  # DRF itself refuses or keeps these
+                if data.get(name) == "":
+                    message = field.error_messages.get("blank", self.empty_message)
+                    raise serializers.ValidationError({name: [ErrorDetail(message, code="blank")]})
+        return super().to_internal_value(data)

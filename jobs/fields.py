@@ -21,13 +21,20 @@ from jobs.services import FULL_MODEL_PATTERN, MODEL_ALIASES, resolve_model
 class ModelField(StrictCharField):
     """A Claude model: an alias or a full ``claude-…`` id, resolved by ``resolve_model``.
 
-    Optional; blank or absent means ``CLAUDE_DEFAULT_MODEL``.
+    Optional: absent means ``CLAUDE_DEFAULT_MODEL``. An empty string is refused
+    (as the OpenAI and Anthropic APIs refuse it): it is what an unset variable
+    sends, and reading it as the default hid that (a session even kept "" as
+    its model).
     """
+
+    default_error_messages = {
+        "blank": f"May not be empty: use one of {', '.join(MODEL_ALIASES)} or a full Claude model id, "
+        "or leave it out for the default."
+    }
 
     def __init__(self, **kwargs):
         kwargs.setdefault("required", False)
         kwargs.setdefault("default", lambda: settings.CLAUDE_DEFAULT_MODEL)
-        kwargs.setdefault("allow_blank", True)
         kwargs.setdefault("help_text", "haiku | sonnet | opus (default: sonnet) or a full Claude model id")
         super().__init__(**kwargs)
 

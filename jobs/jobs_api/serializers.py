@@ -6,9 +6,10 @@ from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.utils import html
 
 from claudesvc.errors import ServiceError
-from claudesvc.fields import StrictCharField, UtcDateTimeField
+from claudesvc.fields import RefusesEmptyValues, StrictCharField, UtcDateTimeField
 from jobs.fields import ModelField
 from jobs.kinds import job_kind_or_none
 from jobs.models import Artifact, Attachment, Job, JobKind, JobStatus
@@ -24,13 +25,30 @@ PUBLIC_STATUS = {
 }
 
 
-class JobCreateInput(serializers.Serializer):
+class FormOrJsonBooleanField(serializers.BooleanField):
+    """A boolean as each body writes one: ``true``/``false`` in JSON, the text
+    ``"true"``/``"false"`` in a form (what the console sends). DRF's own field
+    also took 0, 1, "yes" and "on", in JSON too, where the document says boolean."""
+
+    default_error_messages = {"not_a_boolean": 'Must be true or false (in a form: "true" or "false").'}
+    FORM_VALUES = {"true": True, "false": False}
+
+    def to_internal_value(self, data):
+        # A form without the field also arrives as False (DRF's default_empty_html, for checkboxes).
+        if isinstance(data, bool):
+            return data
+        form = html.is_html_input(self.root.initial_data)
+        if form and isinstance(data, str) and data.lower() in self.FORM_VALUES:
+            return self.FORM_VALUES[data.lower()]
+        self.fail("not_a_boolean")
+
+
+class JobCreateInput(RefusesEmptyValues):
     prompt = StrictCharField(
         max_length=settings.MAX_PROMPT_CHARS, trim_whitespace=False, help_text="The prompt for Claude"
     )
     model = ModelField()
-    # Forms send "true"/"false"; the plain BooleanField reads both forms and JSON booleans.
-    partial_messages = serializers.BooleanField(
+    partial_messages = FormOrJsonBooleanField(
         required=False,
         default=False,
         help_text=(
@@ -241,14 +259,14 @@ def created_output(job: Job) -> dict:
     return data
 
 
-class OffsetQuery(serializers.Serializer):
+class OffsetQuery(RefusesEmptyValues):
     offset = serializers.IntegerField(
         required=False, default=0, min_value=0, help_text="First event to return"
     )
     limit = serializers.IntegerField(required=False, default=1000, min_value=1, max_value=1000)
 
 
-class JobListQuery(serializers.Serializer):
+class JobListQuery(RefusesEmptyValues):
     status = serializers.ChoiceField(choices=sorted(set(PUBLIC_STATUS.values())), required=False)
     limit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=1000)
 
@@ -259,7 +277,7 @@ class StreamOutput(serializers.Serializer):
     next_offset = serializers.IntegerField()
 
 
-class EventsQuery(serializers.Serializer):
+class EventsQuery(RefusesEmptyValues):
     last_event_id = serializers.IntegerField(
         required=False,
         min_value=-1,

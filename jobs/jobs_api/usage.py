@@ -9,6 +9,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 
 from claudesvc.errors import ServiceError
+from claudesvc.fields import RefusesEmptyValues
 from jobs.jobs_api.envelope import ErrorEnvelope, JobsAPIView, envelope, ok
 from jobs.models import Job, JobStatus
 from jobs.services import owner_limits
@@ -18,7 +19,7 @@ from jobs.usage import GROUPS, owner_spend, usage_summary
 USAGE_MAX_DAYS = 366
 
 
-class UsageQuery(serializers.Serializer):
+class UsageQuery(RefusesEmptyValues):
     # "from" is a Python keyword: declared below under its real name.
     to = serializers.DateField(
         required=False,

@@ -9,7 +9,7 @@ from rest_framework import serializers
 from claudesvc.auth import owner_label
 from claudesvc.envelopes import envelope_schema
 from claudesvc.errors import ServiceError
-from claudesvc.fields import StrictCharField, StrictIntegerField, UtcDateTimeField
+from claudesvc.fields import RefusesEmptyValues, StrictCharField, StrictIntegerField, UtcDateTimeField
 from claudesvc.views import HealthChecksOutput
 from jobs.fields import ModelField
 from jobs.models import Job, JobStatus
@@ -92,13 +92,13 @@ class ExecuteInput(serializers.Serializer):
         }
 
 
-class ListQuery(serializers.Serializer):
+class ListQuery(RefusesEmptyValues):
     page = serializers.IntegerField(required=False, default=1, min_value=1)
     pageSize = serializers.IntegerField(required=False, default=20, min_value=1, max_value=100)
     status = serializers.ChoiceField(choices=PROCESS_STATUSES, required=False)
 
 
-class MetricsQuery(serializers.Serializer):
+class MetricsQuery(RefusesEmptyValues):
     periodSeconds = serializers.IntegerField(required=False, default=3600, min_value=60, max_value=86_400)
     includeRecent = serializers.BooleanField(required=False, default=False)
     recentLimit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=1000)

@@ -5,9 +5,10 @@ is a server error and every answer matches what the document declares.
 Bounded: a few examples per operation. Valid ones (what a generated client
 would send), so chat routes do reach the CLI (through the fake upstream)
 instead of stopping at validation; and invalid ones (a wrong type, a missing
-field, a value out of range), whose answer must be a documented client error,
-never a 500. Every operation runs on a key of its own, so the destructive
-ones (DELETE) touch nothing else."""
+field, a value out of range, an empty value), whose answer must be a
+documented client error: never a 500, and never a success. Every operation
+runs on a key of its own, so the destructive ones (DELETE) touch nothing
+else."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ CHECKS = [
     checks.response_schema_conformance,
     checks.response_headers_conformance,
 ]
+# An invalid request must be refused (4xx), not read as something valid; only
+# meaningful for invalid requests, so the valid ones keep CHECKS.
+INVALID_CHECKS = [*CHECKS, checks.negative_data_rejection]
 
 
 # POST /jobs: schemathesis cannot generate its multipart file parts (format: binary
@@ -75,5 +79,5 @@ def test_invalid_requests_get_a_documented_client_error(case, service, owner_key
         base_url=service.url,
         headers={"X-API-Key": owner_key.secret},
         timeout=90,
-        checks=CHECKS,
+        checks=INVALID_CHECKS,
     )

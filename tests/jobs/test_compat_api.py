@@ -70,6 +70,7 @@ def test_missing_messages_is_the_seeds_error(client_for, owner_key):
         ({"messages": [{"role": "assistant", "content": "x"}]}, "messages[0].role", "prefill_not_supported"),
         ({"messages": OK_MESSAGES, "model": "gpt-4o"}, "model", "invalid_value"),
         ({"messages": OK_MESSAGES, "model": 3}, "model", "invalid_value"),
+        ({"messages": OK_MESSAGES, "model": ""}, "model", "missing_model"),
         ({"messages": OK_MESSAGES, "max_tokens": 0}, "max_tokens", "invalid_value"),
         ({"messages": OK_MESSAGES, "max_tokens": "100"}, "max_tokens", "invalid_value"),
         ({"messages": OK_MESSAGES, "max_tokens": 1.5}, "max_tokens", "invalid_value"),
@@ -165,6 +166,7 @@ def test_anthropic_missing_messages(client_for, owner_key):
         ({"messages": OK_MESSAGES, "metadata": "x"}, "metadata"),
         ({"messages": OK_MESSAGES, "stream": "true"}, "stream"),
         ({"messages": OK_MESSAGES, "model": "claude"}, "model"),
+        ({"messages": OK_MESSAGES, "model": ""}, "model"),
         ({"messages": OK_MESSAGES, "tools": [{"name": "x"}]}, "tools"),
     ],
 )
@@ -197,6 +199,7 @@ def test_too_large_inline_files_are_413_request_too_large(client_for, owner_key,
         ({"prompt": "x", "max_tokens": 0}, "max_tokens", "invalid_value"),
         ({"prompt": "x", "temperature": 3}, "temperature", "invalid_value"),
         ({"prompt": "x", "model": "llama"}, "model", "invalid_value"),
+        ({"prompt": "x", "model": ""}, "model", "missing_model"),
     ],
 )
 def test_bad_rca_input_names_the_field(client_for, owner_key, body, param, code):
@@ -390,7 +393,12 @@ def test_a_session_without_a_name_gets_one(client_for, owner_key):
 
 @pytest.mark.parametrize(
     ("body", "param"),
-    [({"sessionId": "a b"}, "sessionId"), ({"sessionId": 5}, "sessionId"), ({"model": "x"}, "model")],
+    [
+        ({"sessionId": "a b"}, "sessionId"),
+        ({"sessionId": 5}, "sessionId"),
+        ({"model": "x"}, "model"),
+        ({"model": ""}, "model"),
+    ],
 )
 def test_bad_session_input_names_the_field(client_for, owner_key, body, param):
     assert (

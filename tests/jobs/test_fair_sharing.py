@@ -280,13 +280,16 @@ def test_usage_shows_only_the_callers_own(client_for, owner_key, other_key):
         ("from=2026-05-02&to=2026-05-01", "from"),
         ("from=2020-01-01&to=2026-01-01", "from"),
         ("form=2026-01-01", "form"),
+        ("to=", "to"),
+        ("from=", "from"),
+        ("group_by=", "group_by"),
     ],
 )
 def test_bad_usage_parameters_are_400_naming_them(client_for, owner_key, query, field):
     response = client_for(owner_key).get(f"/usage?{query}")
     assert response.status_code == 400
     error = response.json()["error"]
-    assert error["field"] == field, error
+    assert (error["code"], error["field"]) == ("invalid_request", field), error
 
 
 def test_usage_needs_a_key(client):

@@ -86,6 +86,11 @@ def test_it_accepts_form_data(client_for, owner_key):
         ({"prompt": ["a"]}, "prompt"),
         ({"prompt": "hi", "model": "gpt-4"}, "model"),
         ({"prompt": "hi", "model": 3}, "model"),
+        ({"prompt": "hi", "model": ""}, "model"),
+        ({"prompt": "hi", "partial_messages": 0}, "partial_messages"),
+        ({"prompt": "hi", "partial_messages": 1}, "partial_messages"),
+        ({"prompt": "hi", "partial_messages": "true"}, "partial_messages"),
+        ({"prompt": "hi", "partial_messages": None}, "partial_messages"),
     ],
 )
 def test_it_names_the_bad_field(client_for, owner_key, body, field):
@@ -95,6 +100,35 @@ def test_it_names_the_bad_field(client_for, owner_key, body, field):
     assert error["code"] == "invalid_request"
     assert error["field"] == field
     assert error["message"].startswith(f"{field}:")
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"), [({"model": ""}, "model"), ({"partial_messages": ""}, "partial_messages")]
+)
+def test_an_empty_form_field_is_refused_not_read_as_absent(client_for, owner_key, body, field):
+    response = client_for(owner_key).post("/jobs", {"prompt": "from a form", **body})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", field)
+    assert error["message"].startswith(f"{field}: May not be empty")
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize(("sent", "stored"), [("true", {"partial_messages": True}), ("false", {})])
+def test_a_form_says_partial_messages_as_text(client_for, owner_key, sent, stored):
+    response = client_for(owner_key).post("/jobs", {"prompt": "from a form", "partial_messages": sent})
+    assert response.status_code == 202
+    assert Job.objects.get().options == stored
+
+
+@pytest.mark.parametrize("sent", ["1", "0", "yes", "on"])
+def test_a_form_refuses_other_words_for_partial_messages(client_for, owner_key, sent):
+    response = client_for(owner_key).post("/jobs", {"prompt": "from a form", "partial_messages": sent})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", "partial_messages")
+    assert error["message"] == 'partial_messages: Must be true or false (in a form: "true" or "false").'
     assert not Job.objects.exists()
 
 
@@ -133,6 +167,26 @@ def test_it_filters_the_list_by_status(client_for, owner_key):
     data = client_for(owner_key).get("/jobs?status=completed").json()["data"]
     assert [j["id"] for j in data] == [str(done.pk)]
     assert client_for(owner_key).get("/jobs?status=bogus").status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("?status=", "status"),
+        ("?limit=", "limit"),
+        ("/stream?offset=", "offset"),
+        ("/stream?limit=", "limit"),
+        ("/events?offset=", "offset"),
+        ("/events?last_event_id=", "last_event_id"),
+    ],
+)
+def test_an_empty_query_value_is_refused_not_read_as_absent(client_for, owner_key, query, field):
+    path = "/jobs" if query.startswith("?") else f"/jobs/{make_job(owner_key).pk}"
+    response = client_for(owner_key).get(path + query)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", field)
+    assert error["message"] == f"{field}: May not be empty: give a value or leave the parameter out."
 
 
 def test_it_shows_a_finished_job_in_the_seed_shape(client_for, owner_key):

@@ -193,6 +193,7 @@ BAD_BODIES = [
     ({"prompt": "hi", "systemPrompt": 7}, "systemPrompt"),
     ({"prompt": "hi", "model": "gpt-4"}, "model"),
     ({"prompt": "hi", "model": 3}, "model"),
+    ({"prompt": "hi", "model": ""}, "model"),
     ({"prompt": "hi", "maxTokens": 0}, "maxTokens"),
     ({"prompt": "hi", "maxTokens": 100_001}, "maxTokens"),
     ({"prompt": "hi", "maxTokens": "100"}, "maxTokens"),
@@ -440,12 +441,15 @@ def test_the_list_filters_by_every_status(client_for, owner_key):
         ({"pageSize": 101}, "pageSize"),
         ({"pageSize": "x"}, "pageSize"),
         ({"status": "done"}, "status"),
+        ({"status": ""}, "status"),
+        ({"page": ""}, "page"),
     ],
 )
 def test_bad_list_parameters_name_the_field(client_for, owner_key, params, field):
     response = client_for(owner_key).get(f"{BASE}/processes", params)
     assert response.status_code == 400
-    assert response.json()["error"]["field"] == field
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("VALIDATION_ERROR", field)
 
 
 # -- health ------------------------------------------------------------------------------
@@ -606,12 +610,15 @@ def test_metrics_of_a_quiet_period(client_for, owner_key):
         ({"includeRecent": "maybe"}, "includeRecent"),
         ({"recentLimit": 0}, "recentLimit"),
         ({"recentLimit": 1001}, "recentLimit"),
+        ({"includeRecent": ""}, "includeRecent"),
+        ({"periodSeconds": ""}, "periodSeconds"),
     ],
 )
 def test_bad_metrics_parameters_name_the_field(client_for, owner_key, params, field):
     response = client_for(owner_key).get(f"{BASE}/metrics", params)
     assert response.status_code == 400
-    assert response.json()["error"]["field"] == field
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("VALIDATION_ERROR", field)
 
 
 def test_the_openapi_document_describes_the_process_api(client):
