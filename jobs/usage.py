@@ -145,18 +145,18 @@ def usage_record_job_end(*, job_id) -> None:
         "source": job.source[:20],
     }
     increments = {name: F(name) + value for name, value in figures.items() if value}
-    with transaction.atomic():
-        if increments and UsageDaily.objects.filter(**key).update(**increments):
-            return
-        if not increments and UsageDaily.objects.filter(**key).exists():
-            return
-        try:
-            with transaction.atomic():
-                UsageDaily.objects.create(**key, **figures)
-        except IntegrityError:
-            # Another job of this owner created the day's row first.
-            if increments:
-                UsageDaily.objects.filter(**key).update(**increments)
+    # The day's row exists but for an owner's first job of the day: one UPDATE, no savepoint.
+    if increments and UsageDaily.objects.filter(**key).update(**increments):
+        return
+    if not increments and UsageDaily.objects.filter(**key).exists():
+        return
+    try:
+        with transaction.atomic():
+            UsageDaily.objects.create(**key, **figures)
+    except IntegrityError:
+        # Another job of this owner created the day's row first.
+        if increments:
+            UsageDaily.objects.filter(**key).update(**increments)
 
 
 # -- reading ------------------------------------------------------------------------------
