@@ -454,7 +454,16 @@ class JobRun:
             "" if moved else " (status was changed elsewhere; result not recorded)",
         )
 
+    def _output_written(self) -> bool:
+        try:
+            with os.scandir(self.paths.output) as entries:
+                return next(entries, None) is not None
+        except OSError:
+            return False
+
     def _collect_artifacts(self) -> None:
+        if not self._output_written():
+            return  # nothing to store, nothing to look up
         try:
             artifacts_collect(job_id=self.job.pk)
         except NotFound:
