@@ -129,7 +129,8 @@ class CpuAccount:
     processes, and this bench's own process (the clients and the fake upstream). Processes
     that ended inside the window are missed (in the sessions part the CLIs live on)."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service | None) -> None:
+        # None: no service, the CLIs are this process's children (``--only ceiling``).
         self.service = service
         self.start = self._sample()
 
@@ -147,9 +148,12 @@ class CpuAccount:
             except psutil.Error:
                 pass
 
+        if self.service is None:
+            for proc in psutil.Process().children(recursive=True):
+                add(proc, "CLIs")
         try:
-            serve = psutil.Process(self.service.proc.pid)
-            for child in serve.children():
+            serve = psutil.Process(self.service.proc.pid) if self.service else None
+            for child in serve.children() if serve else []:
                 part = (
                     "web" if "--port" in " ".join(child.cmdline()) or "uvicorn" in child.name() else "workers"
                 )
@@ -171,12 +175,19 @@ class CpuAccount:
         add(psutil.Process(), "bench (clients, fake upstream)")
         return parts
 
-    def report(self, calls: int) -> None:
-        end = self._sample()
+    def spent(self) -> dict[str, float]:
+        """CPU seconds by part since this account was opened."""
         spent: dict[str, float] = {}
-        for pid, (part, cpu) in end.items():
+        for pid, (part, cpu) in self._sample().items():
             before = self.start.get(pid)
             spent[part] = spent.get(part, 0.0) + cpu - (before[1] if before and before[0] == part else 0.0)
+        return spent
+
+    def report(self, calls: int) -> None:
+        self.print(self.spent(), calls)
+
+    @staticmethod
+    def print(spent: dict[str, float], calls: int) -> None:
         total = sum(spent.values())
         print(
             f"CPU per call ({calls} calls): "
@@ -327,19 +338,22 @@ def sdk_ceiling(upstream: FakeAnthropic, n: int, seconds: float) -> None:
                 home.mkdir()
             tasks = [asyncio.create_task(one(i, str(h), start, stop)) for i, h in enumerate(homes)]
             await asyncio.sleep(8)  # every CLI started and answered once
+            cpu = CpuAccount(None)
             start.set()
             began = time.perf_counter()
             await asyncio.sleep(seconds)
             stop.set()
             elapsed = time.perf_counter() - began
+            spent = cpu.spent()  # before the CLIs exit
             await asyncio.gather(*tasks)
-        return elapsed
+        return elapsed, spent
 
-    elapsed = asyncio.run(run())
+    elapsed, spent = asyncio.run(run())
     total = sum(counts)
     print(
         f"ceiling  {n} ClaudeSDKClients, no service: {total} turns in {elapsed:5.1f} s = {total / elapsed:6.2f}/s"
     )
+    CpuAccount.print(spent, total)
 
 
 def main() -> None:
