@@ -62,7 +62,7 @@ def job_release_broken_off(*, job_id: uuid.UUID, error: BaseException, cli_start
     session_id = Job.objects.filter(pk=job_id).values_list("session_id", flat=True).first()
     if session_id is not None:
         # Its worker's session_job_finished ran while the turn was still running: its lines go now.
-        session_prune_unfinished(session_id)
+        _session_lines_drop(session_id)
     return "failed"
 
 
@@ -145,7 +145,7 @@ def job_reap_stale() -> int:
             _children_abandon(job["pk"])
             if job["session_id"] is not None:
                 # What the lost turn wrote is no part of the conversation (its worker cannot drop it).
-                session_prune_unfinished(job["session_id"])
+                _session_lines_drop(job["session_id"])
     if reaped:
         # Turns that waited for a lost job's session can start now.
         services.job_enqueue()
@@ -163,6 +163,16 @@ def _children_abandon(parent_id: uuid.UUID) -> None:
             job_id=child_id, frm=JobStatus.PENDING, to=JobStatus.CANCELLED, error_message=message
         ):
             _emit_reaped(child_id, message, error=JobStatus.CANCELLED)
+
+
+def _session_lines_drop(session_id: uuid.UUID) -> None:
+    """``session_prune_unfinished``; a failure leaves the lines to the next resume, which skips them."""
+    try:
+        session_prune_unfinished(session_id)
+    except Exception:
+        logger.warning(
+            "session %s: could not drop the lines of a turn that did not complete", session_id, exc_info=True
+        )
 
 
 def _emit_reaped(job_id: uuid.UUID, message: str, *, error: str = JobStatus.FAILED) -> None:
