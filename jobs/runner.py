@@ -210,6 +210,12 @@ class JobRun:
                     event = init_paths_hidden(event, cwd=cwd, private=self._private_roots())
                 if isinstance(message, ResultMessage):
                     self.result = message
+                    # While the CLI is surely alive: one that ends within the first watch round
+                    # (an upstream error, a warm turn) is measured too. (Limits stay the watch's.)
+                    if self.pid is None:
+                        self._read_pid()
+                    if self.pid is not None:
+                        self.measure.sample(self.pid)
                 if event.get("type") != "system":
                     self.model_answered = True
                 await writer.put(event.get("type", "message"), event)

@@ -249,6 +249,17 @@ def test_the_running_job_reports_memory_and_cpu_of_its_cli():
 # -- options of the Process API -------------------------------------------------------------------
 
 
+def test_a_cli_that_ends_before_the_first_watch_round_is_measured_at_its_result(monkeypatch):
+    class Unhurried(runner.JobWatch):  # its first round would come after the job's end
+        def __init__(self, job_id, timeout_seconds, **kwargs):
+            super().__init__(job_id, timeout_seconds, interval=60)
+
+    monkeypatch.setattr(runner, "JobWatch", Unhurried)
+    job = run("Quick [[reply:done]]")
+    assert job.status == JobStatus.COMPLETED
+    assert job.peak_memory_bytes > 10_000_000  # the CLI's tree, not its launcher's remains
+
+
 def test_a_millisecond_timeout_is_honoured_to_the_sub_second(owner_key):
     from jobs.process_api.services import process_create
 
