@@ -81,13 +81,24 @@ def test_a_submit_rings_the_broker_pusher(django_capture_on_commit_callbacks, mo
 def test_the_pusher_wakes_on_a_ring_and_takes_the_message(monkeypatch):
     monkeypatch.setattr("django_q.conf.Conf.POLL", 600)  # a wait for the poll would time the test out
     pusher = wakeup.BrokerBell(list_key="test-wakeup-2")
-    pusher._own_bell()  # bound before the enqueue, as a running pusher's is
-    woke = threading.Thread(target=pusher.dequeue)  # finds nothing, waits on its bell
+    bell = pusher._own_bell()  # bound before the enqueue, as a running pusher's is
+    waiting, returned = threading.Event(), []
+    bell_wait = bell.wait
+
+    def wait(timeout):
+        waiting.set()
+        return bell_wait(timeout)
+
+    monkeypatch.setattr(bell, "wait", wait)
+    woke = threading.Thread(target=lambda: returned.append(pusher.dequeue()))
     woke.start()
+    # The enqueue only once the pusher found nothing and waits on its bell (a busy machine
+    # may start the thread after the enqueue, and it would then find the message at once).
+    assert waiting.wait(timeout=30)
     wakeup.BrokerBell(list_key="test-wakeup-2").enqueue("payload")
     woke.join(timeout=60)
     try:
-        assert not woke.is_alive()
+        assert not woke.is_alive() and returned == [None], "woken by the ring, long before its poll"
         assert [payload for _, payload in pusher.dequeue()] == ["payload"]
     finally:
         pusher.delete_queue()
