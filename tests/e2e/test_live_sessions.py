@@ -171,9 +171,14 @@ def test_a_dropped_message_is_honoured_and_anthropic_shapes_match(service, key, 
         history.append({"role": "assistant", "content": [b.model_dump() for b in reply.content]})
         return job_of(raw.headers["x-job-id"])
 
-    say(f"First {one}")
+    first = say(f"First {one}")
     second = say(f"Second {two}")
-    assert live_of(second)["reused"], "a faithful Anthropic-shaped history is not stale"
+    # A faithful Anthropic-shaped history is not stale: the turn continues the conversation,
+    # on the live CLI if its worker still held the session (it can lose it, e.g. to a late
+    # heartbeat: then the turn resumes from the store on another worker; seen in CI).
+    assert not second.options.get("history_stale") and second.options.get("resume")
+    if second.worker == first.worker:
+        assert live_of(second)["reused"]
     del history[0:2]  # the client dropped the first exchange
     third = say(f"Third {three}")
     assert not live_of(third)["reused"]
