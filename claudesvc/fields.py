@@ -65,6 +65,23 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
+class FormOrJsonBooleanField(StrictBooleanField):
+    """A boolean as each body writes one: ``true``/``false`` in JSON (``StrictBooleanField``),
+    the text ``"true"``/``"false"`` in a form (what the console sends). DRF's own field also
+    took 0, 1, "yes" and "on", in JSON too, where the document says boolean."""
+
+    default_error_messages = {"not_a_boolean": 'Must be true or false (in a form: "true" or "false").'}
+    FORM_VALUES = {"true": True, "false": False}
+
+    def to_internal_value(self, data):
+        # A form without the field arrives as False (DRF's default_empty_html, for checkboxes).
+        if isinstance(data, str) and html.is_html_input(self.root.initial_data):
+            if data.lower() in self.FORM_VALUES:
+                return self.FORM_VALUES[data.lower()]
+            self.fail("not_a_boolean")
+        return super().to_internal_value(data)
+
+
 class RefusesEmptyValues(serializers.Serializer):
     """Form-encoded input (a query string, a form body) refuses an optional
     field that is present but empty (``?status=``), naming it.

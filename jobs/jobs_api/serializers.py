@@ -6,10 +6,9 @@ from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
-from rest_framework.utils import html
 
 from claudesvc.errors import ServiceError
-from claudesvc.fields import RefusesEmptyValues, StrictCharField, UtcDateTimeField
+from claudesvc.fields import FormOrJsonBooleanField, RefusesEmptyValues, StrictCharField, UtcDateTimeField
 from jobs.fields import ModelField
 from jobs.kinds import job_kind_or_none
 from jobs.models import Artifact, Attachment, Job, JobKind, JobStatus
@@ -23,24 +22,6 @@ PUBLIC_STATUS = {
     JobStatus.TIMEOUT: "failed",
     JobStatus.CANCELLED: "failed",
 }
-
-
-class FormOrJsonBooleanField(serializers.BooleanField):
-    """A boolean as each body writes one: ``true``/``false`` in JSON, the text
-    ``"true"``/``"false"`` in a form (what the console sends). DRF's own field
-    also took 0, 1, "yes" and "on", in JSON too, where the document says boolean."""
-
-    default_error_messages = {"not_a_boolean": 'Must be true or false (in a form: "true" or "false").'}
-    FORM_VALUES = {"true": True, "false": False}
-
-    def to_internal_value(self, data):
-        # A form without the field also arrives as False (DRF's default_empty_html, for checkboxes).
-        if isinstance(data, bool):
-            return data
-        form = html.is_html_input(self.root.initial_data)
-        if form and isinstance(data, str) and data.lower() in self.FORM_VALUES:
-            return self.FORM_VALUES[data.lower()]
-        self.fail("not_a_boolean")
 
 
 class JobCreateInput(RefusesEmptyValues):
