@@ -38,6 +38,7 @@ over the window and the p50/p95 latency of a call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -142,16 +143,15 @@ class CpuAccount:
         parts: dict[int, tuple[str, float]] = {}
 
         def add(proc, part: str) -> None:
-            try:
+            with contextlib.suppress(psutil.Error):  # ended meanwhile: its time is not counted
                 times = proc.cpu_times()
                 parts[proc.pid] = (part, times.user + times.system)
-            except psutil.Error:
-                pass
 
         if self.service is None:
             for proc in psutil.Process().children(recursive=True):
                 add(proc, "CLIs")
-        try:
+        # The service gone (it failed): its parts are missing from the figures, not made up.
+        with contextlib.suppress(psutil.Error, OSError):
             serve = psutil.Process(self.service.proc.pid) if self.service else None
             for child in serve.children() if serve else []:
                 part = (
@@ -164,8 +164,6 @@ class CpuAccount:
                     except OSError:
                         continue
                     add(proc, part if in_group else "CLIs")
-        except (psutil.Error, OSError):
-            pass
         for proc in psutil.process_iter(["name"]):
             name = proc.info["name"] or ""
             if name.startswith("postgres"):
@@ -191,7 +189,7 @@ class CpuAccount:
         total = sum(spent.values())
         print(
             f"CPU per call ({calls} calls): "
-            + ", ".join(f"{part} {ms / max(calls, 1) * 1000:.1f} ms" for part, ms in sorted(spent.items()))
+            + ", ".join(f"{part} {sec / max(calls, 1) * 1000:.1f} ms" for part, sec in sorted(spent.items()))
             + f"; in all {total / max(calls, 1) * 1000:.1f} ms",
             flush=True,
         )
