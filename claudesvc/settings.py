@@ -168,6 +168,13 @@ REDIS_URL = env_str("REDIS_URL")
 Q_CLUSTER_NAME = env_str("Q_CLUSTER_NAME", "claudesvc")
 JOB_WORKERS = env_int("JOB_WORKERS", 2, minimum=1, maximum=64)
 JOB_TIMEOUT_SECONDS = env_int("JOB_TIMEOUT_SECONDS", 1800, minimum=10)
+# django-q2 replaces a worker process once it has run this many tasks, or once its
+# memory peaked above this many MB (measured after each task). A task is a wake-up,
+# often one that finds nothing to do; a recycled process closes its live session
+# CLIs and spares (their sessions' next turns resume from the store), so the count
+# is high and memory is what recycles a process.
+JOB_WORKER_RECYCLE_TASKS = env_int("JOB_WORKER_RECYCLE_TASKS", 5000, minimum=1)
+JOB_WORKER_MAX_RSS_MB = env_int("JOB_WORKER_MAX_RSS_MB", 1024, minimum=64)
 
 if REDIS_URL:
     CACHES = {
@@ -212,7 +219,8 @@ HEALTH_WORKER_MAX_AGE_SECONDS = env_int("HEALTH_WORKER_MAX_AGE_SECONDS", 60, min
 Q_CLUSTER = {
     "name": Q_CLUSTER_NAME,
     "workers": JOB_WORKERS,
-    "recycle": 50,
+    "recycle": JOB_WORKER_RECYCLE_TASKS,
+    "max_rss": JOB_WORKER_MAX_RSS_MB * 1024,  # kB
     # A wake-up task (jobs.tasks.run_pending_jobs) runs jobs one after another
     # and claims no new one once it has run for JOB_TIMEOUT_SECONDS, so it ends
     # within twice that; the runner enforces each job's own timeout. django-q2

@@ -34,17 +34,26 @@ def marker() -> str:
     return f"m{uuid.uuid4().hex[:10]}"
 
 
-def upstream_turns(upstream, mark: str) -> list[tuple[str, str]]:
-    """(role, text) of the conversation the CLI sent upstream in the request whose last user turn has ``mark``."""
-    for request in reversed(upstream.main_requests()):
+def upstream_conversations(upstream, mark: str) -> list[list[tuple[str, str]]]:
+    """(role, text) of each conversation the CLI sent upstream whose last turn has ``mark``, oldest first."""
+    found = []
+    for request in upstream.main_requests():
         turns = [
             (m["role"], _text_of(m["content"]))
             for m in request["body"]["messages"]
             if m["role"] in ("user", "assistant")
         ]
         if turns and mark in turns[-1][1]:
-            return turns
-    raise AssertionError(f"no upstream request carried {mark}")
+            found.append(turns)
+    return found
+
+
+def upstream_turns(upstream, mark: str) -> list[tuple[str, str]]:
+    """(role, text) of the conversation the CLI sent upstream in the latest request whose last turn has ``mark``."""
+    found = upstream_conversations(upstream, mark)
+    if not found:
+        raise AssertionError(f"no upstream request carried {mark}")
+    return found[-1]
 
 
 def job_of(job_id: str):
@@ -406,7 +415,10 @@ def test_two_calls_on_one_session_run_one_after_the_other(service, owner_key, up
 
     slow = threading.Thread(target=call, args=("a", f"Slow one {first} [[slow:0.2]] [[reply:{' x' * 12}]]"))
     slow.start()
-    time.sleep(0.5)
+    # The second call goes once the first one's CLI asks the upstream (its turn surely came first).
+    deadline = time.monotonic() + 30
+    while not upstream_conversations(upstream, first) and time.monotonic() < deadline:
+        time.sleep(0.05)
     fast = threading.Thread(target=call, args=("b", f"Quick one {second} [[reply:done]]"))
     fast.start()
     slow.join(90)

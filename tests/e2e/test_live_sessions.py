@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import Key
 from tests.e2e.conftest import other_services_paused, running_service
-from tests.e2e.test_compat_sdks import job_of, marker, oai, upstream_turns
+from tests.e2e.test_compat_sdks import job_of, marker, oai, upstream_conversations, upstream_turns
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -41,7 +41,10 @@ def outsider(db):
 def _gone(pid: int, timeout: float = 15) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:  # also when it ends between looking it up and reading it
             return True
         time.sleep(0.1)
     return False
@@ -173,12 +176,9 @@ def test_a_dropped_message_is_honoured_and_anthropic_shapes_match(service, key, 
 
     first = say(f"First {one}")
     second = say(f"Second {two}")
-    # A faithful Anthropic-shaped history is not stale: the turn continues the conversation,
-    # on the live CLI if its worker still held the session (it can lose it, e.g. to a late
-    # heartbeat: then the turn resumes from the store on another worker; seen in CI).
+    # A faithful Anthropic-shaped history is not stale: the turn continues on the live CLI.
     assert not second.options.get("history_stale") and second.options.get("resume")
-    if second.worker == first.worker:
-        assert live_of(second)["reused"]
+    assert live_of(second)["reused"] and second.cli_pid == first.cli_pid
     del history[0:2]  # the client dropped the first exchange
     third = say(f"Third {three}")
     assert not live_of(third)["reused"]
@@ -336,6 +336,73 @@ def test_a_killed_worker_leaves_no_live_cli_behind(own_service, key, upstream):
         # The dead holder's lease is ignored once its heartbeat is stale.
         chat.say(f"Again {probe}")
         assert chat.last.status == "completed" and len(upstream_turns(upstream, probe)) == 3
+
+
+def test_a_recycled_worker_closes_its_live_clis_and_the_next_turn_resumes(own_service, key, upstream):
+    # django-q2 replaces a worker process after JOB_WORKER_RECYCLE_TASKS tasks: here after each.
+    with own_service(JOB_WORKER_RECYCLE_TASKS="1", JOB_WORKERS="1") as svc:
+        chat, first, probe = Chat(svc, key.secret), f"Remember {marker()}", marker()
+        chat.say(first)
+        pid = chat.last.cli_pid
+        assert _gone(pid), "the recycled worker's live CLI outlived it"
+        assert _recycled(svc), "django-q2 replaced the process"
+        chat.say(f"What did I say? {probe}")
+        _resumed_correctly(chat, upstream, first, probe)
+
+
+def test_a_live_turn_running_when_its_worker_is_recycled_completes_once(own_service, key, outsider, upstream):
+    # The holder's poller runs the session's turns beside the task loop: the process's
+    # second task (another key's call) recycles it while the turn is still answering.
+    with own_service(JOB_WORKER_RECYCLE_TASKS="2", JOB_WORKERS="1") as svc:
+        chat, first, two, three = Chat(svc, key.secret), f"Remember {marker()}", marker(), marker()
+        chat.say(first)  # the first task
+        pid = chat.last.cli_pid
+        answers: list[str] = []
+        turn = threading.Thread(
+            target=lambda: answers.append(chat.say(f"Slowly {two} [[hold:{two}]] [[reply:a b c d e f g h]]"))
+        )
+        turn.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not upstream_conversations(upstream, two):
+                assert time.monotonic() < deadline, f"the held turn never reached the upstream\n{svc.logs()}"
+                time.sleep(0.05)
+            oai(svc, outsider.secret).chat.completions.create(
+                model="haiku", messages=[{"role": "user", "content": f"Other {marker()}"}]
+            )  # the second task: the process is recycled once it ends
+            assert _logged(svc, "stopping (recycled)"), "the task loop ended and the process stops"
+            from jobs.models import Job
+
+            turns = list(Job.objects.filter(session__external_id=chat.session).values_list("status", "worker"))
+            assert any(status == "running" for status, _ in turns), (
+                f"the turn still ran when its worker's task loop ended: {turns}\n{svc.logs()}"
+            )
+        finally:
+            upstream.release(two)  # the upstream answers the held turn only now
+        turn.join(60)
+        assert answers == ["a b c d e f g h"], "the turn answered in full"
+        assert chat.last.status == "completed" and live_of(chat.last)["reused"]
+        assert len(upstream_conversations(upstream, two)) == 1, "the turn ran once"
+        assert _gone(pid), "the recycled worker's live CLI outlived it"
+        assert _recycled(svc), "django-q2 replaced the process"
+        chat.say(f"What did I say? {three}")
+        turns = upstream_turns(upstream, three)
+        assert not live_of(chat.last)["reused"] and turns[0] == ("user", first) and len(turns) == 5
+
+
+def _recycled(svc) -> bool:
+    """Whether django-q2 says it replaced a worker process of ``svc`` (it notices within a second)."""
+    return _logged(svc, "recycled worker")
+
+
+def _logged(svc, text: str, timeout: float = 15) -> bool:
+    """Whether ``svc``'s worker host logs ``text`` within ``timeout`` seconds."""
+    log, deadline = svc.hosts["qcluster"].log, time.monotonic() + timeout
+    while text not in log.read_text():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_keepalive_zero_disables_live_sessions(own_service, key, upstream):

@@ -9,6 +9,9 @@ user turn so a test states what it wants in its own prompt:
 - ``[[error:STATUS]]`` answers with an HTTP error of that status
   (``[[error:STATUS final]]`` adds ``x-should-retry: false``, which the CLI obeys);
 - ``[[slow:SECONDS]]`` streams the answer with that pause between chunks;
+- ``[[hold:NAME]]`` sends the answer's start, then waits until the test calls
+  ``release(NAME)`` (at most a minute) before the rest: a turn that surely
+  still runs while the test does something else;
 - ``[[reply:TEXT]]`` answers exactly TEXT;
 - when the CLI offers its ``StructuredOutput`` tool (structured output was
   asked for), the fake calls it with a small value that fits the tool's schema,
@@ -20,7 +23,8 @@ Like the real API, an answer stops at the request's ``max_tokens`` (one token
 per streamed word here) with ``stop_reason: "max_tokens"``.
 
 Every request body is recorded in ``requests`` so a test can see what the CLI
-sent (files it read, tool results, system prompt, model).
+sent (files it read, tool results, system prompt, model), with the time it
+arrived (``at``, epoch seconds: ``bench/latency.py`` times stages by it).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ CLI_ENV = {
     "DISABLE_ERROR_REPORTING": "1",
 }
 
-DIRECTIVE = re.compile(r"\[\[(tool|error|slow|reply|structured):(.*?)\]\]", re.DOTALL)
+DIRECTIVE = re.compile(r"\[\[(tool|error|slow|hold|reply|structured):(.*?)\]\]", re.DOTALL)
 STRUCTURED_TOOL = "StructuredOutput"
 
 
@@ -100,6 +104,7 @@ class FakeAnthropic:
     def __init__(self, port: int = 0) -> None:
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._gates: dict[str, threading.Event] = {}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -111,8 +116,9 @@ class FakeAnthropic:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
+                record = {"path": self.path, "headers": dict(self.headers), "body": body, "at": time.time()}
                 with fake._lock:
-                    fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    fake.requests.append(record)
                 if self.path.startswith("/v1/messages/count_tokens"):
                     self._json(200, {"input_tokens": 10})
                 elif self.path.startswith("/v1/messages"):
@@ -164,6 +170,14 @@ class FakeAnthropic:
     def stop(self) -> None:
         self.__exit__()
 
+    def release(self, name: str) -> None:
+        """Lets the answers held by ``[[hold:NAME]]`` go on (also those that arrive later)."""
+        self._gate(name).set()
+
+    def _gate(self, name: str) -> threading.Event:
+        with self._lock:
+            return self._gates.setdefault(name, threading.Event())
+
     # -- answering ---------------------------------------------------------
 
     def main_requests(self) -> list[dict[str, Any]]:
@@ -194,6 +208,7 @@ class FakeAnthropic:
         )
         directives = DIRECTIVE.findall(first_user if is_tool_result else last_text)
         pause = 0.0
+        hold: threading.Event | None = None
         blocks: list[dict[str, Any]] = []
         for kind, arg in directives:
             if kind == "error":
@@ -216,6 +231,8 @@ class FakeAnthropic:
                 return
             if kind == "slow":
                 pause = float(arg)
+            if kind == "hold":
+                hold = self._gate(arg.strip())
             if kind == "reply" and not is_tool_result:
                 blocks.append({"type": "text", "text": arg})
             if kind == "tool" and not is_tool_result:
@@ -254,7 +271,7 @@ class FakeAnthropic:
         if not blocks:
             prompt = DIRECTIVE.sub("", last_text.split("</system-reminder>")[-1]).strip()
             blocks = [{"type": "text", "text": "Echo: " + prompt[:2000]}]
-        self._stream(handler, body, blocks, pause)
+        self._stream(handler, body, blocks, pause, hold)
 
     def _stream(
         self,
@@ -262,6 +279,7 @@ class FakeAnthropic:
         body: dict[str, Any],
         blocks: list[dict[str, Any]],
         pause: float,
+        hold: threading.Event | None = None,
     ) -> None:
         handler.send_response(200)
         handler.send_header("content-type", "text/event-stream")
@@ -291,6 +309,8 @@ class FakeAnthropic:
                 },
             },
         )
+        if hold is not None:
+            hold.wait(60)
         stop_reason = "end_turn"
         max_tokens = body.get("max_tokens") or 0
         for index, block in enumerate(blocks):
