@@ -6,9 +6,10 @@ When the turn completes, the client is kept for ``SESSION_KEEPALIVE_SECONDS``
 and the session's row names this worker (``ClaudeSession.live_worker``); the
 session's next turn goes to that CLI: no CLI start, no resume.
 
-Routing. Other workers leave a pending turn of a session alone while its
-holder has a fresh heartbeat and the lease (``live_until``) lasts
-(``jobs.live_routing.claimable_filter``, applied by ``jobs.queue``). The web
+Routing. The task loops, the holder's own included, leave a pending turn of a
+session alone while its holder has a fresh heartbeat and the lease
+(``live_until``) lasts (``jobs.live_routing.claimable_filter``, applied by
+``jobs.queue``): the holder's poller alone claims it. The web
 rings the holder's poller once a turn of one of its sessions is committed
 (``jobs.wakeup.holder_ring``: a bell of the worker's on this machine, a Redis
 ``PUBLISH`` with Redis); the poller also polls every ``SESSION_LIVE_POLL_MS``,

@@ -43,7 +43,9 @@ def claimable_filter(queryset, worker: str | None):
     """``queryset`` (pending jobs) without the turns of sessions another live worker holds.
 
     A session is held while its ``live_until`` lies ahead and its ``live_worker``
-    has a fresh heartbeat and is not stopping; its holder (``worker``) still sees them.
+    has a fresh heartbeat and is not stopping. Its holder's poller (``worker``:
+    ``jobs.live``) still sees them; the task loops, its holder's own included, do
+    not (``worker`` None): a live turn runs beside the task loop, not in its slot.
     """
     if not enabled():
         return queryset
@@ -61,10 +63,21 @@ def session_holder(session) -> str | None:
         return None
     now = timezone.now()
     if session.live_until <= now:
+        logger.info("session %s: its hold by %s is over", session.pk, session.live_worker)
         return None
     fresh = now - timedelta(seconds=2 * settings.JOB_HEARTBEAT_SECONDS + 1)
-    alive = Worker.objects.filter(name=session.live_worker, heartbeat_at__gte=fresh, stopping=False).exists()
-    return session.live_worker if alive else None
+    holder = Worker.objects.filter(name=session.live_worker).values("heartbeat_at", "stopping").first()
+    if holder is None:
+        why = "gone"
+    elif holder["stopping"]:
+        why = "stopping"
+    elif holder["heartbeat_at"] < fresh:
+        why = f"last heartbeat {(now - holder['heartbeat_at']).total_seconds():.1f} s ago"
+    else:
+        return session.live_worker
+    # Its next turn goes to the queue and resumes from the store: say why.
+    logger.info("session %s: its holder %s no longer counts (%s)", session.pk, session.live_worker, why)
+    return None
 
 
 # -- the worker's side of a session turn (hooks in jobs.sessions) -------------------------------

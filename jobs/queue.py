@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 def _claimable(worker: str | None = None):
     """Pending jobs the queue may start now: not a turn of a session that has one
     running, not a child job (its parent's worker claims and runs it, ``tasks.run_child_job``),
-    not a turn of a session whose live CLI another worker than ``worker`` holds (``jobs.live_routing``)."""
+    not a turn of a session whose live CLI a worker holds, unless ``worker`` (its poller) does
+    (``jobs.live_routing``)."""
     busy_sessions = Job.objects.filter(status=JobStatus.RUNNING, session__isnull=False).values("session_id")
     pending = Job.objects.filter(status=JobStatus.PENDING, parent__isnull=True).exclude(
         session_id__in=busy_sessions
@@ -214,8 +215,11 @@ def _claim_from(queue: _OwnerQueue, worker: str, only_sessions=None) -> tuple[Jo
     owner = _owner_of(api_key_id=queue.api_key_id, user_id=queue.user_id)
     # Only these sessions' turns, if given; the running cap below still counts all of the owner's jobs.
     mine = owner & Q(session_id__in=only_sessions) if only_sessions is not None else owner
+    # A held session's turns are its holder's poller's alone: the holder's task loop leaves them
+    # too (they run beside it, not in its job slot, which a turn held by the upstream could fill).
+    holder = worker if only_sessions is not None else None
     candidate = (
-        _claimable(worker)
+        _claimable(holder)
         .filter(mine)
         .order_by("-priority", "created_at", "pk")
         .values_list("pk", flat=True)
@@ -243,7 +247,7 @@ def _claim_from(queue: _OwnerQueue, worker: str, only_sessions=None) -> tuple[Jo
             cap = budget_remaining(key)
         now = timezone.now()
         claimed = (
-            _claimable(worker)
+            _claimable(holder)
             .filter(pk=candidate)
             .update(
                 status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker, max_budget_usd=cap
