@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ from jobs.outcomes import CANCELLED_MESSAGE, error_event, timeout_message
 from jobs.progress import JobGone, JobProgress, ajob_ended_push
 from jobs.sandbox import cli_limits, group_running
 from jobs.services import _next_seq_of, job_requeue, job_transition
-from jobs.sessions import session_store_options
+from jobs.sessions import session_job_finished, session_store_options
 from jobs.upstream import upstream_status_of
 from jobs.watch import JobWatch, StopReason
 from jobs.workspace import workspace_finished, workspace_prepare, workspace_remove, workspace_sweep
@@ -208,14 +209,15 @@ class JobRun:
                     self.session_id = message.data.get("session_id", "")
                     cwd = self.spare.cwd if self.spare is not None else job_cwd(self.job, self.paths)
                     event = init_paths_hidden(event, cwd=cwd, private=self._private_roots())
+                    if not self.measure.peak_rss:
+                        # The CLI surely runs (it has yet to answer): one that ends within the first
+                        # watch round and is gone by the time its result is read is measured here.
+                        self._measure_now()
                 if isinstance(message, ResultMessage):
                     self.result = message
-                    # While the CLI is surely alive: one that ends within the first watch round
-                    # (an upstream error, a warm turn) is measured too. (Limits stay the watch's.)
-                    if self.pid is None:
-                        self._read_pid()
-                    if self.pid is not None:
-                        self.measure.sample(self.pid)
+                    # Likely still alive: one that ends within the first watch round (an upstream
+                    # error, a warm turn) is measured at its end too. (Limits stay the watch's.)
+                    self._measure_now()
                 if event.get("type") != "system":
                     self.model_answered = True
                 await writer.put(event.get("type", "message"), event)
@@ -255,13 +257,18 @@ class JobRun:
 
     def _sample(self) -> StopReason | None:
         """Each watch round, first: the CLI's pid once it is known, its tree measured against the limits."""
+        self._measure_now()
+        if self.pid is not None and self._tree_limit_hit():
+            return StopReason.LIMIT
+        return None
+
+    def _measure_now(self) -> None:
+        """A sample of the CLI's tree (its pid read first if not known yet): each watch round's,
+        and the extra ones at the CLI's init and result messages."""
         if self.pid is None:
             self._read_pid()
         if self.pid is not None:
             self.measure.sample(self.pid)
-            if self._tree_limit_hit():
-                return StopReason.LIMIT
-        return None
 
     def _tree_limit_hit(self) -> bool:
         """The CLI's process tree passed its memory, process or CPU limit
@@ -445,8 +452,11 @@ class JobRun:
                 await self.progress.aemit("error", dict(error_event(status, outcome["error_message"])))
             except JobGone:
                 return
+        # A session's turn is recorded with its final status: a client that sees the turn end may
+        # send the next one at once, which must find the conversation this one left.
+        record = partial(session_job_finished, self.job) if self.job.session_id is not None else None
         moved = await sync_to_async(job_transition)(
-            job_id=self.job.pk, frm=JobStatus.RUNNING, to=status, **outcome
+            job_id=self.job.pk, frm=JobStatus.RUNNING, to=status, then=record, **outcome
         )
         if moved and self.job.session_id is None:
             # Its readers end now. (A session's turn ends for them once the session has

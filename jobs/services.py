@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -210,8 +211,15 @@ def job_limits_check(*, caller: Caller) -> None:
         budget_check(caller.api_key)
 
 
-def job_transition(*, job_id: uuid.UUID, frm: JobStatus, to: JobStatus, **fields: Any) -> bool:
-    """Compare-and-set ``frm`` -> ``to``; True if this call moved the job."""
+def job_transition(
+    *, job_id: uuid.UUID, frm: JobStatus, to: JobStatus, then: Callable[[], None] | None = None, **fields: Any
+) -> bool:
+    """Compare-and-set ``frm`` -> ``to``; True if this call moved the job.
+
+    ``then`` (a final status only) runs in the same transaction once the job moved,
+    so that whoever sees the final status sees what it writes too (a session turn's
+    record, ``sessions.session_job_finished``). If it fails, the job's move stands
+    and the error is logged: its caller's fallback does it again."""
     if to not in TRANSITIONS.get(frm, ()):
         raise ValueError(f"a job does not move from {frm} to {to}")
     if to not in FINAL_STATUSES:
@@ -222,6 +230,12 @@ def job_transition(*, job_id: uuid.UUID, frm: JobStatus, to: JobStatus, **fields
         if moved:
             # With the final status, in its transaction: counted once, never lost.
             usage_record_job_end(job_id=job_id)
+            if then is not None:
+                try:
+                    with transaction.atomic():
+                        then()
+                except Exception:
+                    logger.exception("job %s: what goes with its final status failed", job_id)
     return moved
 
 

@@ -257,15 +257,29 @@ def session_job_finished(job: Job) -> None:
     if job.session_id is None:
         return
     finished = (
-        Job.objects.filter(pk=job.pk).values("status", "claude_session_id", "options", "result").first()
+        Job.objects.filter(pk=job.pk)
+        .values("status", "claude_session_id", "options", "result", "created_at")
+        .first()
     )
     if finished and finished["status"] != JobStatus.COMPLETED:
         session_prune_unfinished(job.session_id)
     updates: dict[str, Any] = {"last_activity": timezone.now()}
-    if finished and finished["status"] == JobStatus.COMPLETED and finished["claude_session_id"]:
-        updates["claude_session_id"] = finished["claude_session_id"]
-    # live sessions hook (jobs/live_routing.py): the history the client will send next.
-    updates.update(live_routing.session_finished_updates(job.pk, finished))
+    # Called twice for most turns: in the final status's transaction (``runner``), and after the
+    # run as the fallback (``tasks._run``). A later turn that started meanwhile has the last word
+    # (one that never started, cancelled or refused while waiting, does not).
+    later = (
+        finished is not None
+        and Job.objects.filter(
+            session_id=job.session_id, created_at__gt=finished["created_at"], started_at__isnull=False
+        )
+        .exclude(status=JobStatus.PENDING)
+        .exists()
+    )
+    if not later:
+        if finished and finished["status"] == JobStatus.COMPLETED and finished["claude_session_id"]:
+            updates["claude_session_id"] = finished["claude_session_id"]
+        # live sessions hook (jobs/live_routing.py): the history the client will send next.
+        updates.update(live_routing.session_finished_updates(job.pk, finished))
     ClaudeSession.objects.filter(pk=job.session_id).update(**updates)
     if Job.objects.filter(session_id=job.session_id, status=JobStatus.PENDING).exists():
         # Its token may have found the session busy and gone: hand the broker a new one.

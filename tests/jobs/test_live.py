@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,7 +27,7 @@ from jobs.compat_api.services import compat_turn_create
 from jobs.models import ClaudeSession, Job, JobStatus, Worker
 from jobs.queue import job_claim_next, job_claim_session_turn, job_claimable_exists
 from jobs.services import job_create, job_transition
-from jobs.sessions import session_for_call, session_job_start
+from jobs.sessions import session_for_call, session_job_finished, session_job_start
 
 
 def _openai(*messages):
@@ -123,6 +125,84 @@ def test_a_stale_history_starts_afresh_with_the_full_prompt(caller):
     assert stale.options["history_stale"] and stale.prompt == "FULL PROMPT"
 
 
+def test_a_turn_is_recorded_on_its_session_with_its_final_status(caller):
+    # A client that sees the turn end may send the next turn at once: the session must hold the
+    # conversation the turn left by then, not only after the run (tasks._run's fallback).
+    session = session_for_call(caller=caller, external_id="recorded", model="haiku")
+    turn = _turn(caller, session, turn_fp="t1")
+    Job.objects.filter(pk=turn.pk).update(status=JobStatus.RUNNING)
+    seen = {}
+
+    def record() -> None:
+        session_job_finished(turn)
+        seen["in_transaction"] = connection.in_atomic_block
+
+    claude_id = "22222222-2222-2222-2222-222222222222"
+    assert job_transition(
+        job_id=turn.pk,
+        frm=JobStatus.RUNNING,
+        to=JobStatus.COMPLETED,
+        then=record,
+        claude_session_id=claude_id,
+        result="ok",
+    )
+    assert seen["in_transaction"]
+    session.refresh_from_db()
+    assert session.claude_session_id == claude_id and session.history_fps
+
+
+def test_a_failing_record_leaves_the_final_status_standing(caller):
+    session = session_for_call(caller=caller, external_id="unrecorded", model="haiku")
+    turn = _turn(caller, session)
+    Job.objects.filter(pk=turn.pk).update(status=JobStatus.RUNNING)
+
+    def broken() -> None:
+        ClaudeSession.objects.filter(pk=session.pk).update(claude_session_id="written, then undone")
+        raise RuntimeError("the record failed")
+
+    assert job_transition(job_id=turn.pk, frm=JobStatus.RUNNING, to=JobStatus.FAILED, then=broken)
+    assert Job.objects.get(pk=turn.pk).status == JobStatus.FAILED
+    session.refresh_from_db()
+    assert session.claude_session_id != "written, then undone"
+
+
+def test_a_late_record_of_a_turn_leaves_the_next_turns_conversation(caller):
+    session = session_for_call(caller=caller, external_id="late", model="haiku")
+    first = _turn(caller, session, turn_fp="t1")
+    _complete(first, "11111111-1111-1111-1111-111111111111")
+    second = _turn(caller, session, turn_fp="t2")
+    Job.objects.filter(pk=second.pk).update(started_at=timezone.now())
+    _complete(second, "33333333-3333-3333-3333-333333333333")
+    session_job_finished(second)
+    session.refresh_from_db()
+    left = (session.claude_session_id, list(session.history_fps))
+    assert left[0].startswith("3333") and left[1]
+    session_job_finished(first)  # the first turn's fallback, after the second turn ran
+    session.refresh_from_db()
+    assert (session.claude_session_id, list(session.history_fps)) == left
+
+
+def test_a_later_turn_cancelled_while_waiting_does_not_stop_the_record(caller):
+    # The client sent a next turn and cancelled it while this one ran: it never started.
+    session = session_for_call(caller=caller, external_id="waiting", model="haiku")
+    turn = _turn(caller, session, turn_fp="t1")
+    Job.objects.filter(pk=turn.pk).update(status=JobStatus.RUNNING)
+    later = _turn(caller, session, turn_fp="t2")
+    assert job_transition(job_id=later.pk, frm=JobStatus.PENDING, to=JobStatus.CANCELLED)
+    claude_id = "44444444-4444-4444-4444-444444444444"
+    record = partial(session_job_finished, turn)
+    assert job_transition(
+        job_id=turn.pk,
+        frm=JobStatus.RUNNING,
+        to=JobStatus.COMPLETED,
+        then=record,
+        claude_session_id=claude_id,
+        result="ok",
+    )
+    session.refresh_from_db()
+    assert session.claude_session_id == claude_id and session.history_fps
+
+
 def test_a_held_sessions_turn_is_left_to_its_live_worker(caller):
     now = timezone.now()
     for name in ("host:1", "host:2"):
@@ -134,7 +214,10 @@ def test_a_held_sessions_turn_is_left_to_its_live_worker(caller):
     turn = _turn(caller, session)
     assert not job_claimable_exists(), "an idle worker's sweep does not wake up for it"
     assert job_claim_next(worker="host:2") is None
-    # Its holder claims it, through the normal claim (restricted to its sessions).
+    # Nor does the holder's own task loop: the turn would take its job slot, and a job of another
+    # key would wait for a turn that runs as long as the upstream answers.
+    assert job_claim_next(worker="host:1") is None
+    # Its holder's poller claims it, through the normal claim (restricted to its sessions).
     assert job_claim_next(worker="host:1", only_sessions=[session.pk]).pk == turn.pk
 
 
@@ -382,16 +465,26 @@ def test_the_poller_claims_a_rung_turn_without_waiting_for_its_fallback_poll(
         doorbell.close()
 
 
-def test_a_session_names_its_holder_only_while_it_is_alive_and_the_lease_lasts(caller):
+def test_a_session_names_its_holder_only_while_it_is_alive_and_the_lease_lasts(caller, caplog):
     session = _held(caller, "holder")
     session.refresh_from_db()
+    caplog.set_level("INFO", logger="jobs.live_routing")
+
+    def not_held(why: str) -> None:
+        # Its next turn goes to the queue and resumes from the store: the log says why.
+        caplog.clear()
+        assert live_routing.session_holder(session) is None
+        [record] = caplog.records
+        assert re.fullmatch(f"session {session.pk}: {why}", record.getMessage())
+
     assert live_routing.session_holder(session) == "host:1"
     Worker.objects.filter(name="host:1").update(stopping=True)
-    assert live_routing.session_holder(session) is None
+    not_held(r"its holder host:1 no longer counts \(stopping\)")
     Worker.objects.filter(name="host:1").update(
         stopping=False, heartbeat_at=timezone.now() - timedelta(minutes=5)
     )
-    assert live_routing.session_holder(session) is None
-    Worker.objects.filter(name="host:1").update(heartbeat_at=timezone.now())
+    not_held(r"its holder host:1 no longer counts \(last heartbeat 300\.\d s ago\)")
+    Worker.objects.filter(name="host:1").delete()
+    not_held(r"its holder host:1 no longer counts \(gone\)")
     session.live_until = timezone.now() - timedelta(seconds=1)
-    assert live_routing.session_holder(session) is None
+    not_held("its hold by host:1 is over")
