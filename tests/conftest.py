@@ -64,25 +64,29 @@ def _the_test_side_outwaits_deadlocks(sender, connection, **kwargs) -> None:
 
 @pytest.fixture(autouse=True)
 def _live_workers_beat(request):
-    """Before a test of the live service: its workers have a fresh heartbeat row.
+    """Before a test of the live service: each of its worker processes has a fresh heartbeat row.
 
     pytest-django empties every table after a transactional test, the live
     workers' heartbeat rows included; they write them again within
-    JOB_HEARTBEAT_SECONDS (1 s there). Without this wait a test that starts in
-    that second finds /health at 503 ("no worker has sent a heartbeat")."""
+    JOB_HEARTBEAT_SECONDS (1 s there). A test that starts in that second finds
+    /health at 503 ("no worker has sent a heartbeat"), or a session's holder
+    without its row: its next turn then goes to the queue, not to its live CLI."""
     if "service" not in request.fixturenames:
         return
     import httpx
 
-    url = request.getfixturevalue("service").url
+    service = request.getfixturevalue("service")
+    running = sum(1 for host in service.hosts.values() if host.process is not None)
+    workers = running * int(service.env["JOB_WORKERS"])
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            answer = httpx.get(f"{service.url}/health", timeout=2)
+            if answer.status_code == 200 and answer.json()["checks"]["workers"]["live"] >= workers:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

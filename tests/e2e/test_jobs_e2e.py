@@ -132,7 +132,11 @@ def test_jobs_wait_as_pending_while_workers_are_busy_and_run_in_order(service, o
             client.post("/jobs", json={"prompt": "Busy [[slow:0.2]]" + " w" * 15}).json()["data"]["id"]
             for _ in range(2)
         ]
-        time.sleep(1.5)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(
+            client.get(f"/jobs/{j}").json()["data"]["status"] == "pending" for j in slow
+        ):
+            time.sleep(0.1)
         waiting = [
             client.post("/jobs", json={"prompt": f"Queued {i} [[reply:q{i}]]"}).json()["data"]["id"]
             for i in range(3)
