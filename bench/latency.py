@@ -23,7 +23,12 @@ For the ``jobs_poll`` samples it also reads the job's own timestamps from the
 database and prints where the time went: submit → row written, row → claimed
 by a worker (broker pickup), claimed → first CLI event (work folder, CLI
 start), first → last event (the CLI's own run), last event → final status,
-final status → the client saw it.
+final status → the client saw it. For the ``session_turn2`` samples likewise,
+with the time the fake upstream received the turn's request: send → row
+written, row → claimed by the session's holder, claimed → the CLI's request
+reached the upstream, → the result event's row, → final status, → the client
+had the answer; and for ``sdk_turn2``, the same CLI's split with no service
+(query → upstream request → result).
 
     .venv/bin/python bench/latency.py                      # embedded (SQLite, ORM broker)
     .venv/bin/python bench/latency.py --scaleout           # PostgreSQL + Redis (make test's defaults)
@@ -161,6 +166,8 @@ class Paths:
         ] = []  # (job id, submitted at, seen completed at), epoch seconds
         # (job id, event seq, received at (epoch seconds)) of the ``jobs_delivery`` samples
         self.received: list[tuple[str, int, float]] = []
+        # (job id, sent at, answer in hand at) of the ``session_turn2`` samples, epoch seconds
+        self.turns: list[tuple[str, float, float]] = []
 
     # -- the yardstick ------------------------------------------------------------------
 
@@ -270,11 +277,14 @@ class Paths:
 
     def session_turn2(self) -> float:
         headers, history = self._session()
-        started = time.perf_counter()
-        self.openai.chat.completions.create(
+        sent, started = time.time(), time.perf_counter()
+        raw = self.openai.chat.completions.with_raw_response.create(
             model="sonnet", messages=[*history, {"role": "user", "content": QUICK}], extra_headers=headers
         )
-        return time.perf_counter() - started
+        raw.parse()
+        elapsed = time.perf_counter() - started
+        self.turns.append((raw.headers["x-job-id"], sent, sent + elapsed))
+        return elapsed
 
     def session_turn2_first_token(self) -> float:
         headers, history = self._session()
@@ -314,7 +324,9 @@ class DirectClient:
         )
         self.client = ClaudeSDKClient(options)
         self._run(self.client.connect())
+        self.turns: list[tuple[float, float]] = []  # (query sent, result in hand) of warm turns, epoch
         self.turn(QUICK, first_token=False)  # its first turn: the CLI's start
+        self.turns.clear()
 
     def _run(self, coro):
         import asyncio
@@ -325,7 +337,7 @@ class DirectClient:
         from claude_agent_sdk.types import StreamEvent
 
         async def one() -> float:
-            started = time.perf_counter()
+            sent, started = time.time(), time.perf_counter()
             first = None
             await self.client.query(prompt)
             async for message in self.client.receive_response():
@@ -335,7 +347,10 @@ class DirectClient:
                     and message.event.get("delta", {}).get("type") == "text_delta"
                 ):
                     first = time.perf_counter() - started
-            return first if first_token else time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            if not first_token:
+                self.turns.append((sent, sent + elapsed))
+            return first if first_token else elapsed
 
         return self._run(one())
 
@@ -375,6 +390,42 @@ def breakdown(service: Service, jobs: list[tuple[str, float, float]]) -> dict[st
     medians = {name: statistics.median(values) for name, values in stages.items()}
     print(f"jobs_poll samples on a pre-started CLI (jobs.spares): {spare} of {len(jobs)}")
     return medians
+
+
+def _upstream_request_at(upstream: FakeAnthropic, start: float, end: float) -> float | None:
+    """When the first request of a conversation (one that offers tools) reached the fake
+    upstream between ``start`` and ``end`` (the samples run one at a time)."""
+    return next((r["at"] for r in upstream.main_requests() if start <= r["at"] <= end), None)
+
+
+def warm_breakdown(
+    upstream: FakeAnthropic, turns: list[tuple[str, float, float]], direct: list[tuple[float, float]]
+) -> dict[str, float]:
+    """Median seconds per stage of the ``session_turn2`` samples (from the turn's rows and the
+    upstream's clock), then of ``sdk_turn2``'s. Call after ``breakdown`` (Django is set up)."""
+    from jobs.models import Job
+
+    stages = defaultdict(list)
+    for job_id, sent, done in turns:
+        job = Job.objects.get(pk=job_id)
+        result = job.events.filter(type="result").values_list("created_at", flat=True).first()
+        asked = _upstream_request_at(upstream, sent, done)
+        if not (result and asked and job.started_at and job.finished_at):
+            continue
+        stages["send → row written"].append(job.created_at.timestamp() - sent)
+        stages["row → claimed by the session's holder"].append(
+            (job.started_at - job.created_at).total_seconds()
+        )
+        stages["claimed → the CLI's request reached the upstream"].append(asked - job.started_at.timestamp())
+        stages["upstream request → result event's row"].append(result.timestamp() - asked)
+        stages["result event's row → final status"].append((job.finished_at - result).total_seconds())
+        stages["final status → the client had the answer"].append(done - job.finished_at.timestamp())
+    for sent, done in direct:
+        asked = _upstream_request_at(upstream, sent, done)
+        if asked:
+            stages["no service (sdk_turn2): query → upstream request"].append(asked - sent)
+            stages["no service (sdk_turn2): upstream request → result in hand"].append(done - asked)
+    return {name: statistics.median(values) for name, values in stages.items()}
 
 
 def delivery(received: list[tuple[str, int, float]]) -> dict[str, float]:
@@ -466,6 +517,8 @@ def main() -> None:
                 fn()
             paths.jobs.clear()
             paths.received.clear()
+            paths.turns.clear()
+            paths._direct().turns.clear()
             for _ in range(args.rounds):
                 for name, fn in order:
                     samples[name].append(fn())
@@ -473,6 +526,7 @@ def main() -> None:
                     # folder deleted in the background) must not slow the next path's sample.
                     time.sleep(args.settle)
             stages = breakdown(service, paths.jobs)
+            warm_stages = warm_breakdown(upstream, paths.turns, paths._direct().turns)
             delivered = delivery(paths.received)
         finally:
             service.stop()
@@ -503,6 +557,10 @@ def main() -> None:
     print("\n| stage of a Jobs API job (jobs_poll) | median |")
     print("| --- | --- |")
     for name, value in stages.items():
+        print(f"| {name} | {value * 1000:.0f} ms |")
+    print("\n| stage of a session's warm turn (session_turn2) | median |")
+    print("| --- | --- |")
+    for name, value in warm_stages.items():
         print(f"| {name} | {value * 1000:.0f} ms |")
     if delivered:
         print(

@@ -16,7 +16,10 @@ throw-away database, 2 worker processes), then runs, one after the other:
   conversations with no service at all, N ``ClaudeSDKClient``s of
   claude-agent-sdk driven directly from one process against the same fake
   upstream, warm turns back to back: what the CLI alone allows on this
-  machine, the bound of any wrapper's (b).
+  machine, the bound of any wrapper's (b). ``--pace SECONDS`` makes each
+  client wait that long after each turn: a CLI's CPU per turn at the pace
+  of (b)'s CLIs (a CLI also works on timers between turns, so its CPU per
+  turn grows as its turns are spaced out).
 
 Another OpenAI-compatible server (a peer wrapper, side by side): start the fake
 upstream on its own (``python -m tests.fakes.anthropic_upstream --port 8765``),
@@ -33,6 +36,7 @@ over the window and the p50/p95 latency of a call.
     .venv/bin/python bench/throughput.py --scaleout          # PostgreSQL + Redis
     .venv/bin/python bench/throughput.py --clients 6 --seconds 20 --only sessions
     .venv/bin/python bench/throughput.py --only ceiling      # the CLI alone, no service
+    .venv/bin/python bench/throughput.py --only ceiling --pace 0.3   # ... at (b)'s pace
 """
 
 from __future__ import annotations
@@ -197,7 +201,9 @@ class CpuAccount:
 
 def live_cli_memory(service: Service) -> None:
     """RSS and USS of each CLI process tree (its process group) kept under the service:
-    live session CLIs, and the pre-started ones (``jobs.spares``: they work in ``JOBS_ROOT/spares/``)."""
+    live session CLIs, and the pre-started ones (``jobs.spares``: they work in ``JOBS_ROOT/spares/``);
+    and the CPU each spends while it waits, no call running: in the first 10 s after the
+    last turn (the CLI tidies up after a turn) and from 30 to 40 s (what keeping it costs)."""
     import os
 
     import psutil
@@ -214,7 +220,18 @@ def live_cli_memory(service: Service) -> None:
                 groups.setdefault(pgid, []).append(proc)
     except psutil.Error:
         return
-    figures: dict[str, tuple[list, list]] = {"live CLIs": ([], []), "spare CLIs": ([], [])}
+
+    def cpu_seconds(procs: list) -> float:
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:  # ended meanwhile
+                continue
+            total += times.user + times.system
+        return total
+
+    trees: dict[str, list[tuple[float, float, list]]] = {"live CLIs": [], "spare CLIs": []}
     for procs in groups.values():
         try:
             clis = [p for p in procs if p.name() == "claude" or p.cmdline()[:1] == ["claude"]]
@@ -230,15 +247,34 @@ def live_cli_memory(service: Service) -> None:
             except psutil.Error:
                 continue
             r, u = r + info.rss, u + info.uss
-        figures[kind][0].append(r / 2**20)
-        figures[kind][1].append(u / 2**20)
-    for kind, (rss, uss) in figures.items():
-        if rss:
-            print(
-                f"{kind}: {len(rss)} process trees; per tree RSS median {statistics.median(rss):.0f} MB "
-                f"(max {max(rss):.0f}), USS median {statistics.median(uss):.0f} MB (max {max(uss):.0f})",
-                flush=True,
-            )
+        trees[kind].append((r / 2**20, u / 2**20, procs))
+
+    def idle_cpu(seconds: float) -> dict[int, float]:
+        """Per tree, CPU ms a second over the next ``seconds``."""
+        before = {id(t[2]): cpu_seconds(t[2]) for found in trees.values() for t in found}
+        time.sleep(seconds)
+        return {
+            id(t[2]): 1000 * (cpu_seconds(t[2]) - before[id(t[2])]) / seconds
+            for found in trees.values()
+            for t in found
+        }
+
+    after_turn = idle_cpu(10)
+    time.sleep(20)
+    kept = idle_cpu(10)
+    for kind, found in trees.items():
+        if not found:
+            continue
+        rss, uss = [t[0] for t in found], [t[1] for t in found]
+        early = [after_turn[id(t[2])] for t in found]
+        late = [kept[id(t[2])] for t in found]
+        print(
+            f"{kind}: {len(found)} process trees; per tree RSS median {statistics.median(rss):.0f} MB "
+            f"(max {max(rss):.0f}), USS median {statistics.median(uss):.0f} MB (max {max(uss):.0f}); "
+            f"idle, CPU median {statistics.median(early):.1f} ms a second in the first 10 s, "
+            f"{statistics.median(late):.1f} from 30 to 40 s (max {max(late):.1f})",
+            flush=True,
+        )
 
 
 def live_summary(db: Path) -> None:
@@ -305,8 +341,9 @@ class SessionClient:
         self.messages.append({"role": "assistant", "content": answer.choices[0].message.content})
 
 
-def sdk_ceiling(upstream: FakeAnthropic, n: int, seconds: float) -> None:
-    """(c): N live ``ClaudeSDKClient``s driven directly, warm turns per second (no service)."""
+def sdk_ceiling(upstream: FakeAnthropic, n: int, seconds: float, pace: float = 0) -> None:
+    """(c): N live ``ClaudeSDKClient``s driven directly, warm turns per second (no service);
+    each waits ``pace`` seconds after each turn."""
     import asyncio
 
     from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
@@ -327,6 +364,9 @@ def sdk_ceiling(upstream: FakeAnthropic, n: int, seconds: float) -> None:
                 async for _ in client.receive_response():
                     pass
                 counts[i] += 1
+                if pace:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), pace)
 
     async def run() -> float:
         start, stop = asyncio.Event(), asyncio.Event()
@@ -349,7 +389,9 @@ def sdk_ceiling(upstream: FakeAnthropic, n: int, seconds: float) -> None:
     elapsed, spent = asyncio.run(run())
     total = sum(counts)
     print(
-        f"ceiling  {n} ClaudeSDKClients, no service: {total} turns in {elapsed:5.1f} s = {total / elapsed:6.2f}/s"
+        f"ceiling  {n} ClaudeSDKClients, no service"
+        + (f", {pace:g} s after each turn" if pace else "")
+        + f": {total} turns in {elapsed:5.1f} s = {total / elapsed:6.2f}/s"
     )
     CpuAccount.print(spent, total)
 
@@ -362,6 +404,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--max-turns", type=int, default=1000, help="turns per session before a new one")
     parser.add_argument("--only", choices=["oneshot", "sessions", "ceiling"])
+    parser.add_argument(
+        "--pace", type=float, default=0, help="(c) only: seconds each client waits after each turn"
+    )
     parser.add_argument("--target-url", help="an OpenAI-compatible base URL to measure instead (…/v1)")
     parser.add_argument("--target-key", default="none", help="its API key")
     add_setup_arguments(parser)
@@ -369,12 +414,14 @@ def main() -> None:
         "--workers", type=int, default=2, help="worker processes of the service (JOB_WORKERS)"
     )
     args = parser.parse_args()
+    if args.pace < 0 or (args.pace and args.only != "ceiling"):
+        parser.error(f"--pace {args.pace:g}: a number of seconds ≥ 0, with --only ceiling")
 
     from openai import OpenAI
 
     if args.only == "ceiling":
         with FakeAnthropic() as upstream:
-            sdk_ceiling(upstream, args.clients, args.seconds)
+            sdk_ceiling(upstream, args.clients, args.seconds, args.pace)
         return
     if args.target_url:
         # A peer, already running against a fake upstream of its own (see the module's docstring).
