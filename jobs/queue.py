@@ -183,7 +183,10 @@ def job_claim_next(*, worker: str | None = None, only_sessions: list | None = No
 
     The compare-and-set makes a job start at most once even when two workers
     (or a redelivered task) race; the running cap and budget are checked
-    under the owner's lock in the same transaction as the claim.
+    under the owner's lock in the same transaction as the claim, and so is
+    the order: an owner another worker started a job for since the order was
+    read is ordered again (else two workers free at once would both serve
+    the owner who came first before either claim).
 
     The turns of one session run one after the other: a session's job is not
     claimed while another of its jobs runs, and since every worker picks the
@@ -229,12 +232,16 @@ def _claim_from(queue: _OwnerQueue, worker: str, only_sessions=None) -> tuple[Jo
         # Taken meanwhile, or its next turn waits for its session: the next owner's turn.
         return None, False
     with transaction.atomic():
-        if queue.max_running or queue.has_budget:
-            _owner_lock(api_key_id=queue.api_key_id, user_id=queue.user_id)
-        if queue.max_running:
-            running = Job.objects.filter(owner, status=JobStatus.RUNNING).count()
-            if running >= queue.max_running:
-                return None, False
+        # The owner's lock serialises its claims, so its running count read under it is current.
+        # More running than the order saw: another worker claimed one of its jobs meanwhile (two
+        # workers free at once both read the order first), so it may no longer come first (a
+        # key with fewer running waits): order again. Its running cap is checked on the same count.
+        _owner_lock(api_key_id=queue.api_key_id, user_id=queue.user_id)
+        running = Job.objects.filter(owner, status=JobStatus.RUNNING).count()
+        if running > queue.running:
+            return None, True
+        if queue.max_running and running >= queue.max_running:
+            return None, False
         cap = None
         if queue.has_budget:
             from apikeys.models import ApiKey

@@ -15,7 +15,7 @@ from apikeys.models import ApiKey
 from apikeys.services import api_key_revoke
 from claudesvc.auth import Caller
 from jobs.models import Job, JobStatus, UsageDaily
-from jobs.queue import job_claim_next
+from jobs.queue import _claim_from, _owner_queues, job_claim_next
 from jobs.services import job_create, job_transition
 from jobs.usage import budget_remaining, owner_spend
 
@@ -69,6 +69,19 @@ def test_keys_take_turns_while_both_have_a_backlog(alice, bob):
     assert all(a != b for a, b in itertools.pairwise(owners))
 
 
+def test_two_workers_free_at_once_do_not_both_serve_the_same_key(alice, bob):
+    submit(alice, 3)
+    (bobs,) = submit(bob)
+    # Both workers read the order before either claims: neither key has a job running, and
+    # alice has waited longer, so she comes first for both.
+    (stale, _) = _owner_queues()
+    assert stale.api_key_id == alice.pk and stale.running == 0
+    assert job_claim_next(worker="host:1").api_key_id == alice.pk  # the first worker's claim
+    # The second worker's order is stale: alice has one running now, bob none. It orders again.
+    assert _claim_from(stale, "host:2") == (None, True)
+    assert job_claim_next(worker="host:2").pk == bobs.pk
+
+
 def test_within_a_key_priority_then_age(alice):
     low, high_a, high_b = submit(alice, 1)[0], *submit(alice, 2, priority=50)
     assert [job_claim_next().pk for _ in range(3)] == [high_a.pk, high_b.pk, low.pk]
@@ -115,8 +128,8 @@ def test_claiming_is_one_or_two_queries_per_job(alice, bob, settings, django_ass
     settings.JOB_MAX_ACTIVE_PER_KEY = 100
     submit(alice, 30)
     submit(bob, 30)
-    # owners (1) + the owner's next job (1) + the claim (1) + reading it back (1); savepoint
-    # statements of the transaction come on top.
+    # owners (1) + the owner's next job (1) + the owner's lock and running count (2) + the
+    # claim (1) + reading it back (1); savepoint statements of the transaction come on top.
     with django_assert_max_num_queries(8):
         job_claim_next()
 
