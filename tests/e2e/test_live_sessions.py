@@ -16,6 +16,7 @@ import uuid
 import httpx
 import psutil
 import pytest
+from django.db import connections
 
 from tests.conftest import Key
 from tests.e2e.conftest import other_services_paused, running_service
@@ -353,29 +354,47 @@ def test_a_recycled_worker_closes_its_live_clis_and_the_next_turn_resumes(own_se
 def test_a_live_turn_running_when_its_worker_is_recycled_completes_once(own_service, key, outsider, upstream):
     # The holder's poller runs the session's turns beside the task loop: the process's
     # second task (another key's call) recycles it while the turn is still answering.
-    with own_service(JOB_WORKER_RECYCLE_TASKS="2", JOB_WORKERS="1") as svc:
+    # The count of tasks must be exact, so nothing else sends this process a task: no sweep
+    # wake-ups (JOB_SWEEP_SECONDS), no schedules, and a holder whose heartbeat is late on a
+    # busy machine still counts (JOB_HEARTBEAT_SECONDS: else the web queues its turn).
+    from django_q.models import Schedule
+
+    from jobs.models import Job
+
+    Schedule.objects.all().delete()
+    slow = {"JOB_SWEEP_SECONDS": "300", "JOB_HEARTBEAT_SECONDS": "3"}
+    with own_service(JOB_WORKER_RECYCLE_TASKS="2", JOB_WORKERS="1", **slow) as svc:
         chat, first, two, three = Chat(svc, key.secret), f"Remember {marker()}", marker(), marker()
         chat.say(first)  # the first task
-        pid = chat.last.cli_pid
+        pid, holder = chat.last.cli_pid, chat.last.worker
         answers: list[str] = []
-        turn = threading.Thread(
-            target=lambda: answers.append(chat.say(f"Slowly {two} [[hold:{two}]] [[reply:a b c d e f g h]]"))
-        )
+
+        def held_turn() -> None:
+            try:
+                answers.append(chat.say(f"Slowly {two} [[hold:{two}]] [[reply:a b c d e f g h]]"))
+            finally:
+                connections.close_all()  # this thread's own (it read the job's row)
+
+        turn = threading.Thread(target=held_turn)
         turn.start()
         try:
             deadline = time.monotonic() + 30
             while not upstream_conversations(upstream, two):
-                assert time.monotonic() < deadline, f"the held turn never reached the upstream\n{svc.logs()}"
+                assert time.monotonic() < deadline, (
+                    f"the held turn never reached the upstream\n{_story(svc, chat)}"
+                )
                 time.sleep(0.05)
+            held = Job.objects.filter(session__external_id=chat.session, status="running").first()
+            assert held is not None and held.worker == holder and not _logged(svc, "stopping", 0), (
+                f"the turn runs on its holder's poller, which is not recycled yet\n{_story(svc, chat)}"
+            )
             oai(svc, outsider.secret).chat.completions.create(
                 model="haiku", messages=[{"role": "user", "content": f"Other {marker()}"}]
             )  # the second task: the process is recycled once it ends
             assert _logged(svc, "stopping (recycled)"), "the task loop ended and the process stops"
-            from jobs.models import Job
-
-            turns = list(Job.objects.filter(session__external_id=chat.session).values_list("status", "worker"))
-            assert any(status == "running" for status, _ in turns), (
-                f"the turn still ran when its worker's task loop ended: {turns}\n{svc.logs()}"
+            held.refresh_from_db()
+            assert held.status == "running", (
+                f"the turn still ran when its worker's task loop ended\n{_story(svc, chat)}"
             )
         finally:
             upstream.release(two)  # the upstream answers the held turn only now
@@ -388,6 +407,33 @@ def test_a_live_turn_running_when_its_worker_is_recycled_completes_once(own_serv
         chat.say(f"What did I say? {three}")
         turns = upstream_turns(upstream, three)
         assert not live_of(chat.last)["reused"] and turns[0] == ("user", first) and len(turns) == 5
+
+
+def _story(svc, chat) -> str:
+    """What a failure of the recycling tests needs: the session's turns, and the lines of the
+    service's logs about tasks, claims, holders and stops (the whole logs are too long for CI's excerpt)."""
+    from jobs.models import Job
+
+    rows = Job.objects.filter(session__external_id=chat.session).order_by("created_at")
+    turns = [(j.status, j.worker, j.started_at, j.finished_at, live_of(j)) for j in rows]
+    words = (
+        "processing",
+        "claimed",
+        "holder",
+        "hold by",
+        "stopping",
+        "recycl",
+        "finished",
+        "Enqueued",
+        "ERROR",
+    )
+    lines = [
+        f"{path.name}: {line}"
+        for path in sorted(svc.log_dir.glob("*.log"))
+        for line in path.read_text(errors="replace").splitlines()
+        if any(word in line for word in words)
+    ]
+    return "turns: " + repr(turns) + "\n" + "\n".join(lines[-60:])
 
 
 def _recycled(svc) -> bool:
