@@ -52,7 +52,7 @@ from jobs.outcomes import CANCELLED_MESSAGE, error_event, timeout_message
 from jobs.progress import JobGone, JobProgress, ajob_ended_push
 from jobs.sandbox import cli_limits, group_running
 from jobs.services import _next_seq_of, job_requeue, job_transition
-from jobs.sessions import session_job_finished, session_store_options
+from jobs.sessions import session_job_record_final, session_store_options
 from jobs.upstream import upstream_status_of
 from jobs.watch import JobWatch, StopReason
 from jobs.workspace import workspace_finished, workspace_prepare, workspace_remove, workspace_sweep
@@ -454,7 +454,7 @@ class JobRun:
                 return
         # A session's turn is recorded with its final status: a client that sees the turn end may
         # send the next one at once, which must find the conversation this one left.
-        record = partial(session_job_finished, self.job) if self.job.session_id is not None else None
+        record = partial(session_job_record_final, self.job) if self.job.session_id is not None else None
         moved = await sync_to_async(job_transition)(
             job_id=self.job.pk, frm=JobStatus.RUNNING, to=status, then=record, **outcome
         )

@@ -27,6 +27,7 @@ import re
 import shutil
 import uuid
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,30 @@ def session_job_start(job: Job) -> None:
     job.options, job.prompt = options, prompt
 
 
+# Turns whose record committed with their final status (``session_job_record_final``): the
+# fallback after the run (``session_job_finished_after_run``) has nothing left to do for them.
+# Per process: a run and its fallback happen in the same one.
+_recorded_with_final: set[uuid.UUID] = set()
+
+
+def session_job_record_final(job: Job) -> None:
+    """``session_job_finished`` in the transaction of the turn's final status (the runner's
+    ``job_transition(then=…)``): whoever sees the turn end sees its record. Once that
+    transaction commits, the fallback after the run is spared."""
+    session_job_finished(job)
+    transaction.on_commit(partial(_recorded_with_final.add, job.pk))
+
+
+def session_job_finished_after_run(job: Job) -> None:
+    """After a run, whatever happened (``tasks._run``): the turn's record, unless it committed
+    with the final status already; runs that never reached it (the turn broke off, its status
+    was moved elsewhere) need it here."""
+    if job.pk in _recorded_with_final:
+        _recorded_with_final.discard(job.pk)
+        return
+    session_job_finished(job)
+
+
 def session_job_finished(job: Job) -> None:
     """After a turn: remember the conversation it left, and wake the session's next turn."""
     from jobs.services import job_enqueue
@@ -264,9 +289,9 @@ def session_job_finished(job: Job) -> None:
     if finished and finished["status"] != JobStatus.COMPLETED:
         session_prune_unfinished(job.session_id)
     updates: dict[str, Any] = {"last_activity": timezone.now()}
-    # Called twice for most turns: in the final status's transaction (``runner``), and after the
-    # run as the fallback (``tasks._run``). A later turn that started meanwhile has the last word
-    # (one that never started, cancelled or refused while waiting, does not).
+    # A late call (a fallback after the run, ``session_job_finished_after_run``) may come after a
+    # later turn started: that turn has the last word (one that never started, cancelled or
+    # refused while waiting, does not).
     later = (
         finished is not None
         and Job.objects.filter(
@@ -282,8 +307,10 @@ def session_job_finished(job: Job) -> None:
         updates.update(live_routing.session_finished_updates(job.pk, finished))
     ClaudeSession.objects.filter(pk=job.session_id).update(**updates)
     if Job.objects.filter(session_id=job.session_id, status=JobStatus.PENDING).exists():
-        # Its token may have found the session busy and gone: hand the broker a new one.
-        job_enqueue()
+        # Its token may have found the session busy and gone: hand the broker a new one, once
+        # this turn's end is committed (called in its final status's transaction, a worker woken
+        # before the commit would find the session still busy).
+        transaction.on_commit(job_enqueue)
 
 
 def session_prune_unfinished(session_id: uuid.UUID) -> int:

@@ -24,7 +24,12 @@ from jobs.progress import ajob_ended_push_after_run, job_ended_push
 from jobs.queue import job_claim, job_claim_next
 from jobs.reaper import job_reap_stale, job_release_broken_off
 from jobs.services import job_delete_expired, job_enqueue, job_transition
-from jobs.sessions import session_clean_idle, session_job_finished, session_job_start
+from jobs.sessions import (
+    session_clean_idle,
+    session_job_finished,
+    session_job_finished_after_run,
+    session_job_start,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +139,8 @@ def _run(job) -> None:
             # Whatever happened, the session's next turn must not wait for a wake-up that never
             # comes. And first: a client that sees this turn end may send the next one at once,
             # which must find the conversation this one left (else it starts afresh, jobs.live_routing).
-            session_job_finished(job)
+            # A run that reached its final status recorded it there already (``runner``).
+            session_job_finished_after_run(job)
         finally:
             # Readers following the job end now, not at their next poll.
             _ended_push(job.pk)

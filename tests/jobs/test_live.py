@@ -203,6 +203,68 @@ def test_a_later_turn_cancelled_while_waiting_does_not_stop_the_record(caller):
     assert session.claude_session_id == claude_id and session.history_fps
 
 
+def test_a_turn_recorded_with_its_final_status_is_not_recorded_again_after_its_run(
+    caller, monkeypatch, django_capture_on_commit_callbacks
+):
+    from jobs import sessions
+
+    session = session_for_call(caller=caller, external_id="once", model="haiku")
+    recorded, broken, unfinished = (_turn(caller, session, turn_fp=f"t{i}") for i in range(3))
+    Job.objects.filter(pk__in=[recorded.pk, broken.pk]).update(status=JobStatus.RUNNING)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert job_transition(
+            job_id=recorded.pk,
+            frm=JobStatus.RUNNING,
+            to=JobStatus.COMPLETED,
+            then=partial(sessions.session_job_record_final, recorded),
+            result="ok",
+        )
+
+    def fails(job) -> None:
+        raise RuntimeError("the record failed")
+
+    monkeypatch.setattr(sessions, "session_job_finished", fails)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert job_transition(
+            job_id=broken.pk,
+            frm=JobStatus.RUNNING,
+            to=JobStatus.FAILED,
+            then=partial(sessions.session_job_record_final, broken),
+        )
+    after_run = []
+    monkeypatch.setattr(sessions, "session_job_finished", after_run.append)
+    for job in (recorded, broken, unfinished):
+        sessions.session_job_finished_after_run(job)
+    # Recorded with its final status: spared. A failed record, or no final status reached: here.
+    assert after_run == [broken, unfinished]
+    sessions.session_job_finished_after_run(recorded)  # once only: the mark is gone
+    assert after_run == [broken, unfinished, recorded]
+
+
+def test_the_next_turns_wake_up_waits_for_the_final_status_to_commit(
+    caller, monkeypatch, django_capture_on_commit_callbacks
+):
+    # Recorded in the final status's transaction: a worker woken before its commit would find the
+    # session still busy with this turn, and the next turn would wait for a sweep.
+    woken = []
+    monkeypatch.setattr("jobs.services.job_enqueue", lambda: woken.append(1))
+    session = session_for_call(caller=caller, external_id="woken", model="haiku")
+    turn, _next = _turn(caller, session), _turn(caller, session)
+    Job.objects.filter(pk=turn.pk).update(status=JobStatus.RUNNING)
+    with django_capture_on_commit_callbacks() as committed:
+        assert job_transition(
+            job_id=turn.pk,
+            frm=JobStatus.RUNNING,
+            to=JobStatus.COMPLETED,
+            then=partial(session_job_finished, turn),
+            result="ok",
+        )
+        assert woken == [], "not before the commit"
+    for callback in committed:
+        callback()
+    assert woken == [1]
+
+
 def test_a_held_sessions_turn_is_left_to_its_live_worker(caller):
     now = timezone.now()
     for name in ("host:1", "host:2"):

@@ -157,7 +157,9 @@ def test_an_inline_file_cannot_escape_the_working_directory(caller):
         session_job_start(job_claim_next())
 
 
-def test_a_finished_turn_is_remembered_and_wakes_the_next(caller, monkeypatch):
+def test_a_finished_turn_is_remembered_and_wakes_the_next(
+    caller, monkeypatch, django_capture_on_commit_callbacks
+):
     woken = []
     monkeypatch.setattr("jobs.services.job_enqueue", lambda: woken.append(1))
     session = session_for_call(caller=caller, external_id="conv", model="sonnet")
@@ -165,7 +167,8 @@ def test_a_finished_turn_is_remembered_and_wakes_the_next(caller, monkeypatch):
     turn(caller, session)
     job_claim_next()
     complete(first, "c-9")
-    session_job_finished(first)
+    with django_capture_on_commit_callbacks(execute=True):
+        session_job_finished(first)
     session.refresh_from_db()
     assert session.claude_session_id == "c-9" and woken == [1]
 

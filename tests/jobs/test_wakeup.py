@@ -160,7 +160,7 @@ def test_a_session_turns_end_is_pushed_after_its_session_recorded_it(monkeypatch
         order.append("recorded")
         raise RuntimeError("the session update failed")
 
-    monkeypatch.setattr(tasks, "session_job_finished", finished)
+    monkeypatch.setattr(tasks, "session_job_finished_after_run", finished)
 
     class Instant:
         def execute(self, job_id):
