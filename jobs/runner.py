@@ -458,9 +458,9 @@ class JobRun:
         moved = await sync_to_async(job_transition)(
             job_id=self.job.pk, frm=JobStatus.RUNNING, to=status, then=record, **outcome
         )
-        if moved and self.job.session_id is None:
-            # Its readers end now. (A session's turn ends for them once the session has
-            # recorded it: ``tasks._run``.)
+        if moved:
+            # Its readers end now: what they read next, the final status and a session turn's
+            # record, is committed. (``tasks._run`` pushes the end of runs that never got here.)
             await ajob_ended_push(self.job.pk)
         logger.info(
             "job %s finished: %s in %s ms%s",

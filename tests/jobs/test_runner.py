@@ -328,3 +328,46 @@ def test_the_launcher_starts_through_a_copy_naming_this_interpreter(tmp_path):
 def test_the_launcher_falls_back_to_its_own_file_where_a_copy_cannot_run(tmp_path):
     path = cli_launcher.executable(tmp_path, python="/nonexistent/" + "p" * 150)
     assert path == str(runner.LAUNCHER)
+
+
+def test_a_session_turns_end_is_pushed_once_with_its_record_in_place(owner_key, monkeypatch):
+    # The runner pushes a turn's end as it writes its final status: the session's record is in
+    # that transaction, so a client that sends the next turn at once continues the conversation.
+    from jobs import progress, tasks
+    from jobs.models import ClaudeSession
+    from jobs.sessions import session_for_call
+
+    caller = Caller(api_key=owner_key.row)
+    session = session_for_call(caller=caller, external_id="pushed", model="haiku")
+    job_create(caller=caller, prompt="Hi [[reply:hello]]", model="haiku", session=session, enqueue=False)
+    ended = []
+
+    def seen(job: Job, held: ClaudeSession) -> tuple:
+        return job.status, bool(job.claude_session_id) and held.claude_session_id == job.claude_session_id
+
+    real_push, real_push_sync = progress._push, progress._push_sync
+
+    async def push(job_id, message):
+        if message["type"] == "job.ended":
+            ended.append(
+                seen(await Job.objects.aget(pk=job_id), await ClaudeSession.objects.aget(pk=session.pk))
+            )
+        await real_push(job_id, message)
+
+    def push_sync(job_id, message):
+        if message["type"] == "job.ended":
+            ended.append(seen(Job.objects.get(pk=job_id), ClaudeSession.objects.get(pk=session.pk)))
+        real_push_sync(job_id, message)
+
+    real_after_run = tasks.session_job_finished_after_run
+
+    def after_run(job):
+        ended.append("after the run")
+        real_after_run(job)
+
+    monkeypatch.setattr(progress, "_push", push)
+    monkeypatch.setattr(progress, "_push_sync", push_sync)
+    monkeypatch.setattr(tasks, "session_job_finished_after_run", after_run)
+    assert tasks.run_next_job()
+    # Pushed by the runner, not after the run's own wind-down; and not again then.
+    assert ended == [(JobStatus.COMPLETED, True), "after the run"]
