@@ -241,8 +241,8 @@ async def _idle_closer() -> None:
         await asyncio.sleep(1)
         now = time.monotonic()
         for entry in live_cli.registry.all():
-            if entry.busy:
-                continue
+            if entry.busy or entry.pid is None:
+                continue  # a turn's, or still starting (its start closes it if that fails)
             if not entry.alive():
                 await live_cli.close(entry, "its process ended")
             elif now - entry.last_used > settings.SESSION_KEEPALIVE_SECONDS:
@@ -276,9 +276,9 @@ def _poller(doorbell: HolderDoorbell, stop: threading.Event | None = None) -> No
             if job is not None:
                 if job.other_turns_waiting:
                     doorbell.wake()  # another of its sessions' turns waits too: look again at once
-                live_cli.registry.set_busy(job.session_id, True)
+                entry = live_cli.registry.take(job.session_id)
                 assert _pool is not None
-                _pool.submit(_run_claimed, job)
+                _pool.submit(_run_claimed, job, entry)
             # After the claim: a turn the web rang for does not wait for this look.
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + 1
@@ -316,17 +316,28 @@ def _close_gone(me: str) -> None:
             live_loop.submit(live_cli.close(entry, "its session was deleted or is held elsewhere"))
 
 
-def _run_claimed(job) -> None:
-    """Run a turn the poller claimed, as the task loop runs a claimed job (``tasks.run_live_turn``,
-    handed over by ``set_turn_runner``: the task module sits above this one)."""
+def _run_claimed(job, entry: live_cli.LiveCli | None = None) -> None:
+    """Run a turn the poller claimed for ``entry`` (the session's live CLI it took), as the task
+    loop runs a claimed job (``tasks.run_live_turn``, handed over by ``set_turn_runner``: the
+    task module sits above this one)."""
     try:
         if _turn_runner is None:
             raise RuntimeError("no turn runner: jobs.tasks was not imported in this worker")
         _turn_runner(job)
     finally:
-        entry = live_cli.registry.get(job.session_id)
-        # The turn never reached its CLI (deleted, failed to prepare): offer the CLI again.
-        if entry is not None and entry.busy and not entry.closed and entry.last_job != str(job.pk):
+        # The turn never reached the CLI it took (deleted, failed to prepare): offer that CLI again.
+        # Only that one: this turn's wind-down may overlap the session's next turn, which may have
+        # started a CLI of its own meanwhile (a changed history, other settings). That one is busy
+        # until its turn ends; offered idle while it starts, it has no pid yet, reads as dead, and
+        # the idle closer closed it under its start (its turn then waited 60 s for the CLI's
+        # answer to ``initialize`` and failed).
+        if (
+            entry is not None
+            and live_cli.registry.get(job.session_id) is entry
+            and entry.busy
+            and not entry.closed
+            and entry.last_job != str(job.pk)
+        ):
             entry.busy = False
         # Kept for the next turn unless broken or old (settings: a worker's connections).
         close_old_connections()

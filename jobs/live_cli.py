@@ -87,11 +87,13 @@ class _Registry:
         with self.lock:
             return [sid for sid, e in self.entries.items() if not e.busy]
 
-    def set_busy(self, session_id, busy: bool) -> None:
+    def take(self, session_id) -> LiveCli | None:
+        """The session's live CLI, marked busy for a turn the poller claimed (None if it has none)."""
         with self.lock:
             entry = self.entries.get(session_id)
             if entry is not None:
-                entry.busy = busy
+                entry.busy = True
+            return entry
 
 
 registry = _Registry()

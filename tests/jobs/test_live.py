@@ -502,7 +502,7 @@ def test_the_poller_claims_a_rung_turn_without_waiting_for_its_fallback_poll(
     monkeypatch.setattr(live_cli, "registry", live_cli._Registry())
     live_cli.registry.put(entry)
     handed = queue.Queue()
-    monkeypatch.setattr(live, "_pool", SimpleNamespace(submit=lambda run, job: handed.put(job)))
+    monkeypatch.setattr(live, "_pool", SimpleNamespace(submit=lambda run, job, entry: handed.put(job)))
     doorbell, stop = wakeup.HolderDoorbell(me), threading.Event()
     poller = threading.Thread(target=live._poller, args=(doorbell, stop), daemon=True)
     poller.start()
@@ -525,6 +525,36 @@ def test_the_poller_claims_a_rung_turn_without_waiting_for_its_fallback_poll(
         doorbell.wake()
         poller.join(10)
         doorbell.close()
+
+
+def test_a_turns_wind_down_leaves_the_cli_the_next_turn_is_starting(caller, monkeypatch):
+    # Turn 1 ran on the CLI the poller took for it. The client saw it end and sent turn 2 with a
+    # changed history: turn 2 closed that CLI and is starting a new one (busy, no pid yet) while
+    # turn 1's thread winds down. Offered idle, the starting CLI read as dead and the idle closer
+    # closed it under its start: turn 2 then failed after 60 s ("Control request timeout: initialize").
+    session = session_for_call(caller=caller, external_id="overlap", model="haiku")
+    first = _turn(caller, session)
+    monkeypatch.setattr(live_cli, "registry", live_cli._Registry())
+    taken = live_cli.LiveCli(session_id=session.pk, signature="", root=Path("/nonexistent"), busy=False)
+    live_cli.registry.put(taken)
+    assert live_cli.registry.take(session.pk) is taken and taken.busy
+    starting = live_cli.LiveCli(session_id=session.pk, signature="", root=Path("/nonexistent"))
+
+    def turn_1(job) -> None:
+        taken.last_job = str(job.pk)  # it ran on the CLI it took ...
+        live_cli.kill(taken)  # ... which turn 2 closed, and started its own
+        live_cli.registry.put(starting)
+
+    monkeypatch.setattr(live, "_turn_runner", turn_1)
+    monkeypatch.setattr(live, "close_old_connections", lambda: None)  # the test's transaction stays
+    live._run_claimed(first, taken)
+    assert starting.busy and not live_cli.registry.idle_ids(), "the next turn's CLI stays its own"
+    # A turn that never reached the CLI it took (failed to prepare) offers that CLI again.
+    spare = live_cli.LiveCli(session_id=session.pk, signature="", root=Path("/nonexistent"), busy=False)
+    live_cli.registry.put(spare)
+    monkeypatch.setattr(live, "_turn_runner", lambda job: None)
+    live._run_claimed(_turn(caller, session), live_cli.registry.take(session.pk))
+    assert live_cli.registry.idle_ids() == [session.pk]
 
 
 def test_a_session_names_its_holder_only_while_it_is_alive_and_the_lease_lasts(caller, caplog):
