@@ -222,6 +222,8 @@ def job_transition(
     and the error is logged: its caller's fallback does it again."""
     if to not in TRANSITIONS.get(frm, ()):
         raise ValueError(f"a job does not move from {frm} to {to}")
+    if then is not None and to not in FINAL_STATUSES:
+        raise ValueError(f"then= goes with a final status, not {to}")
     if to not in FINAL_STATUSES:
         return bool(Job.objects.filter(pk=job_id, status=frm).update(status=to, **fields))
     fields.setdefault("finished_at", timezone.now())

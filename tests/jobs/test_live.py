@@ -108,6 +108,18 @@ def _complete(job: Job, claude_id: str) -> None:
     )
 
 
+def _complete_running(job: Job, claude_id: str, *, then) -> bool:
+    """The runner's end of a running turn: its final status, with ``then`` in that transaction."""
+    return job_transition(
+        job_id=job.pk,
+        frm=JobStatus.RUNNING,
+        to=JobStatus.COMPLETED,
+        then=then,
+        claude_session_id=claude_id,
+        result="ok",
+    )
+
+
 def test_a_stale_history_starts_afresh_with_the_full_prompt(caller):
     session = session_for_call(caller=caller, external_id="s1", model="haiku")
     done = _turn(caller, session)
@@ -138,14 +150,7 @@ def test_a_turn_is_recorded_on_its_session_with_its_final_status(caller):
         seen["in_transaction"] = connection.in_atomic_block
 
     claude_id = "22222222-2222-2222-2222-222222222222"
-    assert job_transition(
-        job_id=turn.pk,
-        frm=JobStatus.RUNNING,
-        to=JobStatus.COMPLETED,
-        then=record,
-        claude_session_id=claude_id,
-        result="ok",
-    )
+    assert _complete_running(turn, claude_id, then=record)
     assert seen["in_transaction"]
     session.refresh_from_db()
     assert session.claude_session_id == claude_id and session.history_fps
@@ -164,6 +169,14 @@ def test_a_failing_record_leaves_the_final_status_standing(caller):
     assert Job.objects.get(pk=turn.pk).status == JobStatus.FAILED
     session.refresh_from_db()
     assert session.claude_session_id != "written, then undone"
+
+
+def test_a_record_goes_only_with_a_final_status(caller):
+    # Not silently dropped: a move to a status that is not final has no transaction to join.
+    turn = _turn(caller, session_for_call(caller=caller, external_id="not-final", model="haiku"))
+    with pytest.raises(ValueError, match="final status"):
+        job_transition(job_id=turn.pk, frm=JobStatus.PENDING, to=JobStatus.RUNNING, then=lambda: None)
+    assert Job.objects.get(pk=turn.pk).status == JobStatus.PENDING
 
 
 def test_a_late_record_of_a_turn_leaves_the_next_turns_conversation(caller):
@@ -190,15 +203,7 @@ def test_a_later_turn_cancelled_while_waiting_does_not_stop_the_record(caller):
     later = _turn(caller, session, turn_fp="t2")
     assert job_transition(job_id=later.pk, frm=JobStatus.PENDING, to=JobStatus.CANCELLED)
     claude_id = "44444444-4444-4444-4444-444444444444"
-    record = partial(session_job_finished, turn)
-    assert job_transition(
-        job_id=turn.pk,
-        frm=JobStatus.RUNNING,
-        to=JobStatus.COMPLETED,
-        then=record,
-        claude_session_id=claude_id,
-        result="ok",
-    )
+    assert _complete_running(turn, claude_id, then=partial(session_job_finished, turn))
     session.refresh_from_db()
     assert session.claude_session_id == claude_id and session.history_fps
 
