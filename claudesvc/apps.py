@@ -6,7 +6,7 @@ class ClaudesvcConfig(AppConfig):
     verbose_name = "claudesvc"
 
     def ready(self) -> None:
-        from claudesvc import schema  # noqa: F401 - registers the OpenAPI auth extensions
+        from claudesvc import checks, schema  # noqa: F401 - register the system checks, the OpenAPI auth extensions
         from claudesvc.logcontext import connect_task_signals
 
         connect_task_signals()

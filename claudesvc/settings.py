@@ -40,6 +40,8 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+# Earlier keys, still accepted while what they signed or encrypted is in flight (a rotation).
+SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS", [])
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
@@ -182,6 +184,9 @@ if REDIS_URL:
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": Q_CLUSTER_NAME,
+            # JSON, not django-redis' default pickle: whatever reaches Redis can write a value
+            # this process reads back, and unpickling runs code (security model: the network).
+            "OPTIONS": {"SERIALIZER": "django_redis.serializers.json.JSONSerializer"},
         }
     }
     # The channel layer only wakes streaming readers (the rows are the truth), so
@@ -191,7 +196,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{Q_CLUSTER_NAME}:asgi"},
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": f"{Q_CLUSTER_NAME}:asgi",
+                # Pushes carry events (jobs.progress): encrypted and authenticated (Fernet), so
+                # another client of this Redis can neither read them nor forge one.
+                "symmetric_encryption_keys": [SECRET_KEY, *SECRET_KEY_FALLBACKS],
+            },
         }
     }
 else:

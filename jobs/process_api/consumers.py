@@ -81,6 +81,12 @@ def _text_deltas(event: JobEvent, *, partial: bool) -> str:
 
 
 class ProcessConsumer(AsyncWebsocketConsumer):
+    # No channel of its own on the channel layer: it follows jobs itself (``follow_job``), and
+    # a consumer's channel takes messages from anyone who can publish on the layer, which
+    # Channels dispatches to the consumer by their type ("websocket.receive": as if its
+    # client had sent them).
+    channel_layer_alias = None
+
     async def connect(self) -> None:
         self.caller: Caller | None = None
         self.credential: str | None = None

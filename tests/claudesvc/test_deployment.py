@@ -55,9 +55,33 @@ def test_web_and_worker_share_the_data_volume_and_the_worker_scales():
     for name in ("web", "worker"):
         env = spec["services"][name]["environment"]
         assert env["DATABASE_URL"].startswith("postgres://") and "@postgres:5432/" in env["DATABASE_URL"]
-        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert (
+            env["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+            and "}@redis:6379/0" in env["REDIS_URL"]
+        )
+        assert ":${POSTGRES_PASSWORD:?" in env["DATABASE_URL"]
         assert env["DJANGO_ALLOWED_HOSTS"].startswith("${DJANGO_ALLOWED_HOSTS")
         assert env["DJANGO_SECRET_KEY"].startswith("${DJANGO_SECRET_KEY:?")
+
+
+def test_postgres_and_redis_take_a_password_with_no_default():
+    """A job's CLI shares the worker's network (README, security model): a database or a Redis
+    that a trusted key's shell could open without a password would be every tenant's."""
+    services = compose()["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    redis = services["redis"]
+    assert redis["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    assert '--requirepass "$$REDIS_PASSWORD"' in redis["command"][-1]
+    assert "REDISCLI_AUTH=" in redis["healthcheck"]["test"][-1]
+    # The password reaches the shell as "$REDIS_PASSWORD", the service's own variable.
+    run = subprocess.run(
+        ["sh", "-c", redis["command"][-1].replace("$$", "$").replace("exec redis-server", "echo")],
+        env={"REDIS_PASSWORD": "p4ss", "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stdout.split() == ["--appendonly", "yes", "--requirepass", "p4ss"]
 
 
 def test_every_service_has_a_health_check():
