@@ -4,9 +4,11 @@ The runner and the transcription pipeline report through ``JobProgress``; the
 stored rows are the truth (readers resume from a sequence number), the push
 only wakes readers up sooner: on the channel layer where it reaches other
 processes (Redis), else by ringing the job's bells (``jobs.wakeup``: readers of
-the embedded setup on this machine). ``job_ended_push`` does the same once the
-job's final status is written, so that a reader ends without waiting for its
-next poll.
+the embedded setup on this machine). Either way a push of the runner's events
+carries them when small enough (``pushed_events``; a ring signs them), so that
+a reader that has every event before them need not read the table.
+``job_ended_push`` does the same once the job's final status is written, so
+that a reader ends without waiting for its next poll.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import IntegrityError
 
 from jobs.models import JobEvent
-from jobs.wakeup import bells_root, ring
+from jobs.wakeup import PAYLOAD_DATA_MAX, bells_root, payload_signed, ring
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +47,25 @@ def _layer():
     return layer
 
 
+def _ring_payload(message: dict[str, Any]) -> bytes:
+    """``message`` as a signed ring's payload (JSON), without its events if they do not fit."""
+    try:
+        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError):
+        data = None
+    if data is None or len(data) > PAYLOAD_DATA_MAX:
+        if "events" not in message:
+            return b""
+        return _ring_payload({k: v for k, v in message.items() if k != "events"})
+    return payload_signed(data)
+
+
 async def _push(job_id: uuid.UUID | str, message: dict[str, Any]) -> None:
-    ring(job_bells(job_id))  # nobody waits: one failed listdir
     layer = _layer()
     if layer is None:
+        ring(job_bells(job_id), _ring_payload(message))  # nobody waits: one failed listdir
         return
+    ring(job_bells(job_id))
     try:
         await layer.group_send(job_group(job_id), message)
     except Exception:  # the push is an optimisation; readers poll the table anyway
@@ -63,7 +79,7 @@ async def _push(job_id: uuid.UUID | str, message: dict[str, Any]) -> None:
 def _push_sync(job_id: uuid.UUID | str, message: dict[str, Any]) -> None:
     if _layer() is None:
         # Only bells to ring: no event loop to start for that (async_to_sync makes one per call).
-        ring(job_bells(job_id))
+        ring(job_bells(job_id), _ring_payload(message))
         return
     async_to_sync(_push)(job_id, message)
 
@@ -196,11 +212,15 @@ class EventWriter:
                 return
             # The relay's events come while the job runs: its status changes only at its end,
             # which is pushed on its own (``job.ended``), so a reader woken by this reads no status.
-            message: dict[str, Any] = {"type": "job.event", "seq": batch[-1].seq, "status_unchanged": True}
-            if _layer() is not None:
-                events = pushed_events(batch)
-                if events is not None:
-                    message["events"] = events
+            message: dict[str, Any] = {
+                "type": "job.event",
+                "job": str(self.progress.job_id),  # a reader takes the events of its own job only
+                "seq": batch[-1].seq,
+                "status_unchanged": True,
+            }
+            events = pushed_events(batch)
+            if events is not None:
+                message["events"] = events
             await _push(self.progress.job_id, message)
 
 

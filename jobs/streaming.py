@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,12 +25,15 @@ from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from cryptography.fernet import InvalidToken
 from django.conf import settings
 
 from jobs.models import FINAL_STATUSES, Job, JobEvent
 from jobs.progress import job_bells, job_group
 from jobs.selectors import job_events
-from jobs.wakeup import bell_open
+from jobs.wakeup import bell_open, payload_verified
+
+logger = logging.getLogger(__name__)
 
 # Events per read; a reader that got this many reads again at once.
 READ_LIMIT = 500
@@ -46,6 +51,66 @@ class Ended:
     status: str | None
 
 
+def _wakeup(messages: list[dict | None], job_id: uuid.UUID) -> tuple[bool, list | None]:
+    """What the pushes that woke a reader tell, together: whether the status may have changed,
+    and the events they carry (``[seq, type, data]`` each, in order) if they may be used.
+
+    No message (the poll's timeout), or one that is not a status-unchanged push of this job's
+    events (an end, a bare ring, one the reader could not verify: None), and the reader looks
+    at everything. The events are taken only if every message carried its own, one after the
+    other: a push lost between two of them leaves a gap, and the reader reads the table.
+    """
+    if not messages:
+        return True, None
+    job_key = str(job_id)
+    events: list | None = []
+    for message in messages:
+        if (
+            not message
+            or message.get("type") != "job.event"
+            or message.get("job") != job_key
+            or not message.get("status_unchanged")
+        ):
+            return True, None
+        carried = message.get("events")
+        if events is None or not carried or (events and carried[0][0] != events[-1][0] + 1):
+            events = None
+        else:
+            events.extend(carried)
+    return False, events or None
+
+
+def _received(finished: asyncio.Future, job_id: uuid.UUID) -> tuple[bool, list | None]:
+    """``_wakeup`` for a push received on the channel layer.
+
+    Any client of the Redis server can publish on a job's channel (a CLI shares the
+    host's network: README, security model). The layer's messages are encrypted and
+    authenticated (``symmetric_encryption_keys``), so one that does not decrypt is
+    nobody's: it only wakes the reader. A genuine message of another job, replayed on
+    this one's channel, names that job: its events are not taken either.
+    """
+    try:
+        message = finished.result()  # a broken layer fails the stream, as before
+    except InvalidToken:
+        logger.warning("job %s: a push that does not decrypt was ignored (a forged message?)", job_id)
+        return True, None
+    return _wakeup([message], job_id)
+
+
+def _rung(payload: bytes) -> dict | None:
+    """The message a ring of the job's bell carried (``progress._ring_payload``), or None: a
+    bare ring, or a payload without this deployment's signature (any process of the host can
+    send to a bell)."""
+    data = payload_verified(payload)
+    if data is None:
+        return None
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
 async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[JobEvent | Idle | Ended]:
     layer = get_channel_layer()
     if isinstance(layer, InMemoryChannelLayer):
@@ -56,10 +121,12 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
     bell = None if channel else bell_open(job_bells(job_id))
     rang = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # What the bell's rings carried since the reader last looked.
+    inbox: list[bytes] = []
     if bell:
 
         def on_ring() -> None:
-            bell.drain()
+            inbox.extend(bell.receive())
             rang.set()
 
         loop.add_reader(bell.fileno(), on_ring)
@@ -116,15 +183,14 @@ async def follow_job(job_id: uuid.UUID, *, offset: int = 0) -> AsyncIterator[Job
                     done, _ = await asyncio.wait({receiving}, timeout=poll)
                     if done:
                         receiving, finished = None, receiving
-                        message = finished.result()  # a broken layer fails the stream, as before
-                        check_status = not (
-                            message.get("type") == "job.event" and message.get("status_unchanged")
-                        )
-                        if message.get("type") == "job.event":
-                            pushed = message.get("events")
+                        check_status, pushed = _received(finished, job_id)
                 elif bell:
                     # Set since the last read already (a ring that came meanwhile): no wait.
-                    await asyncio.wait_for(rang.wait(), timeout=poll)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(rang.wait(), timeout=poll)
+                    # No await from here to rang.clear() below: no ring slips between them.
+                    received, inbox[:] = inbox[:], []
+                    check_status, pushed = _wakeup([_rung(p) for p in received], job_id)
                 else:
                     await asyncio.sleep(poll)
             except TimeoutError:

@@ -8,11 +8,18 @@ on average half of each interval to every job and every event.
 
 A *bell* closes that gap: a process that waits binds a Unix datagram socket
 and registers it as a file in a folder under ``VAR_DIR/run/``; a process with
-news rings the folder, that is sends an empty datagram to every socket
-registered there. The waiter wakes at once and reads the table as before. The
-rows stay the truth and the poll stays as the fallback, so a lost ring (a full
-socket buffer, a bell on another host, a platform without abstract sockets)
-only costs the old delay.
+news rings the folder, that is sends a datagram to every socket registered
+there. The waiter wakes at once and reads the table as before. The rows stay
+the truth and the poll stays as the fallback, so a lost ring (a full socket
+buffer, a bell on another host, a platform without abstract sockets) only
+costs the old delay.
+
+A ring may carry a payload (``ring(folder, payload)``, up to ``PAYLOAD_MAX``
+bytes; ``Bell.receive`` returns them): a job's events, which its readers then
+need not read from the table (``jobs.progress``, ``jobs.streaming``). Any
+process of the host can send to an abstract socket, a job's CLI included (it
+shares the host's network namespace), so a payload is signed
+(``payload_signed``) and a reader takes only what ``payload_verified`` accepts.
 
 Uses:
 
@@ -36,7 +43,9 @@ everything polls, as before.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import hmac
 import logging
 import os
 import select
@@ -48,12 +57,19 @@ import uuid
 from pathlib import Path
 
 from django.conf import settings
+from django.utils.crypto import salted_hmac
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED = sys.platform.startswith("linux")
+
+# The largest payload a ring carries, signature included; a bigger one rings without it.
+PAYLOAD_MAX = 64 * 1024
+_SIGNATURE = 32  # bytes of HMAC-SHA256
+# The most data a signed payload can hold.
+PAYLOAD_DATA_MAX = PAYLOAD_MAX - _SIGNATURE
 
 
 def bells_root() -> Path:
@@ -84,6 +100,17 @@ class Bell:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def receive(self) -> list[bytes]:
+        """Read every ring waiting: their payloads, in order (``b"!"`` for a ring without one)."""
+        payloads = []
+        while True:
+            try:
+                payloads.append(self.sock.recv(PAYLOAD_MAX))
+            except (BlockingIOError, InterruptedError):
+                return payloads
+            except OSError:
+                return payloads
 
     def drain(self) -> int:
         """Read every ring waiting; how many there were."""
@@ -124,8 +151,21 @@ def bell_open(folder: Path) -> Bell | None:
 _sender: socket.socket | None = None
 
 
-def ring(folder: Path) -> int:
-    """Wake every bell registered in ``folder``; how many were rung. Never blocks or raises."""
+def payload_signed(data: bytes) -> bytes:
+    """``data`` with a signature of this deployment's (``SECRET_KEY``) in front."""
+    return salted_hmac("claudesvc.wakeup.ring", data, algorithm="sha256").digest() + data
+
+
+def payload_verified(payload: bytes) -> bytes | None:
+    """The data of a payload ``payload_signed`` made, or None (unsigned, forged, cut short)."""
+    signature, data = payload[:_SIGNATURE], payload[_SIGNATURE:]
+    expected = salted_hmac("claudesvc.wakeup.ring", data, algorithm="sha256").digest()
+    return data if len(signature) == _SIGNATURE and hmac.compare_digest(signature, expected) else None
+
+
+def ring(folder: Path, payload: bytes = b"") -> int:
+    """Wake every bell registered in ``folder``, with ``payload`` if it fits in one ring
+    (``PAYLOAD_MAX``); how many were rung. Never blocks or raises."""
     global _sender
     if not SUPPORTED:
         return 0
@@ -137,9 +177,17 @@ def ring(folder: Path) -> int:
         _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         _sender.setblocking(False)
     rung = 0
+    if not payload or len(payload) > PAYLOAD_MAX:
+        payload = b"!"
     for name in names:
         try:
-            _sender.sendto(b"!", _address(folder, name))
+            try:
+                _sender.sendto(payload, _address(folder, name))
+            except OSError as exc:
+                if exc.errno != errno.EMSGSIZE or payload == b"!":
+                    raise
+                payload = b"!"  # too big for this host's socket buffers: the ring alone
+                _sender.sendto(payload, _address(folder, name))
             rung += 1
         except (BlockingIOError, InterruptedError):
             rung += 1  # its buffer is full of rings already: it wakes anyway

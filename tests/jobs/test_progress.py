@@ -5,6 +5,7 @@ stops the run."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -140,7 +141,9 @@ async def test_a_push_of_the_runners_events_carries_them(monkeypatch):
         [[0, "system", {"type": "system", "n": 0}]],
         [[1, "stream_event", {"n": 1}], [2, "result", {"n": 2}]],
     ]
-    assert all(m["type"] == "job.event" and m["status_unchanged"] for m in layer.sent)
+    assert all(
+        m["type"] == "job.event" and m["job"] == str(job.pk) and m["status_unchanged"] for m in layer.sent
+    )
 
 
 async def test_a_push_the_layer_cannot_carry_still_wakes_the_readers(monkeypatch):
@@ -150,7 +153,7 @@ async def test_a_push_the_layer_cannot_carry_still_wakes_the_readers(monkeypatch
     writer = JobProgress(job.pk).writer()
     await writer.put("stream_event", {"n": 2**70})
     await writer.flush()
-    assert layer.sent == [{"type": "job.event", "seq": 0, "status_unchanged": True}]
+    assert layer.sent == [{"type": "job.event", "job": str(job.pk), "seq": 0, "status_unchanged": True}]
 
 
 def test_only_small_batches_of_plain_json_are_pushed_with_their_events():
@@ -187,7 +190,6 @@ async def _follow(job_id, seen: list) -> None:
             return
 
 
-@pytest.mark.skipif(not settings.REDIS_URL, reason="pushes reach a reader in another process with Redis only")
 async def test_a_reader_takes_pushed_events_without_reading_the_table(settings, monkeypatch):
     settings.STREAM_POLL_MS = 600_000  # only the pushes can wake it within the test's time
     reads = _count_table_reads(monkeypatch)
@@ -209,7 +211,6 @@ async def test_a_reader_takes_pushed_events_without_reading_the_table(settings, 
     assert reads == [0, 20]
 
 
-@pytest.mark.skipif(not settings.REDIS_URL, reason="pushes reach a reader in another process with Redis only")
 async def test_a_reader_that_missed_a_push_reads_the_table(settings, monkeypatch):
     settings.STREAM_POLL_MS = 600_000
     reads = _count_table_reads(monkeypatch)
@@ -228,3 +229,80 @@ async def test_a_reader_that_missed_a_push_reads_the_table(settings, monkeypatch
     await asyncio.wait_for(reader, timeout=30)
     assert [i.data["n"] for i in seen[:-1]] == [0, 1, 2, 3]
     assert reads[:2] == [0, 0], "the push of event 3 came after a gap: the table was read from 0"
+
+
+@pytest.mark.skipif(bool(settings.REDIS_URL), reason="the embedded setup's bells")
+async def test_a_reader_takes_no_event_from_a_ring_it_cannot_verify(settings, monkeypatch):
+    """Any process of the host can send to a job's bell (a CLI shares the host's network
+    namespace, where abstract sockets live): a ring that claims events without this
+    deployment's signature, or with another job's, only wakes the reader."""
+    from jobs.wakeup import payload_signed, ring
+
+    settings.STREAM_POLL_MS = 600_000
+    reads = _count_table_reads(monkeypatch)
+    job = await _job()
+    other = await _job()
+    seen: list = []
+    reader = asyncio.create_task(_follow(job.pk, seen))
+    await asyncio.sleep(0.5)
+
+    def claim(job_id, text: str) -> bytes:
+        message = {
+            "type": "job.event",
+            "job": str(job_id),
+            "seq": 0,
+            "status_unchanged": True,
+            "events": [[0, "stream_event", {"text": text}]],
+        }
+        return json.dumps(message).encode()
+
+    ring(progress.job_bells(job.pk), claim(job.pk, "forged"))  # unsigned
+    ring(progress.job_bells(job.pk), payload_signed(claim(other.pk, "another job's")))
+    await asyncio.sleep(0.5)
+    writer = JobProgress(job.pk).writer()
+    await writer.put("stream_event", {"text": "real"})
+    await writer.flush()
+    await Job.objects.filter(pk=job.pk).aupdate(status=JobStatus.COMPLETED)
+    await progress.ajob_ended_push(job.pk)
+    await asyncio.wait_for(reader, timeout=30)
+    assert [item.data for item in seen[:-1]] == [{"text": "real"}]
+    assert reads[:2] == [0, 0], "the rings it could not take made it read the table"
+
+
+async def test_a_reader_woken_by_rings_with_a_gap_between_them_reads_the_table(monkeypatch):
+    """Two pushes that reach a reader at once are taken together only if nothing is missing
+    between them (``streaming._wakeup``)."""
+    from jobs.streaming import _wakeup
+
+    job_id = (await _job()).pk
+
+    def push(*seqs):
+        return {
+            "type": "job.event",
+            "job": str(job_id),
+            "seq": seqs[-1],
+            "status_unchanged": True,
+            "events": [[n, "stream_event", {"n": n}] for n in seqs],
+        }
+
+    assert _wakeup([push(0, 1), push(2)], job_id) == (
+        False,
+        [[n, "stream_event", {"n": n}] for n in range(3)],
+    )
+    assert _wakeup([push(0, 1), push(3)], job_id) == (False, None)  # 2 was lost: the table, no status
+    assert _wakeup([push(0), {"type": "job.ended"}], job_id) == (True, None)
+    assert _wakeup([push(0), None], job_id) == (True, None)  # a ring it could not verify
+    assert _wakeup([], job_id) == (True, None)  # the poll
+    assert _wakeup([{**push(0), "job": "another"}], job_id) == (True, None)
+
+
+def test_a_ring_carries_a_push_signed_and_without_the_events_that_do_not_fit():
+    from jobs.wakeup import PAYLOAD_DATA_MAX, payload_verified
+
+    message = {"type": "job.event", "job": "j", "seq": 0, "status_unchanged": True}
+    small = {**message, "events": [[0, "stream_event", {"text": "x"}]]}
+    assert json.loads(payload_verified(progress._ring_payload(small))) == small
+    big = {**message, "events": [[0, "stream_event", {"text": "x" * PAYLOAD_DATA_MAX}]]}
+    assert json.loads(payload_verified(progress._ring_payload(big))) == message
+    odd = {**message, "events": [[0, "stream_event", {"when": object()}]]}
+    assert json.loads(payload_verified(progress._ring_payload(odd))) == message

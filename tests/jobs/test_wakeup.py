@@ -52,6 +52,38 @@ def test_a_ring_wakes_every_bell_of_its_folder(folder):
     assert not folder.exists()  # the last bell tidies its folder up
 
 
+def test_a_ring_carries_its_payload_in_order_and_a_bare_ring_stays_bare(folder):
+    bell = wakeup.bell_open(folder)
+    try:
+        assert wakeup.ring(folder, wakeup.payload_signed(b"one")) == 1
+        assert wakeup.ring(folder) == 1
+        assert wakeup.ring(folder, wakeup.payload_signed(b"two")) == 1
+        received = bell.receive()
+        assert [wakeup.payload_verified(p) for p in received] == [b"one", None, b"two"]
+        assert bell.receive() == []
+    finally:
+        bell.close()
+
+
+def test_a_payload_too_big_for_a_ring_rings_without_it(folder):
+    bell = wakeup.bell_open(folder)
+    try:
+        assert wakeup.ring(folder, wakeup.payload_signed(b"x" * wakeup.PAYLOAD_MAX)) == 1
+        assert bell.receive() == [b"!"]
+    finally:
+        bell.close()
+
+
+def test_only_this_deployments_signature_is_verified(settings):
+    signed = wakeup.payload_signed(b'{"type":"job.event"}')
+    assert wakeup.payload_verified(signed) == b'{"type":"job.event"}'
+    assert wakeup.payload_verified(b'{"type":"job.event"}') is None  # unsigned
+    assert wakeup.payload_verified(signed[:-1] + b"!") is None  # changed after signing
+    assert wakeup.payload_verified(signed[:10]) is None  # cut short
+    settings.SECRET_KEY = "another deployment's key"
+    assert wakeup.payload_verified(signed) is None
+
+
 def test_ringing_a_folder_nobody_waits_on_is_a_no_op(folder):
     assert wakeup.ring(folder) == 0
 
