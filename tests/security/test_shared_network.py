@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pickle
 import socket
@@ -27,7 +28,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 
-from jobs import progress
+from jobs import progress, wakeup
 from jobs.models import Job, JobStatus
 from jobs.progress import JobProgress, job_group
 from jobs.streaming import Ended, follow_job
@@ -127,11 +128,20 @@ async def test_a_push_carries_no_event_a_redis_client_can_read():
     assert pushed["events"] == [[0, "stream_event", {"text": secret}]]
 
 
-@needs_redis
-async def test_forged_and_replayed_pushes_put_nothing_into_a_jobs_stream(settings):
-    settings.STREAM_POLL_MS = 600_000  # only pushes wake the reader within the test's time
-    job = await _running_job()
-    other = await _running_job()
+def _claim(job_id, text: str) -> dict:
+    """A push in the service's own format claiming ``text`` as the job's first event."""
+    return {
+        "type": "job.event",
+        "job": str(job_id),
+        "seq": 0,
+        "status_unchanged": True,
+        "events": [[0, "stream_event", {"text": text}]],
+    }
+
+
+async def _followed_to_the_end(job: Job, send_forgeries) -> list:
+    """What a reader of ``job`` got: forgeries sent once it follows, then one real event and
+    the job's end."""
     seen: list = []
 
     async def follow() -> None:
@@ -142,20 +152,7 @@ async def test_forged_and_replayed_pushes_put_nothing_into_a_jobs_stream(setting
 
     reader = asyncio.create_task(follow())
     await asyncio.sleep(0.5)  # subscribed, its first read done
-    forged, replayed = token("forged"), token("replayed")
-    client = _redis()
-    # A message in the layer's own format but not encrypted, claiming this job's next event.
-    plain = {
-        "type": "job.event",
-        "job": str(job.pk),
-        "seq": 0,
-        "status_unchanged": True,
-        "events": [[0, "stream_event", {"text": forged}]],
-    }
-    client.publish(_group_channel(job.pk), msgpack.packb(plain))
-    # A genuine push of another job (as a listener could capture one), sent on this job's channel.
-    genuine = {**plain, "job": str(other.pk), "events": [[0, "stream_event", {"text": replayed}]]}
-    client.publish(_group_channel(job.pk), get_channel_layer().serialize(genuine))
+    await sync_to_async(send_forgeries)()
     await asyncio.sleep(0.5)
     writer = JobProgress(job.pk).writer()
     await writer.put("stream_event", {"text": "real"})
@@ -163,8 +160,39 @@ async def test_forged_and_replayed_pushes_put_nothing_into_a_jobs_stream(setting
     await Job.objects.filter(pk=job.pk).aupdate(status=JobStatus.COMPLETED)
     await progress.ajob_ended_push(job.pk)
     await asyncio.wait_for(reader, timeout=30)
-    assert [item.data for item in seen[:-1]] == [{"text": "real"}]
     assert isinstance(seen[-1], Ended) and seen[-1].status == JobStatus.COMPLETED
+    return [item.data for item in seen[:-1]]
+
+
+@needs_redis
+async def test_forged_and_replayed_pushes_put_nothing_into_a_jobs_stream(settings):
+    settings.STREAM_POLL_MS = 600_000  # only pushes wake the reader within the test's time
+    job, other = await _running_job(), await _running_job()
+
+    def send() -> None:
+        client = _redis()
+        # In the layer's own format but not encrypted.
+        client.publish(_group_channel(job.pk), msgpack.packb(_claim(job.pk, token("forged"))))
+        # A genuine push of another job (as a listener could capture one), sent on this job's channel.
+        replayed = get_channel_layer().serialize(_claim(other.pk, token("replayed")))
+        client.publish(_group_channel(job.pk), replayed)
+
+    assert await _followed_to_the_end(job, send) == [{"text": "real"}]
+
+
+@pytest.mark.skipif(bool(settings.REDIS_URL) or not wakeup.SUPPORTED, reason="the embedded setup's bells")
+async def test_unsigned_and_foreign_rings_put_nothing_into_a_jobs_stream(settings):
+    """A job's bell is an abstract Unix socket, which any process of the host can send to (a
+    CLI shares the host's network namespace, where they live)."""
+    settings.STREAM_POLL_MS = 600_000
+    job, other = await _running_job(), await _running_job()
+
+    def send() -> None:
+        wakeup.ring(progress.job_bells(job.pk), json.dumps(_claim(job.pk, token("forged"))).encode())
+        foreign = wakeup.payload_signed(json.dumps(_claim(other.pk, token("another job's"))).encode())
+        wakeup.ring(progress.job_bells(job.pk), foreign)
+
+    assert await _followed_to_the_end(job, send) == [{"text": "real"}]
 
 
 def _specific_channels() -> set[bytes]:
