@@ -60,12 +60,23 @@ def _ring_payload(message: dict[str, Any]) -> bytes:
     return payload_signed(data)
 
 
-async def _push(job_id: uuid.UUID | str, message: dict[str, Any]) -> None:
+def _with_events(message: dict[str, Any], batch: list[JobEvent] | None) -> dict[str, Any]:
+    """``message`` carrying the events of ``batch`` if they may be pushed (``pushed_events``)."""
+    events = pushed_events(batch) if batch else None
+    return message if events is None else {**message, "events": events}
+
+
+async def _push(
+    job_id: uuid.UUID | str, message: dict[str, Any], batch: list[JobEvent] | None = None
+) -> None:
+    """Wake the job's readers with ``message``, carrying the events of ``batch`` if it fits."""
     layer = _layer()
     if layer is None:
-        ring(job_bells(job_id), _ring_payload(message))  # nobody waits: one failed listdir
+        # Nobody waits: one failed listdir, and no payload built.
+        ring(job_bells(job_id), lambda: _ring_payload(_with_events(message, batch)))
         return
     ring(job_bells(job_id))
+    message = _with_events(message, batch)
     try:
         await layer.group_send(job_group(job_id), message)
     except Exception:  # the push is an optimisation; readers poll the table anyway
@@ -79,7 +90,7 @@ async def _push(job_id: uuid.UUID | str, message: dict[str, Any]) -> None:
 def _push_sync(job_id: uuid.UUID | str, message: dict[str, Any]) -> None:
     if _layer() is None:
         # Only bells to ring: no event loop to start for that (async_to_sync makes one per call).
-        ring(job_bells(job_id), _ring_payload(message))
+        ring(job_bells(job_id), lambda: _ring_payload(message))
         return
     async_to_sync(_push)(job_id, message)
 
@@ -218,10 +229,7 @@ class EventWriter:
                 "seq": batch[-1].seq,
                 "status_unchanged": True,
             }
-            events = pushed_events(batch)
-            if events is not None:
-                message["events"] = events
-            await _push(self.progress.job_id, message)
+            await _push(self.progress.job_id, message, batch)
 
 
 # A push carries its events (``pushed_events``) up to these bounds; a bigger batch is pushed

@@ -54,6 +54,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
@@ -163,9 +164,10 @@ def payload_verified(payload: bytes) -> bytes | None:
     return data if len(signature) == _SIGNATURE and hmac.compare_digest(signature, expected) else None
 
 
-def ring(folder: Path, payload: bytes = b"") -> int:
+def ring(folder: Path, payload: bytes | Callable[[], bytes] = b"") -> int:
     """Wake every bell registered in ``folder``, with ``payload`` if it fits in one ring
-    (``PAYLOAD_MAX``); how many were rung. Never blocks or raises."""
+    (``PAYLOAD_MAX``); how many were rung. Never blocks or raises. A callable payload is
+    made only if a bell is registered there."""
     global _sender
     if not SUPPORTED:
         return 0
@@ -177,7 +179,9 @@ def ring(folder: Path, payload: bytes = b"") -> int:
         _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         _sender.setblocking(False)
     rung = 0
-    if not payload or len(payload) > PAYLOAD_MAX:
+    if names and callable(payload):
+        payload = payload()
+    if not names or not payload or len(payload) > PAYLOAD_MAX:
         payload = b"!"
     for name in names:
         try:

@@ -88,6 +88,22 @@ def test_ringing_a_folder_nobody_waits_on_is_a_no_op(folder):
     assert wakeup.ring(folder) == 0
 
 
+def test_a_payload_to_make_is_made_only_for_a_bell_that_waits(folder):
+    made = []
+
+    def payload() -> bytes:
+        made.append(1)
+        return wakeup.payload_signed(b"news")
+
+    assert wakeup.ring(folder, payload) == 0 and made == []
+    bell = wakeup.bell_open(folder)
+    try:
+        assert wakeup.ring(folder, payload) == 1 and made == [1]
+        assert [wakeup.payload_verified(p) for p in bell.receive()] == [b"news"]
+    finally:
+        bell.close()
+
+
 def test_a_bell_whose_process_is_gone_is_forgotten(folder):
     bell = wakeup.bell_open(folder)
     bell.sock.close()  # as if its process was killed: the registration stays
