@@ -21,7 +21,9 @@ def open_services_check(app_configs, **kwargs) -> list[Warning]:
 def open_services(*, redis_url: str, database: dict) -> list[Warning]:
     """Warnings for a Redis URL and a database (``DATABASES`` entry) that carry no password."""
     warnings = []
-    if redis_url and not urlsplit(redis_url).password:
+    # Over TCP only: a Unix socket is a file, and the sandbox's mount namespace has none of the host's.
+    redis = urlsplit(redis_url or "")
+    if redis.scheme in ("redis", "rediss") and not redis.password:
         warnings.append(
             Warning(
                 "REDIS_URL has no password: a trusted key's shell in a job's sandbox shares this "
@@ -30,7 +32,9 @@ def open_services(*, redis_url: str, database: dict) -> list[Warning]:
                 id="claudesvc.W001",
             )
         )
-    if database["ENGINE"] != "django.db.backends.sqlite3" and not database.get("PASSWORD"):
+    host = database.get("HOST") or ""
+    over_tcp = database["ENGINE"] != "django.db.backends.sqlite3" and host and not host.startswith("/")
+    if over_tcp and not database.get("PASSWORD"):
         warnings.append(
             Warning(
                 "The database is reached without a password: if it trusts this host, a trusted key's "

@@ -21,12 +21,15 @@ def test_a_redis_without_password_is_named():
     assert _ids(redis_url="redis://127.0.0.1:6379/0", database=SQLITE) == ["claudesvc.W001"]
     assert _ids(redis_url="redis://:s3cret@127.0.0.1:6379/0", database=SQLITE) == []
     assert _ids(redis_url="", database=SQLITE) == []
+    assert _ids(redis_url="unix:///run/redis/redis.sock", database=SQLITE) == []  # no socket in the sandbox
 
 
 def test_a_database_without_password_is_named_sqlite_needs_none():
     assert _ids(redis_url="", database={**POSTGRES, "PASSWORD": ""}) == ["claudesvc.W002"]
     assert _ids(redis_url="", database=POSTGRES) == ["claudesvc.W002"]
     assert _ids(redis_url="", database={**POSTGRES, "PASSWORD": "s3cret"}) == []
+    for socket_dir in ("", "/var/run/postgresql"):  # a Unix socket: no file of it in the sandbox
+        assert _ids(redis_url="", database={**POSTGRES, "HOST": socket_dir}) == []
 
 
 def test_manage_py_check_shows_them():
