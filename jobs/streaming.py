@@ -92,9 +92,26 @@ def _received(finished: asyncio.Future, job_id: uuid.UUID) -> tuple[bool, list |
     try:
         message = finished.result()  # a broken layer fails the stream, as before
     except InvalidToken:
-        logger.warning("job %s: a push that does not decrypt was ignored (a forged message?)", job_id)
+        _undecryptable(job_id)
         return True, None
     return _wakeup([message], job_id)
+
+
+# Pushes that did not decrypt, counted between two log lines: whoever sends them could send many.
+_ignored = {"count": 0, "logged_at": float("-inf")}
+
+
+def _undecryptable(job_id: uuid.UUID) -> None:
+    _ignored["count"] += 1
+    now = time.monotonic()
+    if now - _ignored["logged_at"] >= 60:
+        logger.warning(
+            "%d push(es) on the channel layer did not decrypt and were ignored in the last minute "
+            "(a forged message, or a process with another DJANGO_SECRET_KEY); the latest for job %s",
+            _ignored["count"],
+            job_id,
+        )
+        _ignored["count"], _ignored["logged_at"] = 0, now
 
 
 def _rung(payload: bytes) -> dict | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import pickle
 import socket
@@ -210,3 +211,19 @@ async def test_a_websocket_connection_takes_no_message_from_the_channel_layer(ow
         assert await sync_to_async(_specific_channels)() == before
     finally:
         await ws.disconnect()
+
+
+@needs_redis
+async def test_a_flood_of_forged_pushes_is_logged_once_a_minute(settings, caplog):
+    """Whoever can publish forged messages can publish many: they must not fill the logs."""
+    settings.STREAM_POLL_MS = 600_000
+    job = await _running_job()
+
+    def send() -> None:
+        client = _redis()
+        for _ in range(20):
+            client.publish(_group_channel(job.pk), msgpack.packb(_claim(job.pk, token("forged"))))
+
+    with caplog.at_level(logging.WARNING, logger="jobs.streaming"):
+        assert await _followed_to_the_end(job, send) == [{"text": "real"}]
+    assert len([r for r in caplog.records if "did not decrypt" in r.getMessage()]) <= 1
